@@ -1,0 +1,65 @@
+//! The verifier: checks every invariant a well-formed graph holds. A failure is always a
+//! bug in plateau (the builders reject bad user input before a node exists).
+
+use super::graph::{leaf_kind, leaf_name, Graph, OutputKind};
+use super::infer::infer;
+use crate::error::IrError;
+use std::collections::BTreeSet;
+
+impl Graph {
+    /// Checks operand counts and positions, re-infers every type, checks that operands come
+    /// before their users (so index order is topological), that named leaves are unique and
+    /// that outputs point at live nodes.
+    pub fn verify(&self) -> Result<(), IrError> {
+        let bad = |msg: String| Err(IrError::Invariant(msg));
+        let mut names = BTreeSet::new();
+        for id in self.node_ids() {
+            let node = self.node(id);
+            let operands = self.operands(id);
+            let mut positions: Vec<usize> = self
+                .petgraph()
+                .edges_directed(id.0, petgraph::Direction::Incoming)
+                .map(|e| e.weight().position)
+                .collect();
+            positions.sort();
+            if positions != (0..operands.len()).collect::<Vec<_>>() {
+                return bad(format!("{id} has operand positions {positions:?}"));
+            }
+            if node.op.is_leaf() {
+                if !operands.is_empty() {
+                    return bad(format!("leaf {id} has operands"));
+                }
+                if let (Some(kind), Some(name)) = (leaf_kind(&node.op), leaf_name(&node.op)) {
+                    if !names.insert((kind, name.to_string())) {
+                        return bad(format!("{kind} `{name}` appears twice"));
+                    }
+                }
+                continue;
+            }
+            for o in &operands {
+                if o.index() >= id.index() {
+                    return bad(format!("{id} uses {o}, which does not come before it"));
+                }
+            }
+            let types: Vec<_> = operands.iter().map(|&o| self.node(o).ty.clone()).collect();
+            let ty = infer(&node.op, &types).map_err(|e| IrError::Invariant(format!("{id}: {e}")))?;
+            if ty != node.ty {
+                return bad(format!("{id} is typed {} but its op gives {}", node.ty, ty));
+            }
+        }
+        let mut out_names = BTreeSet::new();
+        for out in self.outputs() {
+            self.try_node(out.node).map_err(|e| IrError::Invariant(format!("output {}: {e}", out.name)))?;
+            if !out_names.insert(out.name.as_str()) {
+                return bad(format!("output `{}` appears twice", out.name));
+            }
+            if let OutputKind::StateUpdate { state } = out.kind {
+                let st = self.try_node(state).map_err(|e| IrError::Invariant(format!("update {}: {e}", out.name)))?;
+                if leaf_kind(&st.op) != Some("state") || st.ty != self.node(out.node).ty {
+                    return bad(format!("update `{}` does not match its state", out.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! plateau's compiler: the IR, autodiff, and (later) the step builder and fusion.
+//! Nothing here knows about devices or cubecl.
+
+pub mod autodiff;
+mod error;
+pub mod ir;
+
+pub use autodiff::{differentiate, hvp};
+pub use error::IrError;
+pub use ir::{DType, Graph, NodeId, Op, Shape, TensorType};

@@ -1,0 +1,1 @@
+//! cubecl lowering of plateau's scheduled kernels.

@@ -1,0 +1,22 @@
+//! The runtime's error type.
+
+use plateau_compiler::{IrError, TensorType};
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum RuntimeError {
+    /// A leaf of the graph has no value bound to it.
+    #[error("no value bound for {kind} `{name}`")]
+    MissingBinding { kind: &'static str, name: String },
+    /// A bound value does not have the leaf's type.
+    #[error("{kind} `{name}` expects {expected}, got {got}")]
+    BindingMismatch { kind: &'static str, name: String, expected: TensorType, got: TensorType },
+    /// A tensor was built from the wrong number of elements.
+    #[error("a {ty} tensor needs {expected} elements, got {got}")]
+    DataLength { ty: TensorType, expected: usize, got: usize },
+    /// A class label outside `0..classes`.
+    #[error("label {label} at position {position} is outside 0..{classes}")]
+    LabelOutOfRange { label: i64, position: usize, classes: usize },
+    #[error(transparent)]
+    Ir(#[from] IrError),
+}

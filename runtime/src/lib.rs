@@ -1,0 +1,8 @@
+//! plateau's executors. For now, the reference interpreter: the CPU oracle every device
+//! backend is checked against.
+
+mod error;
+pub mod reference;
+
+pub use error::RuntimeError;
+pub use reference::{Bindings, Tensor};
