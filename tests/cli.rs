@@ -1,0 +1,72 @@
+//! The `plateau` binary: output, files written, and errors with a non-zero exit.
+
+use std::process::Command;
+
+fn plateau(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_plateau")).args(args).output().expect("the plateau binary runs")
+}
+
+#[test]
+fn trace_prints_forward_and_backward_of_the_default_mlp() {
+    let out = plateau(&["trace", "--model", "mlp"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().next(), Some("%0 = input \"x\" : f32[128,1,28,28]"));
+    assert!(text.contains("%2 = param \"0.weight\" : f32[256,784]"));
+    let grads: Vec<&str> = text.lines().filter(|l| l.starts_with("out grad:")).collect();
+    assert_eq!(grads.len(), 6, "{grads:?}");
+    assert!(text.lines().any(|l| l.starts_with("out loss = %")));
+}
+
+#[test]
+fn trace_writes_graphviz() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.dot");
+    let out = plateau(&["trace", "--model", "cnn", "--batch-size", "2", "--dot", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dot = std::fs::read_to_string(&path).unwrap();
+    let nodes = String::from_utf8(out.stdout).unwrap().lines().filter(|l| l.starts_with('%')).count();
+    assert!(dot.starts_with("digraph plateau {"));
+    assert_eq!(dot.matches(" [label=\"%").count(), nodes);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
+    let out = plateau(&["trace", "--model", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--model: unknown model `nope`"), "{err}");
+
+    let out = plateau(&["trace", "--model", "mlp", "--dot", "/nonexistent-dir/g.dot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--dot: cannot write /nonexistent-dir/g.dot"));
+
+    let out = plateau(&["trace", "--model", "cnn", "--input", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("convolutional models need [C,H,W] inputs"));
+
+    let out = plateau(&["trace", "--batch-size", "many"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects malformed flags");
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--batch-size"));
+}
+
+#[test]
+fn trace_in_f64_and_eval_mode() {
+    let out = plateau(&["trace", "--model", "resnet18", "--batch-size", "2", "--dtype", "f64", "--eval", "--forward-only"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().next(), Some("%0 = input \"x\" : f64[2,3,32,32]"));
+    assert!(!text.contains("update "), "no running-statistics updates in eval mode");
+    assert!(!text.contains("grad:"));
+}
+
+#[test]
+fn readme_code_sample_is_the_dsl_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/examples/dsl.rs")).unwrap();
+    let begin = example.find("// README:begin\n").unwrap() + "// README:begin\n".len();
+    let end = example.find("    // README:end").unwrap();
+    let body: String = example[begin..end].lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
+    assert!(readme.contains(&format!("```rust\n{body}```")), "README's DSL sample differs from examples/dsl.rs");
+}
