@@ -11,4 +11,31 @@ pub use plateau_runtime as runtime;
 
 pub use plateau_compiler::{differentiate, hvp, DType, Graph, IrError, NodeId, Op, Shape};
 pub use plateau_frontend::{trace, FrontendError, ModelSpec, TraceOptions, TracedModel, Tracer, Var};
-pub use plateau_runtime::reference::{evaluate, run, Bindings, Tensor};
+pub use plateau_compiler::{build_naive_step, build_step, BaseOptimizer, OptimizerSpec, Phase, Sam, SamNorm, Step};
+pub use plateau_runtime::reference::{evaluate, run, run_step, Bindings, Tensor};
+
+/// The starting values of a step's parameters and state: the model's seeded initial
+/// parameters (laid out as the step's arena, or per tensor for a naive step), zeroed
+/// optimizer state and the BatchNorm running statistics' initial values.
+pub fn initial_state(model: &TracedModel, step: &Step, seed: u64) -> Result<Bindings, runtime::RuntimeError> {
+    let g = &step.graph;
+    let mut b = Bindings::new();
+    let values: std::collections::HashMap<&str, Vec<f64>> =
+        model.params.iter().map(|p| (p.name.as_str(), p.init.sample(&p.name, p.shape.numel(), seed))).collect();
+    for id in g.leaves("param").into_iter().chain(g.leaves("state")) {
+        let op = &g.node(id).op;
+        let (kind, name) = (compiler::ir::leaf_kind(op).unwrap(), compiler::ir::leaf_name(op).unwrap());
+        let ty = g.ty(id).clone();
+        let data = if name == "params" && kind == "param" {
+            step.arena.slots.iter().flat_map(|s| values[s.name.as_str()].iter().copied()).collect()
+        } else if let Some(v) = values.get(name).filter(|_| kind == "param") {
+            v.clone()
+        } else if let Some(s) = model.states.iter().find(|s| s.name == name) {
+            s.init.sample(&s.name, s.shape.numel(), seed)
+        } else {
+            vec![0.0; ty.shape.numel()]
+        };
+        b.set(kind, name, Tensor::new(ty.dtype, ty.shape, data)?);
+    }
+    Ok(b)
+}

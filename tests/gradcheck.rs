@@ -95,7 +95,10 @@ fn layout_ops_match_finite_differences() {
 
 #[test]
 fn matmul_matches_finite_differences() {
-    check_op("matmul", &[(&[3, 5], -1.0, 1.0), (&[5, 2], -1.0, 1.0)], |g, p| g.add(Op::MatMul, &[p[0], p[1]]));
+    check_op("matmul", &[(&[3, 5], -1.0, 1.0), (&[5, 2], -1.0, 1.0)], |g, p| g.add(Op::MatMul { ta: false, tb: false }, &[p[0], p[1]]));
+    check_op("matmul-ta", &[(&[5, 3], -1.0, 1.0), (&[5, 2], -1.0, 1.0)], |g, p| g.add(Op::MatMul { ta: true, tb: false }, &[p[0], p[1]]));
+    check_op("matmul-tb", &[(&[3, 5], -1.0, 1.0), (&[2, 5], -1.0, 1.0)], |g, p| g.add(Op::MatMul { ta: false, tb: true }, &[p[0], p[1]]));
+    check_op("matmul-ta-tb", &[(&[5, 3], -1.0, 1.0), (&[2, 5], -1.0, 1.0)], |g, p| g.add(Op::MatMul { ta: true, tb: true }, &[p[0], p[1]]));
 }
 
 const CONV: Conv2dAttrs = Conv2dAttrs { stride: [2, 1], padding: [1, 1] };

@@ -4,7 +4,9 @@
 pub mod autodiff;
 mod error;
 pub mod ir;
+pub mod step;
 
 pub use autodiff::{differentiate, hvp};
 pub use error::IrError;
 pub use ir::{DType, Graph, NodeId, Op, Shape, TensorType};
+pub use step::{build_naive_step, build_step, BaseOptimizer, LossModel, OptimizerSpec, Phase, Sam, SamNorm, Step};

@@ -6,7 +6,7 @@ use crate::layers::{BatchNorm, Conv2d, Flatten, GlobalAvgPool, Layer, Linear, Ma
 use crate::loss::{accuracy, softmax_cross_entropy};
 use crate::tracer::{ParamSpec, StateSpec, Tracer, Var};
 use plateau_compiler::ir::OutputKind;
-use plateau_compiler::{differentiate, DType, Graph, NodeId};
+use plateau_compiler::{differentiate, DType, Graph, LossModel, NodeId};
 use std::fmt;
 use std::panic::Location;
 use std::str::FromStr;
@@ -114,6 +114,18 @@ impl TracedModel {
                 .map_err(|e| FrontendError::op(e, at))?;
         }
         Ok(grads)
+    }
+
+    /// The forward and loss graph as the step builder takes it.
+    pub fn loss_model(&self) -> LossModel {
+        LossModel {
+            graph: self.graph.clone(),
+            loss: self.loss,
+            accuracy: self.accuracy,
+            params: self.params.iter().map(|p| p.node).collect(),
+            input: self.input,
+            labels: self.labels,
+        }
     }
 
     /// Number of trainable scalars.

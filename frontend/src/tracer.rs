@@ -359,7 +359,7 @@ impl Tracer {
 
     #[track_caller]
     pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.apply_at(Location::caller(), Op::MatMul, &[a, b])
+        self.apply_at(Location::caller(), Op::MatMul { ta: false, tb: false }, &[a, b])
     }
 
     #[track_caller]

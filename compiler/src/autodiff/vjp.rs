@@ -126,14 +126,29 @@ pub(super) fn vjp(g: &mut Graph, node: NodeId, pos: usize, ct: NodeId) -> Result
             end[axis] = offset + dims[axis];
             g.add(Op::Slice { start, end }, &[ct])?
         }
-        Op::MatMul => {
-            if pos == 0 {
-                let bt = g.permute(ops[1], &[1, 0])?;
-                g.add(Op::MatMul, &[ct, bt])?
+        Op::MatMul { ta, tb } => {
+            // C = A' B' with A' = op(A), B' = op(B): dA' = G B'^T, dB' = A'^T G.
+            let plain = Op::MatMul { ta: false, tb: false };
+            let a = if ta { g.permute(ops[0], &[1, 0])? } else { ops[0] };
+            let b = if tb { g.permute(ops[1], &[1, 0])? } else { ops[1] };
+            let (d, transposed) = if pos == 0 {
+                let bt = g.permute(b, &[1, 0])?;
+                (g.add(plain, &[ct, bt])?, ta)
             } else {
-                let at = g.permute(ops[0], &[1, 0])?;
-                g.add(Op::MatMul, &[at, ct])?
+                let at = g.permute(a, &[1, 0])?;
+                (g.add(plain, &[at, ct])?, tb)
+            };
+            if transposed {
+                g.permute(d, &[1, 0])?
+            } else {
+                d
             }
+        }
+        Op::Fused { .. } | Op::FusedReduce { .. } => {
+            return Err(IrError::Invalid {
+                op: op.to_string(),
+                reason: "differentiate before fusing: fused kernels have no vector-Jacobian product".into(),
+            })
         }
         Op::Conv2d(attrs) => {
             let (xin, w) = (ops[0], ops[1]);

@@ -45,7 +45,8 @@ pub struct Operand {
 pub enum OutputKind {
     /// A value the caller reads (loss, accuracy, a gradient).
     Value,
-    /// The next value of a `State` leaf (BatchNorm running statistics, optimizer state).
+    /// The next value of a `State` or `Param` leaf (parameters, optimizer state, BatchNorm
+    /// running statistics).
     StateUpdate { state: NodeId },
 }
 
@@ -191,7 +192,7 @@ impl Graph {
         }
         if let OutputKind::StateUpdate { state } = &kind {
             let st = self.try_node(*state)?;
-            if !matches!(st.op, Op::State { .. }) || st.ty != self.node(node).ty {
+            if !matches!(st.op, Op::State { .. } | Op::Param { .. }) || st.ty != self.node(node).ty {
                 return Err(IrError::Invalid {
                     op: format!("update {name}"),
                     reason: format!("{} is not a state of type {}", state, self.node(node).ty),

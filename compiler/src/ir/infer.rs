@@ -142,7 +142,7 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             }
             t(a.dtype, dims)
         }
-        Op::MatMul => {
+        Op::MatMul { ta, tb } => {
             let b = &operands[1];
             float(a)?;
             if a.dtype != b.dtype {
@@ -151,10 +151,31 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             if a.shape.rank() != 2 || b.shape.rank() != 2 {
                 return Err(fail("matmul takes two matrices".into()));
             }
-            if a.shape.0[1] != b.shape.0[0] {
-                return Err(fail(format!("inner dimensions differ ({} vs {})", a.shape.0[1], b.shape.0[0])));
+            let (m, ka) = if *ta { (a.shape.0[1], a.shape.0[0]) } else { (a.shape.0[0], a.shape.0[1]) };
+            let (kb, n) = if *tb { (b.shape.0[1], b.shape.0[0]) } else { (b.shape.0[0], b.shape.0[1]) };
+            if ka != kb {
+                return Err(fail(format!("inner dimensions differ ({ka} vs {kb})")));
             }
-            t(a.dtype, vec![a.shape.0[0], b.shape.0[1]])
+            t(a.dtype, vec![m, n])
+        }
+        Op::Fused { program, output, ty, .. } => {
+            check_program(program, operands, &ty.shape).map_err(fail)?;
+            if *output as usize >= program.outputs.len() {
+                return Err(fail(format!("output {output} of a {}-output program", program.outputs.len())));
+            }
+            Ok(ty.clone())
+        }
+        Op::FusedReduce { program, axes, space, .. } => {
+            check_program(program, operands, &space.shape).map_err(fail)?;
+            if program.outputs.len() != 1 {
+                return Err(fail("a reduction prologue has one output".into()));
+            }
+            check_axes(axes, space.shape.rank()).map_err(fail)?;
+            let mut dims = space.shape.0.clone();
+            for &ax in axes {
+                dims[ax] = 1;
+            }
+            t(space.dtype, dims)
         }
         Op::Conv2d(attrs) => {
             let w = &operands[1];
@@ -244,6 +265,19 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             unreachable!("leaves are handled above")
         }
     }
+}
+
+/// Each operand is read through its view (same element count), broadcast to `space`.
+fn check_program(p: &super::program::Program, operands: &[TensorType], space: &Shape) -> Result<(), String> {
+    for (i, (v, o)) in p.views.iter().zip(operands).enumerate() {
+        if v.numel() != o.shape.numel() {
+            return Err(format!("operand {i} has {} elements, its view {v} has {}", o.shape.numel(), v.numel()));
+        }
+        if v.rank() > space.rank() || v.0.iter().rev().zip(space.0.iter().rev()).any(|(&d, &s)| d != 1 && d != s) {
+            return Err(format!("view {v} of operand {i} does not broadcast to {space}"));
+        }
+    }
+    Ok(())
 }
 
 fn check_axes(axes: &[usize], rank: usize) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The primitive op set of the IR: leaves, elementwise, reductions, layout and macro-ops.
 
-use super::shape::Shape;
+use super::program::Program;
+use super::shape::{Shape, TensorType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -99,8 +100,8 @@ pub enum Op {
     Concat { axis: usize, count: usize },
 
     // ---- macro-ops (kept whole: they map to tuned kernels) --------------------
-    /// `[m,k] x [k,n] -> [m,n]`.
-    MatMul,
+    /// `op(a)[m,k] x op(b)[k,n] -> [m,n]`, `op` transposing when `ta`/`tb` is set.
+    MatMul { ta: bool, tb: bool },
     /// `conv2d(x[N,C,H,W], w[O,C,KH,KW]) -> [N,O,HO,WO]`.
     Conv2d(Conv2dAttrs),
     /// Gradient of conv2d with respect to its input: `(gy, w) -> gx[N,C,H,W]`.
@@ -121,6 +122,14 @@ pub enum Op {
     /// `step: [] -> bool[shape]`: the keep-mask of dropout, from a counter-based hash of
     /// `(seed, step, index)`, so both passes of a SAM step see the same mask.
     DropoutMask { p: f64, seed: u32, shape: Shape },
+
+    // ---- fused (produced by the rewriter) ---------------------------------------
+    /// Output `output` of a fused elementwise kernel over `ty.shape`; nodes sharing `group`
+    /// are one multi-output kernel.
+    Fused { program: Program, output: u32, group: u32, ty: TensorType },
+    /// A reduction over `axes` of the single output of `program` (its prologue), evaluated
+    /// over the iteration space `space`; reduced axes are kept with size 1.
+    FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType },
 }
 
 impl Op {
@@ -142,7 +151,7 @@ impl Op {
             | Op::DropoutMask { .. } => 1,
             Op::Binary(_)
             | Op::Compare(_)
-            | Op::MatMul
+            | Op::MatMul { .. }
             | Op::Conv2d(_)
             | Op::Conv2dGradInput { .. }
             | Op::Conv2dGradWeight { .. }
@@ -150,11 +159,12 @@ impl Op {
             | Op::MaxPool2dGather(_) => 2,
             Op::Select => 3,
             Op::Concat { count, .. } => *count,
+            Op::Fused { program, .. } | Op::FusedReduce { program, .. } => program.views.len(),
         }
     }
 
     pub fn is_leaf(&self) -> bool {
-        self.arity() == 0 && !matches!(self, Op::Concat { .. })
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. })
     }
 
     /// Elementwise ops map each output element from the same-index operand elements.
@@ -204,7 +214,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Pad { .. } => "pad",
             Op::Concat { .. } => "concat",
-            Op::MatMul => "matmul",
+            Op::MatMul { .. } => "matmul",
             Op::Conv2d(_) => "conv2d",
             Op::Conv2dGradInput { .. } => "conv2d_grad_input",
             Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
@@ -215,8 +225,19 @@ impl Op {
             Op::AvgPool2dGrad { .. } => "avg_pool2d_grad",
             Op::OneHot { .. } => "one_hot",
             Op::DropoutMask { .. } => "dropout_mask",
+            Op::Fused { .. } => "fused",
+            Op::FusedReduce { op: ReduceOp::Sum, .. } => "fused_reduce_sum",
+            Op::FusedReduce { op: ReduceOp::Max, .. } => "fused_reduce_max",
         }
     }
+}
+
+/// The operand views of a program, when it has any operands.
+fn views(p: &Program) -> String {
+    if p.views.is_empty() {
+        return String::new();
+    }
+    format!(" | {}", p.views.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "))
 }
 
 fn list(v: &[usize]) -> String {
@@ -259,6 +280,16 @@ impl fmt::Display for Op {
             Op::AvgPool2dGrad { attrs, input_hw } => write!(f, "{m}{{{attrs} hw={}}}", list(input_hw)),
             Op::OneHot { classes } => write!(f, "{m}{{classes={classes}}}"),
             Op::DropoutMask { p, seed, shape } => write!(f, "{m}{{p={p:?} seed={seed} shape={shape}}}"),
+            Op::MatMul { ta, tb } if *ta || *tb => {
+                let t: Vec<&str> = [(*ta, "ta"), (*tb, "tb")].iter().filter(|x| x.0).map(|x| x.1).collect();
+                write!(f, "{m}{{{}}}", t.join(","))
+            }
+            Op::Fused { program, output, group, .. } => {
+                write!(f, "{m}{{k{group}.{output}: {}{}}}", program.expr(*output as usize), views(program))
+            }
+            Op::FusedReduce { program, axes, space, .. } => {
+                write!(f, "{m}{{axes={} over {space}: {}{}}}", list(axes), program.expr(0), views(program))
+            }
             _ => f.write_str(m),
         }
     }

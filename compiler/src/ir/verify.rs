@@ -55,7 +55,7 @@ impl Graph {
             }
             if let OutputKind::StateUpdate { state } = out.kind {
                 let st = self.try_node(state).map_err(|e| IrError::Invariant(format!("update {}: {e}", out.name)))?;
-                if leaf_kind(&st.op) != Some("state") || st.ty != self.node(out.node).ty {
+                if !matches!(leaf_kind(&st.op), Some("state" | "param")) || st.ty != self.node(out.node).ty {
                     return bad(format!("update `{}` does not match its state", out.name));
                 }
             }

@@ -1,6 +1,7 @@
 //! The reference interpreter: executes any IR graph on the CPU, one op at a time, in the
 //! graph's own precision (f32 or f64). It is the oracle every other backend is tested against.
 
+mod fused;
 mod layout;
 mod tensor;
 mod window;
@@ -8,7 +9,7 @@ mod window;
 pub use tensor::{round, Tensor};
 
 use crate::error::RuntimeError;
-use plateau_compiler::ir::{dropout_uniform, leaf_kind, leaf_name, BinaryOp, CmpOp, Op, UnaryOp};
+use plateau_compiler::ir::{apply_binary, apply_compare, apply_unary, dropout_uniform, leaf_kind, leaf_name, Op, OutputKind};
 use plateau_compiler::{Graph, NodeId, Shape};
 use std::collections::{BTreeMap, HashMap};
 use window::Window;
@@ -40,6 +41,28 @@ pub fn run(graph: &Graph, bindings: &Bindings) -> Result<BTreeMap<String, Tensor
     let nodes: Vec<NodeId> = graph.outputs().iter().map(|o| o.node).collect();
     let values = evaluate(graph, bindings, &nodes)?;
     Ok(graph.outputs().iter().map(|o| o.name.clone()).zip(values).collect())
+}
+
+/// Runs one step of a program whose `StateUpdate` outputs carry state from step to step:
+/// evaluates every output, then rebinds each updated leaf to its new value. Returns the
+/// value outputs (loss, metrics).
+pub fn run_step(graph: &Graph, bindings: &mut Bindings) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+    let mut out = run(graph, bindings)?;
+    let mut values = BTreeMap::new();
+    for o in graph.outputs() {
+        let v = out.remove(&o.name).expect("invariant: run returns every output");
+        match o.kind {
+            OutputKind::Value => {
+                values.insert(o.name.clone(), v);
+            }
+            OutputKind::StateUpdate { state } => {
+                let op = &graph.node(state).op;
+                let (kind, name) = (leaf_kind(op).expect("updates target leaves"), leaf_name(op).expect("named"));
+                bindings.set(kind, name, v);
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// Evaluates the given nodes (and only what they depend on).
@@ -98,46 +121,9 @@ fn eval_node(graph: &Graph, id: NodeId, args: &[&Tensor], bindings: &Bindings) -
             }
             return Ok(v.clone());
         }
-        Op::Unary(u) => args[0]
-            .data
-            .iter()
-            .map(|&x| match u {
-                UnaryOp::Neg => -x,
-                UnaryOp::Exp => x.exp(),
-                UnaryOp::Log => x.ln(),
-                UnaryOp::Sqrt => x.sqrt(),
-                UnaryOp::Recip => 1.0 / x,
-                UnaryOp::Abs => x.abs(),
-                UnaryOp::Sign => {
-                    if x > 0.0 {
-                        1.0
-                    } else if x < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    }
-                }
-            })
-            .collect(),
-        Op::Binary(b) => zip(args[0], args[1], |x, y| match b {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-            BinaryOp::Div => x / y,
-            BinaryOp::Max => x.max(y),
-            BinaryOp::Min => x.min(y),
-        }),
-        Op::Compare(c) => zip(args[0], args[1], |x, y| {
-            let r = match c {
-                CmpOp::Lt => x < y,
-                CmpOp::Le => x <= y,
-                CmpOp::Gt => x > y,
-                CmpOp::Ge => x >= y,
-                CmpOp::Eq => x == y,
-                CmpOp::Ne => x != y,
-            };
-            r as u8 as f64
-        }),
+        Op::Unary(u) => args[0].data.iter().map(|&x| apply_unary(*u, x)).collect(),
+        Op::Binary(b) => zip(args[0], args[1], |x, y| apply_binary(*b, x, y)),
+        Op::Compare(c) => zip(args[0], args[1], |x, y| apply_compare(*c, x, y)),
         Op::Select => {
             args[0].data.iter().zip(&args[1].data).zip(&args[2].data).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect()
         }
@@ -151,11 +137,21 @@ fn eval_node(graph: &Graph, id: NodeId, args: &[&Tensor], bindings: &Bindings) -
             let parts: Vec<(&[f64], &Shape)> = args.iter().map(|a| (a.data.as_slice(), a.shape())).collect();
             layout::concat(&parts, *axis, &ty.shape)
         }
-        Op::MatMul => {
-            let (m, k, n) = (args[0].shape().0[0], args[0].shape().0[1], args[1].shape().0[1]);
+        Op::MatMul { ta, tb } => {
+            let a = args[0].shape();
+            let (m, n) = (ty.shape.0[0], ty.shape.0[1]);
+            let k = if *ta { a.0[0] } else { a.0[1] };
+            // A transposed operand is the same buffer read with swapped strides.
+            let sa = if *ta { (1, m as isize) } else { (k as isize, 1) };
+            let sb = if *tb { (1, k as isize) } else { (n as isize, 1) };
             let mut c = vec![0.0; m * n];
-            layout::gemm(m, k, n, &args[0].data, (k as isize, 1), &args[1].data, (n as isize, 1), 0.0, &mut c);
+            layout::gemm(m, k, n, &args[0].data, sa, &args[1].data, sb, 0.0, &mut c);
             c
+        }
+        Op::Fused { program, output, .. } => fused::map(program, *output, args, &ty),
+        Op::FusedReduce { program, op, axes, space } => {
+            let pro = fused::map(program, 0, args, space);
+            layout::reduce(*op, &pro, &space.shape, axes)
         }
         Op::Conv2d(a) => {
             let (x, w) = (args[0], args[1]);
