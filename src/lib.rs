@@ -11,7 +11,7 @@ pub use plateau_runtime as runtime;
 
 pub use plateau_compiler::{differentiate, hvp, DType, Graph, IrError, NodeId, Op, Shape};
 pub use plateau_frontend::{trace, FrontendError, ModelSpec, TraceOptions, TracedModel, Tracer, Var};
-pub use plateau_compiler::{build_naive_step, build_step, BaseOptimizer, OptimizerSpec, Phase, Sam, SamNorm, Step};
+pub use plateau_compiler::{build_naive_step, build_step, compile_step, Compiled, Schedule, BaseOptimizer, OptimizerSpec, Phase, Sam, SamNorm, Step};
 pub use plateau_runtime::reference::{evaluate, run, run_step, Bindings, Tensor};
 
 /// The starting values of a step's parameters and state: the model's seeded initial
@@ -38,4 +38,18 @@ pub fn initial_state(model: &TracedModel, step: &Step, seed: u64) -> Result<Bind
         b.set(kind, name, Tensor::new(ty.dtype, ty.shape, data)?);
     }
     Ok(b)
+}
+
+/// Traces `model`, builds its training step under `spec` (the naive per-tensor program when
+/// `naive` is set) and compiles it (fusing when `rewrite` is set).
+pub fn compile(model: &ModelSpec, opts: &TraceOptions, spec: &OptimizerSpec, naive: bool, rewrite: bool) -> anyhow::Result<(TracedModel, Step, Compiled)> {
+    let traced = trace(model, opts)?;
+    let micro = match spec.sam.as_ref().and_then(|s| s.micro_batch) {
+        Some(m) => Some(trace(model, &TraceOptions { batch_size: m, ..opts.clone() })?.loss_model()),
+        None => None,
+    };
+    let lm = traced.loss_model();
+    let step = if naive { build_naive_step(&lm, spec)? } else { build_step(&lm, micro.as_ref(), spec)? };
+    let compiled = compile_step(&step, rewrite)?;
+    Ok((traced, step, compiled))
 }

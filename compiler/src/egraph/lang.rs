@@ -1,0 +1,117 @@
+//! The e-graph language: IR ops (elementwise ones already as one-instruction fused programs),
+//! plus multi-output kernels and their projections. Ops are interned in the analysis, so an
+//! e-node is a small `(op id, children)` pair.
+
+use crate::ir::{Op, Program, TensorType};
+use egg::{DidMerge, EGraph, Id, Language};
+use std::collections::HashMap;
+
+/// What an e-node computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EOp {
+    /// A leaf of the step (input, parameter, state, scalar, constant) with its type.
+    Leaf { op: Op, ty: TensorType },
+    /// An IR op. Elementwise work appears as `Op::Fused` (single output, group 0) and
+    /// reductions as `Op::FusedReduce`.
+    Ir(Op),
+    /// Several elementwise outputs of one kernel over one iteration space; its e-class is a
+    /// tuple, read through `Proj`.
+    Multi { program: Program, types: Vec<TensorType> },
+    /// Output `i` of a `Multi`.
+    Proj(u32),
+}
+
+/// An interned op with its children.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ENode {
+    pub op: u32,
+    pub children: Vec<Id>,
+}
+
+impl Language for ENode {
+    type Discriminant = (u32, usize);
+
+    fn discriminant(&self) -> Self::Discriminant {
+        (self.op, self.children.len())
+    }
+
+    fn matches(&self, other: &Self) -> bool {
+        self.op == other.op && self.children.len() == other.children.len()
+    }
+
+    fn children(&self) -> &[Id] {
+        &self.children
+    }
+
+    fn children_mut(&mut self) -> &mut [Id] {
+        &mut self.children
+    }
+}
+
+/// The shape/dtype analysis, which also owns the op table. Tuple classes (`Multi`) have no
+/// single type.
+#[derive(Default)]
+pub struct Types {
+    ops: Vec<EOp>,
+    index: HashMap<String, u32>,
+}
+
+impl Types {
+    /// The id of `op`, interning it on first use (ids follow first use: deterministic).
+    pub fn intern(&mut self, op: EOp) -> u32 {
+        let key = format!("{op:?}");
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        self.ops.push(op);
+        let i = self.ops.len() as u32 - 1;
+        self.index.insert(key, i);
+        i
+    }
+
+    pub fn op(&self, id: u32) -> &EOp {
+        &self.ops[id as usize]
+    }
+}
+
+pub type EG = EGraph<ENode, Types>;
+
+impl egg::Analysis<ENode> for Types {
+    type Data = Option<TensorType>;
+
+    fn make(egraph: &mut EG, enode: &ENode, _id: Id) -> Self::Data {
+        let ch = |i: usize| egraph[enode.children[i]].data.clone();
+        match egraph.analysis.op(enode.op) {
+            EOp::Leaf { ty, .. } => Some(ty.clone()),
+            EOp::Multi { .. } => None,
+            EOp::Proj(i) => {
+                let multi = egraph[enode.children[0]].nodes.iter().find_map(|n| match egraph.analysis.op(n.op) {
+                    EOp::Multi { types, .. } => types.get(*i as usize).cloned(),
+                    _ => None,
+                });
+                multi
+            }
+            EOp::Ir(op) => {
+                let types: Option<Vec<TensorType>> = (0..enode.children.len()).map(ch).collect();
+                types.and_then(|types| crate::ir::infer(op, &types).ok())
+            }
+        }
+    }
+
+    fn merge(&mut self, a: &mut Self::Data, b: Self::Data) -> DidMerge {
+        match (a.is_none(), b) {
+            (true, Some(b)) => {
+                *a = Some(b);
+                DidMerge(true, false)
+            }
+            (false, Some(_)) => DidMerge(false, false),
+            (_, None) => DidMerge(false, a.is_some()),
+        }
+    }
+}
+
+/// The type of class `id`; every class but a tuple has one.
+pub fn ty(eg: &EG, id: Id) -> Option<&TensorType> {
+    eg[id].data.as_ref()
+}
+

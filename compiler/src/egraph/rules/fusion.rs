@@ -1,0 +1,211 @@
+//! Fusion rules: elementwise work merges into fused programs, into reduction prologues, and
+//! same-shaped outputs into one multi-output kernel. Every new node is an alternative; the
+//! extractor decides which to keep.
+
+use super::{single_output_program, Change, Rule};
+use crate::egraph::lang::{ty, EOp, ENode, EG};
+use crate::ir::{Op, Program, Shape, TensorType};
+use egg::Id;
+use std::collections::BTreeMap;
+
+/// Longest fused program (instructions) a rule may build: past this a kernel's registers
+/// spill and its compile time grows, while launches saved are already few.
+pub const MAX_PROGRAM_INSTRS: usize = 64;
+
+pub(super) fn rules() -> Vec<Rule> {
+    vec![
+        // map(f, map(g, x)) -> map(f . g, x): the producer runs inside the consumer.
+        Rule { name: "map-into-map", algebra: "f(g(x)) in one kernel", find: map_into_map },
+        // reduce(map(g, x)) -> reduce_with_prologue(g, x): the reduction reads x directly.
+        Rule { name: "map-into-reduce", algebra: "sum(g(x)) in one kernel", find: map_into_reduce },
+        // map(f, broadcast(x)) -> map(f, x read with broadcasting): no materialized broadcast.
+        Rule { name: "broadcast-into-load", algebra: "f(broadcast(x)) reads x", find: broadcast_into_load },
+        // map(f, reshape(x)) -> map(f, x read through the reshape): reshapes are free.
+        Rule { name: "reshape-into-load", algebra: "f(reshape(x)) reads x", find: reshape_into_load },
+    ]
+}
+
+/// A program-carrying node: a fused map or a reduction with its prologue.
+#[derive(Clone)]
+enum Kernel {
+    Map { ty: TensorType },
+    Reduce { op: crate::ir::ReduceOp, axes: Vec<usize>, space: TensorType },
+}
+
+fn program_node(eg: &EG, node: &ENode) -> Option<(Program, Kernel)> {
+    match eg.analysis.op(node.op) {
+        EOp::Ir(Op::Fused { program, ty, .. }) if program.outputs.len() == 1 => Some((program.clone(), Kernel::Map { ty: ty.clone() })),
+        EOp::Ir(Op::FusedReduce { program, op, axes, space }) => {
+            Some((program.clone(), Kernel::Reduce { op: *op, axes: axes.clone(), space: space.clone() }))
+        }
+        _ => None,
+    }
+}
+
+fn rebuild(kernel: &Kernel, program: Program) -> EOp {
+    match kernel {
+        Kernel::Map { ty } => EOp::Ir(Op::Fused { program, output: 0, group: 0, ty: ty.clone() }),
+        Kernel::Reduce { op, axes, space } => EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: space.clone() }),
+    }
+}
+
+/// Views of a producer's operands in its consumer's space: the consumer reads the produced
+/// class (shape `k`) through `view`; the producer reads operand `j` through `inner[j]`.
+fn compose_views(view: &Shape, k: &Shape, inner: &[Shape]) -> Option<Vec<Shape>> {
+    if view == k {
+        // Broadcasting composes: right-aligned into k, k right-aligned into the space.
+        return Some(inner.to_vec());
+    }
+    // A reshaped read composes only with operands the producer reads whole.
+    inner.iter().map(|w| (w.numel() == k.numel() && w == k).then(|| view.clone())).collect()
+}
+
+fn finish(kernel: &Kernel, program: &Program, operands: &[Id]) -> Option<(EOp, Vec<Id>)> {
+    let (p, ops) = program.canonical(operands);
+    (p.instrs.len() <= MAX_PROGRAM_INSTRS).then(|| (rebuild(kernel, p), ops))
+}
+
+/// The most fused single-output program of a class: the one reading the fewest classes that
+/// need a kernel of their own (no leaf or view computes them), then the shortest.
+fn most_fused<'a>(eg: &'a EG, class: Id) -> Option<(&'a Program, &'a ENode)> {
+    let reads_programs = |n: &ENode| n.children.iter().filter(|&&c| !eg[c].nodes.iter().any(|x| crate::egraph::cost::is_view(eg, x))).count();
+    eg[class]
+        .nodes
+        .iter()
+        .filter_map(|n| single_output_program(eg.analysis.op(n.op)).map(|p| (reads_programs(n), p.instrs.len(), p, n)))
+        .min_by_key(|(r, l, _, _)| (*r, *l))
+        .map(|(_, _, p, n)| (p, n))
+}
+
+/// For every program node, one alternative with every producer it can absorb inlined (each
+/// producer in its most fused form), slot by slot while the program stays under
+/// [`MAX_PROGRAM_INSTRS`]. One new node per consumer per iteration keeps growth linear; a
+/// producer shared by several consumers is inlined into each (extraction decides whether
+/// that recomputation beats a launch: under the cost model it does).
+fn inline_producers(eg: &EG, want_reduce: bool) -> Vec<(Id, Change)> {
+    let mut out = Vec::new();
+    for class in eg.classes() {
+        for node in &class.nodes {
+            let Some((program, kernel)) = program_node(eg, node) else { continue };
+            if matches!(kernel, Kernel::Reduce { .. }) != want_reduce {
+                continue;
+            }
+            let (mut p, mut ops) = (program.clone(), node.children.clone());
+            let mut inlined = false;
+            for slot in 0..node.children.len() {
+                let child = node.children[slot];
+                let Some(kt) = ty(eg, child) else { continue };
+                let Some((q, producer)) = most_fused(eg, child) else { continue };
+                let Some(views) = compose_views(&p.views[slot], &kt.shape, &q.views) else { continue };
+                let (np, nops) = p.inline(&ops, slot as u32, q, 0, &producer.children, &views);
+                if np.canonical(&nops).0.instrs.len() <= MAX_PROGRAM_INSTRS {
+                    (p, ops, inlined) = (np, nops, true);
+                }
+            }
+            if inlined {
+                if let Some((op, ops)) = finish(&kernel, &p, &ops) {
+                    out.push((class.id, Change::Add(op, ops)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn map_into_map(eg: &EG) -> Vec<(Id, Change)> {
+    inline_producers(eg, false)
+}
+
+fn map_into_reduce(eg: &EG) -> Vec<(Id, Change)> {
+    inline_producers(eg, true)
+}
+
+/// Replaces every operand that is a broadcast (or reshape) of some `x` by `x` read through
+/// the composed view: one new node per consumer.
+fn view_into_load(eg: &EG, broadcast: bool) -> Vec<(Id, Change)> {
+    let mut out = Vec::new();
+    for class in eg.classes() {
+        for node in &class.nodes {
+            let Some((program, kernel)) = program_node(eg, node) else { continue };
+            let (mut p, mut ops) = (program.clone(), node.children.clone());
+            let mut changed = false;
+            for (slot, &child) in node.children.iter().enumerate() {
+                let Some(kt) = ty(eg, child) else { continue };
+                let found = eg[child].nodes.iter().find_map(|inner| match eg.analysis.op(inner.op) {
+                    EOp::Ir(Op::Broadcast { .. }) if broadcast && program.views[slot] == kt.shape => {
+                        ty(eg, inner.children[0]).map(|t| (t.shape.clone(), inner.children[0]))
+                    }
+                    EOp::Ir(Op::Reshape { .. }) if !broadcast => Some((program.views[slot].clone(), inner.children[0])),
+                    _ => None,
+                });
+                if let Some((view, x)) = found {
+                    p.views[slot] = view;
+                    ops[slot] = x;
+                    changed = true;
+                }
+            }
+            if changed {
+                if let Some((op, ops)) = finish(&kernel, &p, &ops) {
+                    out.push((class.id, Change::Add(op, ops)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn broadcast_into_load(eg: &EG) -> Vec<(Id, Change)> {
+    view_into_load(eg, true)
+}
+
+fn reshape_into_load(eg: &EG) -> Vec<(Id, Change)> {
+    view_into_load(eg, false)
+}
+
+/// Sibling (multi-output) fusion, run once after saturation: root classes (step outputs)
+/// with the same shape and phase get one multi-output kernel computing all of them, as an
+/// alternative to one kernel each. (A member that reads another member through its chosen
+/// form would make the kernel read its own output; extraction never picks such a cycle.) For each member it merges the fused map that reads
+/// the fewest other maps (the most fused one).
+pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
+    let mut groups: BTreeMap<(Shape, u32), Vec<Id>> = BTreeMap::new();
+    for &(root, phase) in roots {
+        let r = eg.find(root);
+        if let Some(t) = ty(eg, r) {
+            let members = groups.entry((t.shape.clone(), phase)).or_default();
+            if !members.contains(&r) {
+                members.push(r);
+            }
+        }
+    }
+    let mut added = 0;
+    for members in groups.into_values().filter(|m| m.len() > 1) {
+        let mut parts: Vec<(Program, Vec<Id>, TensorType)> = Vec::new();
+        for &m in &members {
+            if let (Some((p, n)), Some(t)) = (most_fused(eg, m), ty(eg, m)) {
+                // A member reading another member would make the kernel read its own output.
+                if n.children.iter().any(|c| members.contains(&eg.find(*c))) {
+                    continue;
+                }
+                parts.push((p.clone(), n.children.clone(), t.clone()));
+            }
+        }
+        if parts.len() != members.len() {
+            continue;
+        }
+        let refs: Vec<(&Program, &[Id])> = parts.iter().map(|(p, c, _)| (p, c.as_slice())).collect();
+        let (merged, ops) = Program::merge(&refs);
+        let (merged, ops) = merged.canonical(&ops);
+        let types: Vec<TensorType> = parts.iter().map(|(_, _, t)| t.clone()).collect();
+        let multi_op = eg.analysis.intern(EOp::Multi { program: merged, types });
+        let multi = eg.add(ENode { op: multi_op, children: ops });
+        for (i, &m) in members.iter().enumerate() {
+            let proj = eg.analysis.intern(EOp::Proj(i as u32));
+            let p = eg.add(ENode { op: proj, children: vec![multi] });
+            eg.union(m, p);
+        }
+        added += 1;
+    }
+    eg.rebuild();
+    added
+}

@@ -1,0 +1,187 @@
+//! The schedule: the fused program as an ordered list of kernel launches over buffers, each
+//! kernel tagged with its phase, with a liveness-based memory plan.
+
+mod plan;
+
+use crate::egraph::{Fused, Report};
+use crate::ir::{Graph, NodeId, Op, OutputKind};
+use crate::step::{Phase, Step};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write};
+
+pub use plan::{Buffer, BufferKind};
+
+/// One kernel launch.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kernel {
+    /// `k0`, `k1`, ... in launch order.
+    pub id: usize,
+    /// The op family: `fused`, `fused_reduce_sum`, `matmul`, `conv2d_grad_weight`, ...
+    pub name: String,
+    pub phase: Phase,
+    /// What it computes, one line per output (fused programs as expressions).
+    pub body: Vec<String>,
+    /// Buffers read (`b3`, or `b0+200704` for a view at an element offset).
+    pub inputs: Vec<String>,
+    /// Buffers written.
+    pub outputs: Vec<String>,
+    /// Bytes read plus bytes written.
+    pub bytes: u64,
+    /// The fused-graph nodes this kernel computes.
+    #[serde(skip)]
+    pub nodes: Vec<NodeId>,
+}
+
+/// A compiled step: kernels in launch order and the memory they use.
+#[derive(Clone, Debug, Serialize)]
+pub struct Schedule {
+    pub launches: usize,
+    /// Launches outside the forward and backward passes (SAM's ascent and the descent).
+    pub optimizer_launches: usize,
+    pub bytes_moved: u64,
+    pub peak_memory_bytes: u64,
+    pub param_count: usize,
+    pub kernels: Vec<Kernel>,
+    pub buffers: Vec<Buffer>,
+}
+
+/// A step compiled end to end: the fused program, its schedule and the rewriter's report.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub fused: Graph,
+    pub phases: BTreeMap<NodeId, Phase>,
+    pub schedule: Schedule,
+    pub report: Report,
+}
+
+/// Whether a fused-graph node is computed by a kernel (rather than being a leaf or a view).
+pub fn is_kernel(g: &Graph, id: NodeId) -> bool {
+    let node = g.node(id);
+    match &node.op {
+        op if op.is_leaf() => false,
+        Op::Reshape { .. } => false,
+        Op::Concat { axis, .. } => *axis != 0,
+        Op::Slice { start, end } => {
+            let x = g.operands(id)[0];
+            !crate::egraph::slice_is_contiguous(g.shape(x), start, end)
+        }
+        _ => true,
+    }
+}
+
+/// Lays out the kernels of a fused step: one launch per kernel node (one per group for
+/// multi-output programs), in the fused graph's topological order.
+pub fn schedule(step: &Step, fused: Fused) -> Compiled {
+    let g = &fused.graph;
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut group_kernel: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut kernel_of: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for id in g.node_ids() {
+        if !is_kernel(g, id) {
+            continue;
+        }
+        let node = g.node(id);
+        let body = match &node.op {
+            Op::Fused { program, output, .. } => program.expr(*output as usize),
+            op => op.to_string(),
+        };
+        let phase = fused.phases.get(&id).copied().unwrap_or(Phase::Forward);
+        if let Op::Fused { group, .. } = node.op {
+            if let Some(&k) = group_kernel.get(&group) {
+                let kernel = &mut kernels[k];
+                kernel.nodes.push(id);
+                kernel.body.push(body);
+                kernel.phase = kernel.phase.max(phase);
+                kernel_of.insert(id, k);
+                continue;
+            }
+            group_kernel.insert(group, kernels.len());
+        }
+        kernel_of.insert(id, kernels.len());
+        kernels.push(Kernel {
+            id: kernels.len(),
+            name: node.op.mnemonic().to_string(),
+            phase,
+            body: vec![body],
+            inputs: vec![],
+            outputs: vec![],
+            bytes: 0,
+            nodes: vec![id],
+        });
+    }
+    let plan = plan::plan(g, &kernels, &kernel_of);
+    for k in kernels.iter_mut() {
+        let mut inputs: Vec<NodeId> = Vec::new();
+        for &n in &k.nodes {
+            for o in g.operands(n) {
+                if !inputs.contains(&o) {
+                    inputs.push(o);
+                }
+            }
+        }
+        k.inputs = inputs.iter().map(|&i| plan.location(i)).collect();
+        k.outputs = k.nodes.iter().map(|&n| plan.location(n)).collect();
+        let size = |n: &NodeId| (g.shape(*n).numel() * g.dtype(*n).size_bytes()) as u64;
+        k.bytes = inputs.iter().map(size).sum::<u64>() + k.nodes.iter().map(size).sum::<u64>();
+    }
+    let schedule = Schedule {
+        launches: kernels.len(),
+        optimizer_launches: kernels.iter().filter(|k| k.phase.is_optimizer()).count(),
+        bytes_moved: kernels.iter().map(|k| k.bytes).sum(),
+        peak_memory_bytes: plan.peak_bytes,
+        param_count: step.arena.len,
+        kernels,
+        buffers: plan.buffers,
+    };
+    Compiled { fused: fused.graph.clone(), phases: fused.phases, schedule, report: fused.report }
+}
+
+impl Schedule {
+    /// Launches per phase.
+    pub fn launches_by_phase(&self) -> BTreeMap<Phase, usize> {
+        let mut m = BTreeMap::new();
+        for k in &self.kernels {
+            *m.entry(k.phase).or_default() += 1;
+        }
+        m
+    }
+
+    /// The kernels of one phase.
+    pub fn phase(&self, p: Phase) -> Vec<&Kernel> {
+        self.kernels.iter().filter(|k| k.phase == p).collect()
+    }
+}
+
+/// The readable text form: a summary, the buffers, then one line per kernel.
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "schedule: {} launches ({} optimizer), {} bytes moved, peak memory {} bytes, {} parameters",
+            self.launches, self.optimizer_launches, self.bytes_moved, self.peak_memory_bytes, self.param_count
+        );
+        for b in &self.buffers {
+            let _ = writeln!(s, "  {b}");
+        }
+        for k in &self.kernels {
+            let _ = writeln!(s, "k{} [{}] {}({}) -> {}", k.id, k.phase, k.name, k.inputs.join(", "), k.outputs.join(", "));
+            for line in &k.body {
+                let _ = writeln!(s, "      {line}");
+            }
+        }
+        f.write_str(&s)
+    }
+}
+
+/// Whether an output of the fused graph is read by the caller after the step.
+pub(crate) fn is_value_output(g: &Graph, id: NodeId) -> bool {
+    g.outputs().iter().any(|o| o.node == id && o.kind == OutputKind::Value)
+}
+
+/// Fuses and schedules `step`; with `rewrite` off the program stays one op per kernel.
+pub fn compile_step(step: &Step, rewrite: bool) -> Result<Compiled, crate::IrError> {
+    let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
+    Ok(schedule(step, fused))
+}

@@ -1,0 +1,209 @@
+//! The memory plan: every value gets a place in a buffer; leaves are persistent buffers,
+//! kernel results live in a pool from their producer to their last reader. Views (reshapes,
+//! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
+//! kernel may write over an operand that dies with it, and a state's new value overwrites
+//! the state once nothing reads the old one.
+
+use super::{is_value_output, Kernel};
+use crate::ir::{leaf_kind, leaf_name, Graph, NodeId, Op, OutputKind};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum BufferKind {
+    /// A leaf's storage (`param:params`, `state:momentum`, `input:x`, `scalar:lr`, `const`):
+    /// allocated for the whole run.
+    Persistent(String),
+    /// Pool memory at `offset`, live from kernel `from` to kernel `to`.
+    Temp { offset: u64, from: usize, to: usize },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Buffer {
+    pub id: usize,
+    pub bytes: u64,
+    pub kind: BufferKind,
+}
+
+impl fmt::Display for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BufferKind::Persistent(what) => write!(f, "b{} {} bytes: {}", self.id, self.bytes, what),
+            BufferKind::Temp { offset, from, to } => write!(f, "b{} {} bytes: pool+{} live k{}..k{}", self.id, self.bytes, offset, from, to),
+        }
+    }
+}
+
+pub(super) struct Plan {
+    pub buffers: Vec<Buffer>,
+    /// (buffer, element offset) of every node.
+    loc: HashMap<NodeId, (usize, usize)>,
+    pub peak_bytes: u64,
+}
+
+impl Plan {
+    pub fn location(&self, n: NodeId) -> String {
+        match self.loc.get(&n) {
+            Some(&(b, 0)) => format!("b{b}"),
+            Some(&(b, off)) => format!("b{b}+{off}"),
+            None => format!("{n}"),
+        }
+    }
+}
+
+fn bytes(g: &Graph, n: NodeId) -> u64 {
+    (g.shape(n).numel() * g.dtype(n).size_bytes()) as u64
+}
+
+pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>) -> Plan {
+    let end = kernels.len();
+    // The kernel that first needs each node's storage: its producer, or for a view the
+    // producer of what it views.
+    let mut loc: HashMap<NodeId, (usize, usize)> = HashMap::new();
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut first: Vec<usize> = Vec::new();
+    let mut last: Vec<usize> = Vec::new();
+    let new_buffer = |buffers: &mut Vec<Buffer>, first: &mut Vec<usize>, last: &mut Vec<usize>, bytes: u64, kind: BufferKind, at: usize| {
+        buffers.push(Buffer { id: buffers.len(), bytes, kind });
+        first.push(at);
+        last.push(at);
+        buffers.len() - 1
+    };
+    // Concat parts are written in place into the concatenation.
+    let mut part_of: HashMap<NodeId, (NodeId, usize)> = HashMap::new();
+    for id in g.node_ids() {
+        if let Op::Concat { axis: 0, .. } = g.node(id).op {
+            let mut off = 0;
+            for p in g.operands(id) {
+                // The producer writes its part directly, through any reshapes.
+                let mut src = p;
+                while let Op::Reshape { .. } = g.node(src).op {
+                    src = g.operands(src)[0];
+                }
+                part_of.entry(src).or_insert((id, off));
+                off += g.shape(p).numel();
+            }
+        }
+    }
+    let state_of: HashMap<NodeId, NodeId> = g
+        .outputs()
+        .iter()
+        .filter_map(|o| match o.kind {
+            OutputKind::StateUpdate { state } => Some((o.node, state)),
+            OutputKind::Value => None,
+        })
+        .collect();
+    // Last kernel reading each node (views forward their readers to their source).
+    let mut reads: HashMap<NodeId, usize> = HashMap::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        for &n in &kernel.nodes {
+            for o in g.operands(n) {
+                let e = reads.entry(o).or_insert(k);
+                *e = (*e).max(k);
+            }
+        }
+    }
+    for id in g.node_ids().collect::<Vec<_>>().into_iter().rev() {
+        if !super::is_kernel(g, id) && !g.node(id).op.is_leaf() {
+            if let Some(&r) = reads.get(&id) {
+                for o in g.operands(id) {
+                    let e = reads.entry(o).or_insert(r);
+                    *e = (*e).max(r);
+                }
+            }
+        }
+    }
+
+    for id in g.node_ids() {
+        let node = g.node(id);
+        let at = kernel_of.get(&id).copied().unwrap_or(0);
+        let placed = if node.op.is_leaf() {
+            let what = match (leaf_kind(&node.op), leaf_name(&node.op)) {
+                (Some(k), Some(n)) => format!("{k}:{n}"),
+                _ => "const".to_string(),
+            };
+            (new_buffer(&mut buffers, &mut first, &mut last, bytes(g, id), BufferKind::Persistent(what), 0), 0)
+        } else if !super::is_kernel(g, id) {
+            let src = g.operands(id);
+            match &node.op {
+                Op::Slice { start, .. } => {
+                    let (b, off) = loc[&src[0]];
+                    let strides = g.shape(src[0]).strides();
+                    (b, off + start.iter().zip(&strides).map(|(s, st)| s * st).sum::<usize>())
+                }
+                Op::Concat { .. } => match loc.get(&id) {
+                    Some(&l) => l,
+                    None => (new_buffer(&mut buffers, &mut first, &mut last, bytes(g, id), BufferKind::Temp { offset: 0, from: 0, to: 0 }, 0), 0),
+                },
+                _ => loc[&src[0]],
+            }
+        } else if let Some(&(concat, off)) = part_of.get(&id) {
+            let b = match loc.get(&concat) {
+                Some(&(b, base)) => (b, base + off),
+                None => {
+                    let b = new_buffer(&mut buffers, &mut first, &mut last, bytes(g, concat), BufferKind::Temp { offset: 0, from: at, to: at }, at);
+                    loc.insert(concat, (b, 0));
+                    (b, off)
+                }
+            };
+            b
+        } else {
+            let elementwise = matches!(node.op, Op::Fused { .. });
+            let same = |b: usize| buffers[b].bytes == bytes(g, id);
+            // A state's new value overwrites the state when nothing reads the old one later.
+            let state_slot = state_of.get(&id).and_then(|s| {
+                let (b, off) = loc[s];
+                (elementwise && off == 0 && same(b) && reads.get(s).is_none_or(|&r| r <= at) && last[b] <= at).then_some((b, 0))
+            });
+            // Otherwise write over an operand's temporary that dies here.
+            let in_place = state_slot.or_else(|| {
+                if !elementwise {
+                    return None;
+                }
+                g.operands(id).into_iter().find_map(|o| {
+                    let &(b, off) = loc.get(&o)?;
+                    let temp = matches!(buffers[b].kind, BufferKind::Temp { .. });
+                    (temp && off == 0 && same(b) && last[b] <= at && !is_value_output(g, o) && !state_of.contains_key(&o)).then_some((b, 0))
+                })
+            });
+            match in_place {
+                Some(l) => l,
+                None => (new_buffer(&mut buffers, &mut first, &mut last, bytes(g, id), BufferKind::Temp { offset: 0, from: at, to: at }, at), 0),
+            }
+        };
+        loc.insert(id, placed);
+        let b = placed.0;
+        let mut until = reads.get(&id).copied().unwrap_or(at).max(at);
+        if is_value_output(g, id) || state_of.contains_key(&id) {
+            until = end;
+        }
+        last[b] = last[b].max(until);
+        if matches!(buffers[b].kind, BufferKind::Temp { .. }) && first[b] > at && kernel_of.contains_key(&id) {
+            first[b] = at;
+        }
+    }
+
+    // First-fit placement of temporaries in the pool, in order of first use.
+    let mut order: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
+    order.sort_by_key(|&b| (first[b], b));
+    let mut live: Vec<(u64, u64, usize)> = Vec::new(); // (offset, bytes, last)
+    let mut pool_peak = 0u64;
+    for b in order {
+        live.retain(|&(_, _, l)| l >= first[b]);
+        live.sort();
+        let size = buffers[b].bytes.max(1);
+        let mut offset = 0u64;
+        for &(o, s, _) in &live {
+            if o >= offset + size {
+                break;
+            }
+            offset = offset.max(o + s);
+        }
+        live.push((offset, size, last[b]));
+        pool_peak = pool_peak.max(live.iter().map(|&(o, s, _)| o + s).max().unwrap_or(0));
+        buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
+    }
+    let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
+    Plan { buffers, loc, peak_bytes: persistent + pool_peak }
+}

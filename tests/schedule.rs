@@ -1,0 +1,132 @@
+//! The compiled schedule: kernel counts asserted, fused against naive execution, snapshots.
+
+mod common;
+
+use common::*;
+use plateau::{compile, initial_state, run_step, BaseOptimizer, Bindings, DType, ModelSpec, OptimizerSpec, Phase, Sam, Tensor, TraceOptions};
+
+fn opts(batch: usize, input: &[usize]) -> TraceOptions {
+    TraceOptions { batch_size: batch, input_shape: input.to_vec(), classes: 10, ..TraceOptions::default() }
+}
+
+fn sgd() -> OptimizerSpec {
+    OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: None }
+}
+
+fn sam(adaptive: Option<f64>) -> OptimizerSpec {
+    OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam { adaptive, ..Sam::default() }) }
+}
+
+/// Compiles `spec` for `model`, checks the fused program against the naive per-tensor
+/// program on the reference interpreter over 5 steps, and returns the schedule.
+fn check_fused_against_naive(name: &str, model: &ModelSpec, o: &TraceOptions, spec: &OptimizerSpec) -> plateau::Schedule {
+    let (traced, step, compiled) = compile(model, o, spec, false, true).unwrap();
+    assert!(!compiled.report.fallback, "{name}: the rewriter fell back");
+    let (_, naive, _) = compile(model, o, spec, true, false).unwrap();
+    let data = bind_model(&traced, 4);
+    let run = |graph: &plateau::Graph, mut b: Bindings| {
+        b.set("input", "x", data.get("input", "x").unwrap().clone());
+        b.set("input", "labels", data.get("input", "labels").unwrap().clone());
+        b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.05));
+        b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
+        let mut losses = Vec::new();
+        for i in 0..5 {
+            b.set("scalar", "step", Tensor::scalar(DType::F32, i as f64));
+            losses.push(run_step(graph, &mut b).unwrap()["loss"].item());
+        }
+        (b, losses)
+    };
+    let (fb, fl) = run(&compiled.fused, initial_state(&traced, &step, 3).unwrap());
+    let (nb, nl) = run(&naive.graph, initial_state(&traced, &naive, 3).unwrap());
+    assert_close(&format!("{name} losses"), &fl, &nl, 1e-6);
+    let w = &fb.get("param", "params").unwrap().data;
+    for slot in &step.arena.slots {
+        let got = &w[slot.offset..slot.offset + slot.shape.numel()];
+        assert_close(&format!("{name} {}", slot.name), got, &nb.get("param", &slot.name).unwrap().data, 1e-6);
+    }
+    compiled.schedule
+}
+
+fn mlp() -> (ModelSpec, TraceOptions) {
+    (ModelSpec::Mlp { hidden: vec![32, 16] }, opts(8, &[1, 6, 6]))
+}
+
+fn cnn() -> (ModelSpec, TraceOptions) {
+    (ModelSpec::Cnn, opts(4, &[1, 8, 8]))
+}
+
+fn check_model(name: &str, (model, o): (ModelSpec, TraceOptions)) {
+    let sgd_s = check_fused_against_naive(&format!("{name} sgd"), &model, &o, &sgd());
+    let sam_s = check_fused_against_naive(&format!("{name} sam"), &model, &o, &sam(None));
+    let asam_s = check_fused_against_naive(&format!("{name} asam"), &model, &o, &sam(Some(0.01)));
+    assert_eq!(sgd_s.optimizer_launches, 1, "{name}: SGD with momentum is one kernel");
+    assert_eq!(sam_s.optimizer_launches, 3, "{name}: norm, perturbation, descent");
+    assert_eq!(asam_s.optimizer_launches, 3, "{name}: ASAM's norm, perturbation, descent");
+    assert!(sam_s.launches <= 2 * sgd_s.launches + 1, "{name}: {} vs 2 x {} + 1", sam_s.launches, sgd_s.launches);
+    insta::assert_snapshot!(format!("{name}_sgd_schedule"), sgd_s.to_string());
+    insta::assert_snapshot!(format!("{name}_sam_schedule"), sam_s.to_string());
+    insta::assert_snapshot!(format!("{name}_asam_schedule"), asam_s.to_string());
+}
+
+#[test]
+fn mlp_fused_steps_match_the_naive_program_and_meet_the_launch_targets() {
+    check_model("mlp", mlp());
+}
+
+#[test]
+fn cnn_fused_steps_match_the_naive_program_and_meet_the_launch_targets() {
+    check_model("cnn", cnn());
+}
+
+#[test]
+fn the_sam_ascent_is_one_norm_reduction_and_one_perturbation_over_the_arena() {
+    let (model, o) = (ModelSpec::default(), opts(128, &[784]));
+    let (_, step, c) = compile(&model, &o, &sam(None), false, true).unwrap();
+    let ascent = c.schedule.phase(Phase::Ascent);
+    assert_eq!(ascent.len(), 2);
+    assert_eq!(ascent[0].name, "fused_reduce_sum");
+    assert_eq!(ascent[0].body[0], format!("fused_reduce_sum{{axes=0 over f32[{}]: mul($0, $0) | [{}]}}", step.arena.len, step.arena.len));
+    assert_eq!(ascent[1].name, "fused");
+    assert_eq!(ascent[1].body, ["add($0, mul(div($1, add(sqrt($2), $3)), $4))"], "w + rho * g / (sqrt(s) + eps), scale in-kernel");
+    let descent = c.schedule.phase(Phase::Descent);
+    assert_eq!(descent.len(), 1);
+    assert_eq!(descent[0].outputs.len(), 2, "new parameters and momentum from one kernel");
+    // The perturbed weights take the first gradient's buffer: no restore, no extra copy.
+    assert_eq!(ascent[1].outputs[0], ascent[1].inputs[4]);
+}
+
+#[test]
+fn the_rewriter_removes_the_naive_restore() {
+    let (model, o) = mlp();
+    let (_, _, plain) = compile(&model, &o, &sam(None), true, false).unwrap();
+    let (_, _, fused) = compile(&model, &o, &sam(None), true, true).unwrap();
+    assert_eq!(fused.report.rule_hits.get("restore-cancels"), Some(&6), "one restore per parameter tensor");
+    assert!(fused.schedule.launches < plain.schedule.launches / 2, "{} vs {}", fused.schedule.launches, plain.schedule.launches);
+}
+
+#[test]
+fn what_the_rewriter_finds_for_the_other_sam_variants() {
+    let (model, o) = mlp();
+    let variants = [
+        ("sam-adamw", OptimizerSpec { base: BaseOptimizer::adamw(0.01), sam: Some(Sam::default()) }, 3),
+        ("sam-linf", OptimizerSpec { base: BaseOptimizer::sgd(0.9, 0.0), sam: Some(Sam { norm: plateau::SamNorm::Linf, ..Sam::default() }) }, 3),
+        ("m-sharpness 4x2", OptimizerSpec { base: BaseOptimizer::sgd(0.9, 0.0), sam: Some(Sam { micro_batch: Some(2), ..Sam::default() }) }, 9),
+        ("two ascent steps", OptimizerSpec { base: BaseOptimizer::sgd(0.9, 0.0), sam: Some(Sam { ascent_steps: 2, ..Sam::default() }) }, 6),
+        ("second order", OptimizerSpec { base: BaseOptimizer::sgd(0.9, 0.0), sam: Some(Sam { second_order: true, ..Sam::default() }) }, 5),
+    ];
+    let mut found = Vec::new();
+    for (name, spec, _) in &variants {
+        let (_, _, c) = compile(&model, &o, spec, false, true).unwrap();
+        found.push((name.to_string(), c.schedule.optimizer_launches, c.schedule.launches));
+    }
+    let expected: Vec<(String, usize)> = variants.iter().map(|(n, _, k)| (n.to_string(), *k)).collect();
+    assert_eq!(found.iter().map(|(n, k, _)| (n.clone(), *k)).collect::<Vec<_>>(), expected, "{found:?}");
+}
+
+#[test]
+fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
+    let (_, _, c) = compile(&ModelSpec::ResNet18, &TraceOptions { batch_size: 8, input_shape: vec![3, 32, 32], ..TraceOptions::default() }, &sam(None), false, true).unwrap();
+    assert!(!c.report.fallback);
+    assert!(c.report.iterations <= plateau::compiler::egraph::DEFAULT_LIMITS.iterations);
+    assert_eq!(c.schedule.optimizer_launches, 3);
+}
