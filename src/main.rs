@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use plateau::{trace, DType, ModelSpec, TraceOptions};
+use plateau::{trace, BaseOptimizer, DType, ModelSpec, OptimizerSpec, Sam, SamNorm, TraceOptions};
+use std::time::Instant;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -16,6 +17,80 @@ struct Cli {
 enum Command {
     /// Trace a model and print its forward + backward IR in the text form.
     Trace(TraceArgs),
+    /// Compile a whole training step and print its fused kernel schedule.
+    Compile(CompileArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerName {
+    Sgd,
+    Adamw,
+    Sam,
+    SamAdamw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PNorm {
+    #[value(name = "2")]
+    Two,
+    Inf,
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// mlp, cnn, resnet18 or wrn16-K.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<usize>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Shape of one example, C,H,W (default 1,28,28; 3,32,32 for resnet18 and wrn16-K).
+    #[arg(long, value_delimiter = ',')]
+    input: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    #[arg(long, value_enum, default_value = "sam")]
+    optimizer: OptimizerName,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long)]
+    nesterov: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// SAM radius (a runtime scalar: changing it never recompiles).
+    #[arg(long, default_value_t = 0.05)]
+    rho: f64,
+    /// ASAM: adaptive perturbation `rho * T_w^2 g / ||T_w g||`.
+    #[arg(long)]
+    adaptive: bool,
+    /// ASAM's eta.
+    #[arg(long, default_value_t = 0.01)]
+    eta: f64,
+    /// m-sharpness: examples per micro-batch.
+    #[arg(long)]
+    m: Option<usize>,
+    /// Dual norm of the SAM ball.
+    #[arg(long, value_enum, default_value = "2")]
+    p: PNorm,
+    /// Ascent steps (rho/k each, projected onto the ball).
+    #[arg(long, default_value_t = 1)]
+    ascent_steps: usize,
+    /// Differentiate through the perturbation (Hessian-vector products).
+    #[arg(long)]
+    second_order: bool,
+    /// Compile the naive per-tensor program (as eager frameworks run SAM) instead.
+    #[arg(long)]
+    naive: bool,
+    /// Skip the rewriter: one kernel per op.
+    #[arg(long)]
+    no_rewrite: bool,
+    /// Print one JSON object instead of the schedule text.
+    #[arg(long)]
+    json: bool,
+    /// Write the fused program as Graphviz DOT to this file.
+    #[arg(long)]
+    dot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,31 +137,114 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Trace(args) => trace_cmd(args),
+        Command::Compile(args) => compile_cmd(args),
     }
 }
 
-fn trace_cmd(args: TraceArgs) -> Result<()> {
-    let mut spec: ModelSpec = args.model.parse().context("--model")?;
-    if let ModelSpec::Mlp { hidden } = &mut spec {
-        if args.hidden.contains(&0) {
-            bail!("--hidden: layer widths must be positive, got {:?}", args.hidden);
+/// The model and trace options the common flags describe.
+fn model_flags(model: &str, hidden: &[usize], batch_size: usize, input: Option<Vec<usize>>, classes: usize) -> Result<(ModelSpec, TraceOptions)> {
+    let mut spec: ModelSpec = model.parse().context("--model")?;
+    if let ModelSpec::Mlp { hidden: h } = &mut spec {
+        if hidden.contains(&0) {
+            bail!("--hidden: layer widths must be positive, got {hidden:?}");
         }
-        *hidden = args.hidden.clone();
+        *h = hidden.to_vec();
+    }
+    if batch_size == 0 {
+        bail!("--batch-size must be positive");
     }
     let default_input = match spec {
         ModelSpec::ResNet18 | ModelSpec::Wrn16 { .. } => vec![3, 32, 32],
         _ => vec![1, 28, 28],
     };
+    let opts = TraceOptions { batch_size, input_shape: input.unwrap_or(default_input), classes, ..TraceOptions::default() };
+    Ok((spec, opts))
+}
+
+fn compile_cmd(args: CompileArgs) -> Result<()> {
+    let (model, opts) = model_flags(&args.model, &args.hidden, args.batch_size, args.input.clone(), args.classes)?;
+    for (flag, v) in [("--momentum", args.momentum), ("--weight-decay", args.weight_decay), ("--rho", args.rho), ("--eta", args.eta)] {
+        if !v.is_finite() || v < 0.0 {
+            bail!("{flag} must be a finite non-negative number, got {v}");
+        }
+    }
+    if let Some(m) = args.m {
+        if m == 0 || args.batch_size % m != 0 {
+            bail!("--m {m} must divide --batch-size {}", args.batch_size);
+        }
+    }
+    if args.ascent_steps == 0 {
+        bail!("--ascent-steps must be at least 1");
+    }
+    let base = match args.optimizer {
+        OptimizerName::Sgd | OptimizerName::Sam => {
+            BaseOptimizer::Sgd { momentum: args.momentum, nesterov: args.nesterov, weight_decay: args.weight_decay }
+        }
+        OptimizerName::Adamw | OptimizerName::SamAdamw => BaseOptimizer::adamw(args.weight_decay),
+    };
+    let sam = matches!(args.optimizer, OptimizerName::Sam | OptimizerName::SamAdamw).then(|| Sam {
+        norm: match args.p {
+            PNorm::Two => SamNorm::L2,
+            PNorm::Inf => SamNorm::Linf,
+        },
+        adaptive: args.adaptive.then_some(args.eta),
+        micro_batch: args.m,
+        ascent_steps: args.ascent_steps,
+        second_order: args.second_order,
+    });
+    if sam.is_none() && (args.adaptive || args.m.is_some() || args.second_order || args.ascent_steps > 1) {
+        bail!("--adaptive, --m, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
+    }
+    let spec = OptimizerSpec { base, sam };
+    let start = Instant::now();
+    let (_, _, compiled) = plateau::compile(&model, &opts, &spec, args.naive, !args.no_rewrite)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.dot {
+        std::fs::write(path, compiled.fused.to_dot()).with_context(|| format!("--dot: cannot write {}", path.display()))?;
+    }
+    let s = &compiled.schedule;
+    let r = &compiled.report;
+    if args.json {
+        let json = serde_json::json!({
+            "model": model.to_string(),
+            "optimizer": args.optimizer.to_possible_value().map(|v| v.get_name().to_string()),
+            "launches": s.launches,
+            "optimizer_launches": s.optimizer_launches,
+            "bytes_moved": s.bytes_moved,
+            "peak_memory_bytes": s.peak_memory_bytes,
+            "param_count": s.param_count,
+            "compile_seconds": seconds,
+            "rewriter": {
+                "iterations": r.iterations,
+                "stop": format!("{:?}", r.stop),
+                "egraph_nodes": r.egraph_nodes,
+                "fallback": r.fallback,
+            },
+            "kernels": s.kernels,
+        });
+        println!("{json}");
+    } else {
+        print!("{s}");
+        println!(
+            "compiled in {seconds:.3} s; rewriter: {} iterations, {:?}, {} e-nodes{}",
+            r.iterations,
+            r.stop,
+            r.egraph_nodes,
+            if r.fallback { "; extraction failed, kept unfused" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn trace_cmd(args: TraceArgs) -> Result<()> {
+    let (spec, opts) = model_flags(&args.model, &args.hidden, args.batch_size, args.input, args.classes)?;
     let opts = TraceOptions {
-        batch_size: args.batch_size,
-        input_shape: args.input.unwrap_or(default_input),
-        classes: args.classes,
         dtype: match args.dtype {
             Precision::F32 => DType::F32,
             Precision::F64 => DType::F64,
         },
         training: !args.eval,
-        label_smoothing: 0.0,
+        ..opts
     };
     let mut model = trace(&spec, &opts)?;
     if !args.forward_only {

@@ -70,3 +70,36 @@ fn readme_code_sample_is_the_dsl_example() {
     let body: String = example[begin..end].lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
     assert!(readme.contains(&format!("```rust\n{body}```")), "README's DSL sample differs from examples/dsl.rs");
 }
+
+#[test]
+fn compile_reports_the_schedule_as_json() {
+    let out = plateau(&["compile", "--model", "mlp", "--optimizer", "sam", "--batch-size", "16", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["optimizer_launches"], 3);
+    assert_eq!(v["param_count"], 269_322);
+    let kernels = v["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len() as u64, v["launches"].as_u64().unwrap());
+    for k in ["name", "phase", "inputs", "outputs", "bytes"] {
+        assert!(kernels[0].get(k).is_some(), "kernel field {k}");
+    }
+    assert!(v["bytes_moved"].as_u64().unwrap() > 0 && v["peak_memory_bytes"].as_u64().unwrap() > 0);
+    let sgd = plateau(&["compile", "--model", "mlp", "--optimizer", "sgd", "--batch-size", "16", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&sgd.stdout).unwrap();
+    assert_eq!(s["optimizer_launches"], 1);
+    assert!(v["launches"].as_u64().unwrap() <= 2 * s["launches"].as_u64().unwrap() + 1);
+}
+
+#[test]
+fn compile_rejects_bad_flags() {
+    let out = plateau(&["compile", "--m", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--m 3 must divide --batch-size 128"));
+    let out = plateau(&["compile", "--optimizer", "sgd", "--adaptive"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("need --optimizer sam or sam-adamw"));
+    let out = plateau(&["compile", "--rho=-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = plateau(&["compile", "--optimizer", "lion"]);
+    assert_eq!(out.status.code(), Some(2));
+}
