@@ -221,6 +221,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
                 "fallback": r.fallback,
             },
             "kernels": s.kernels,
+            "buffers": s.buffers,
         });
         println!("{json}");
     } else {

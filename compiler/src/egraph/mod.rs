@@ -181,9 +181,12 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
     report.egraph_classes = eg.number_of_classes();
 
     let roots: Vec<Id> = g.outputs().iter().map(|o| eg.find(class_of[&o.node])).collect();
+    // Rebuild in the step's own order (each class where its first step node was), so values
+    // are computed early and die early, as the step builder laid them out.
+    let order: Vec<Id> = g.node_ids().map(|id| eg.find(class_of[&id])).collect();
     let built = extract::extract(&eg, &roots).and_then(|ex| {
         report.cost = ex.cost;
-        rebuild_graph(&eg, &ex.choice, &roots).ok()
+        rebuild_graph(&eg, &ex.choice, &order).ok()
     });
     let (graph, class_nodes) = match built {
         Some(b) => b,
@@ -220,9 +223,9 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
     Ok(Fused { graph: out, phases, report })
 }
 
-/// Builds the IR graph of the extracted choice, operands before users, roots in output
-/// order. Fails on a cyclic choice.
-fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, roots: &[Id]) -> Result<(Graph, HashMap<Id, NodeId>), IrError> {
+/// Builds the IR graph of the extracted choice (the classes it reaches), operands before
+/// users, visiting classes in `order`. Fails on a cyclic choice.
+fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(Graph, HashMap<Id, NodeId>), IrError> {
     struct Ctx<'a> {
         eg: &'a EG,
         choice: &'a HashMap<Id, ENode>,
@@ -284,8 +287,10 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, roots: &[Id]) -> Result<(
         Ok(id)
     }
     let mut cx = Ctx { eg, choice, g: Graph::new(), done: HashMap::new(), visiting: Default::default(), groups: HashMap::new(), next_group: 0 };
-    for &r in roots {
-        visit(&mut cx, r)?;
+    for &c in order {
+        if choice.contains_key(&c) {
+            visit(&mut cx, c)?;
+        }
     }
     Ok((cx.g, cx.done))
 }

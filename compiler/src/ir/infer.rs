@@ -14,7 +14,32 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
     }
     let fail = |reason: String| IrError::Shape { op: op.to_string(), operands: operands.to_vec(), reason };
     let t = |dtype: DType, dims: Vec<usize>| Ok(TensorType { dtype, shape: Shape(dims) });
-    let a = &operands[0];
+    // Fused programs may read no operand at all (a constant computed in-kernel).
+    match op {
+        Op::Fused { program, output, ty, .. } => {
+            check_program(program, operands, &ty.shape).map_err(fail)?;
+            if *output as usize >= program.outputs.len() {
+                return Err(fail(format!("output {output} of a {}-output program", program.outputs.len())));
+            }
+            return Ok(ty.clone());
+        }
+        Op::FusedReduce { program, axes, space, .. } => {
+            check_program(program, operands, &space.shape).map_err(fail)?;
+            if program.outputs.len() != 1 {
+                return Err(fail("a reduction prologue has one output".into()));
+            }
+            check_axes(axes, space.shape.rank()).map_err(fail)?;
+            let mut dims = space.shape.0.clone();
+            for &ax in axes {
+                dims[ax] = 1;
+            }
+            return t(space.dtype, dims);
+        }
+        _ => {}
+    }
+    let Some(a) = operands.first() else {
+        return Err(fail("no operands".into()));
+    };
     let float = |x: &TensorType| {
         if x.dtype.is_float() {
             Ok(())
@@ -158,25 +183,6 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             }
             t(a.dtype, vec![m, n])
         }
-        Op::Fused { program, output, ty, .. } => {
-            check_program(program, operands, &ty.shape).map_err(fail)?;
-            if *output as usize >= program.outputs.len() {
-                return Err(fail(format!("output {output} of a {}-output program", program.outputs.len())));
-            }
-            Ok(ty.clone())
-        }
-        Op::FusedReduce { program, axes, space, .. } => {
-            check_program(program, operands, &space.shape).map_err(fail)?;
-            if program.outputs.len() != 1 {
-                return Err(fail("a reduction prologue has one output".into()));
-            }
-            check_axes(axes, space.shape.rank()).map_err(fail)?;
-            let mut dims = space.shape.0.clone();
-            for &ax in axes {
-                dims[ax] = 1;
-            }
-            t(space.dtype, dims)
-        }
         Op::Conv2d(attrs) => {
             let w = &operands[1];
             same_float(a, w).map_err(fail)?;
@@ -261,8 +267,8 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             }
             t(DType::Bool, shape.0.clone())
         }
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. } => {
-            unreachable!("leaves are handled above")
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. } | Op::Fused { .. } | Op::FusedReduce { .. } => {
+            unreachable!("leaves and fused ops are handled above")
         }
     }
 }

@@ -201,6 +201,18 @@ impl Program {
         (Program { views, instrs, outputs }, ops)
     }
 
+    /// The program with every load of operand `slot` replaced by the constant `value` (the
+    /// operand becomes unused; `canonical` drops it).
+    pub fn with_const(&self, slot: u32, value: f64) -> Program {
+        let mut p = self.clone();
+        for ins in p.instrs.iter_mut() {
+            if *ins == Instr::Load(slot) {
+                *ins = Instr::Const(value.to_bits());
+            }
+        }
+        p
+    }
+
     /// Several programs over one iteration space as one multi-output program.
     pub fn merge<T: Clone>(parts: &[(&Program, &[T])]) -> (Program, Vec<T>) {
         let mut out = Program { views: Vec::new(), instrs: Vec::new(), outputs: Vec::new() };

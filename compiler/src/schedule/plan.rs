@@ -184,24 +184,27 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
     }
 
-    // First-fit placement of temporaries in the pool, in order of first use.
+    // Offline placement, greedy by size: largest buffers first, each at the lowest offset
+    // that no already-placed buffer with an overlapping lifetime occupies. Lifetimes are
+    // inclusive: a buffer read by kernel k cannot share memory with one written by kernel k.
     let mut order: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
-    order.sort_by_key(|&b| (first[b], b));
-    let mut live: Vec<(u64, u64, usize)> = Vec::new(); // (offset, bytes, last)
+    order.sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes), first[b], b));
+    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new(); // (offset, bytes, first, last)
     let mut pool_peak = 0u64;
     for b in order {
-        live.retain(|&(_, _, l)| l >= first[b]);
-        live.sort();
         let size = buffers[b].bytes.max(1);
+        let mut conflicts: Vec<(u64, u64)> =
+            placed.iter().filter(|&&(_, _, f, l)| f <= last[b] && first[b] <= l).map(|&(o, s, _, _)| (o, s)).collect();
+        conflicts.sort();
         let mut offset = 0u64;
-        for &(o, s, _) in &live {
+        for (o, s) in conflicts {
             if o >= offset + size {
                 break;
             }
             offset = offset.max(o + s);
         }
-        live.push((offset, size, last[b]));
-        pool_peak = pool_peak.max(live.iter().map(|&(o, s, _)| o + s).max().unwrap_or(0));
+        placed.push((offset, size, first[b], last[b]));
+        pool_peak = pool_peak.max(offset + size);
         buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();

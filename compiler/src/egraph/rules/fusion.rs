@@ -2,11 +2,11 @@
 //! same-shaped outputs into one multi-output kernel. Every new node is an alternative; the
 //! extractor decides which to keep.
 
-use super::{single_output_program, Change, Rule};
+use super::{Change, Rule};
 use crate::egraph::lang::{ty, EOp, ENode, EG};
 use crate::ir::{Op, Program, Shape, TensorType};
 use egg::Id;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Longest fused program (instructions) a rule may build: past this a kernel's registers
 /// spill and its compile time grows, while launches saved are already few.
@@ -22,6 +22,8 @@ pub(super) fn rules() -> Vec<Rule> {
         Rule { name: "broadcast-into-load", algebra: "f(broadcast(x)) reads x", find: broadcast_into_load },
         // map(f, reshape(x)) -> map(f, x read through the reshape): reshapes are free.
         Rule { name: "reshape-into-load", algebra: "f(reshape(x)) reads x", find: reshape_into_load },
+        // map(f, const c) -> map(f with c inlined): constants are immediates, not buffers.
+        Rule { name: "const-into-program", algebra: "f(c) computes c in-kernel", find: const_into_program },
     ]
 }
 
@@ -65,47 +67,76 @@ fn finish(kernel: &Kernel, program: &Program, operands: &[Id]) -> Option<(EOp, V
     (p.instrs.len() <= MAX_PROGRAM_INSTRS).then(|| (rebuild(kernel, p), ops))
 }
 
-/// The most fused single-output program of a class: the one reading the fewest classes that
-/// need a kernel of their own (no leaf or view computes them), then the shortest.
-fn most_fused<'a>(eg: &'a EG, class: Id) -> Option<(&'a Program, &'a ENode)> {
-    let reads_programs = |n: &ENode| n.children.iter().filter(|&&c| !eg[c].nodes.iter().any(|x| crate::egraph::cost::is_view(eg, x))).count();
-    eg[class]
-        .nodes
-        .iter()
-        .filter_map(|n| single_output_program(eg.analysis.op(n.op)).map(|p| (reads_programs(n), p.instrs.len(), p, n)))
-        .min_by_key(|(r, l, _, _)| (*r, *l))
-        .map(|(_, _, p, n)| (p, n))
+/// Per-pass facts about the e-graph that the fusion rules consult for every consumer.
+struct Index {
+    /// Classes a leaf or view computes (reading them needs no kernel of their own).
+    free: HashSet<Id>,
 }
 
-/// For every program node, one alternative with every producer it can absorb inlined (each
-/// producer in its most fused form), slot by slot while the program stays under
-/// [`MAX_PROGRAM_INSTRS`]. One new node per consumer per iteration keeps growth linear; a
-/// producer shared by several consumers is inlined into each (extraction decides whether
-/// that recomputation beats a launch: under the cost model it does).
+impl Index {
+    fn new(eg: &EG) -> Self {
+        let free = eg.classes().filter(|c| c.nodes.iter().any(|n| crate::egraph::cost::is_view(eg, n))).map(|c| c.id).collect();
+        Index { free }
+    }
+
+    /// Operands of `n` that need a kernel of their own.
+    fn reads_kernels(&self, eg: &EG, n: &ENode) -> usize {
+        n.children.iter().filter(|&&c| !self.free.contains(&eg.find(c))).count()
+    }
+
+    /// The most fused program node of a class (maps, or reductions when `reduce`): the one
+    /// that absorbed the most work (the longest program), then the one reading the fewest
+    /// classes that need their own kernel.
+    fn most_fused<'a>(&self, eg: &'a EG, class: Id, reduce: bool) -> Option<(Program, Kernel, &'a ENode)> {
+        eg[class]
+            .nodes
+            .iter()
+            .filter_map(|n| program_node(eg, n).map(|(p, k)| (p, k, n)))
+            .filter(|(_, k, _)| matches!(k, Kernel::Reduce { .. }) == reduce)
+            .min_by_key(|(p, _, n)| (std::cmp::Reverse(p.instrs.len()), self.reads_kernels(eg, n), n.children.clone()))
+    }
+
+    /// The map of a class that reads the fewest classes needing their own kernel, then the
+    /// shortest: what a multi-output kernel should compute for it.
+    fn self_contained<'a>(&self, eg: &'a EG, class: Id) -> Option<(Program, &'a ENode)> {
+        eg[class]
+            .nodes
+            .iter()
+            .filter_map(|n| program_node(eg, n).filter(|(_, k)| matches!(k, Kernel::Map { .. })).map(|(p, _)| (p, n)))
+            .min_by_key(|(p, n)| (self.reads_kernels(eg, n), p.instrs.len(), n.children.clone()))
+    }
+}
+
+/// The most fused single-output map of a class.
+fn most_fused<'a>(eg: &'a EG, index: &Index, class: Id) -> Option<(Program, &'a ENode)> {
+    index.most_fused(eg, class, false).map(|(p, _, n)| (p, n))
+}
+
+/// For the most fused program node of every class, one alternative with every producer it
+/// can absorb inlined (each producer in its most fused form), slot by slot while the program
+/// stays under [`MAX_PROGRAM_INSTRS`]. One new node per class per iteration keeps growth
+/// linear; a producer shared by several consumers is inlined into each (extraction decides
+/// whether that recomputation beats a launch: under the cost model it does).
 fn inline_producers(eg: &EG, want_reduce: bool) -> Vec<(Id, Change)> {
+    let index = Index::new(eg);
     let mut out = Vec::new();
     for class in eg.classes() {
-        for node in &class.nodes {
-            let Some((program, kernel)) = program_node(eg, node) else { continue };
-            if matches!(kernel, Kernel::Reduce { .. }) != want_reduce {
-                continue;
+        let Some((program, kernel, node)) = index.most_fused(eg, class.id, want_reduce) else { continue };
+        let (mut p, mut ops) = (program.clone(), node.children.clone());
+        let mut inlined = false;
+        for slot in 0..node.children.len() {
+            let child = node.children[slot];
+            let Some(kt) = ty(eg, child) else { continue };
+            let Some((q, producer)) = most_fused(eg, &index, child) else { continue };
+            let Some(views) = compose_views(&p.views[slot], &kt.shape, &q.views) else { continue };
+            let (np, nops) = p.inline(&ops, slot as u32, &q, 0, &producer.children, &views);
+            if np.canonical(&nops).0.instrs.len() <= MAX_PROGRAM_INSTRS {
+                (p, ops, inlined) = (np, nops, true);
             }
-            let (mut p, mut ops) = (program.clone(), node.children.clone());
-            let mut inlined = false;
-            for slot in 0..node.children.len() {
-                let child = node.children[slot];
-                let Some(kt) = ty(eg, child) else { continue };
-                let Some((q, producer)) = most_fused(eg, child) else { continue };
-                let Some(views) = compose_views(&p.views[slot], &kt.shape, &q.views) else { continue };
-                let (np, nops) = p.inline(&ops, slot as u32, q, 0, &producer.children, &views);
-                if np.canonical(&nops).0.instrs.len() <= MAX_PROGRAM_INSTRS {
-                    (p, ops, inlined) = (np, nops, true);
-                }
-            }
-            if inlined {
-                if let Some((op, ops)) = finish(&kernel, &p, &ops) {
-                    out.push((class.id, Change::Add(op, ops)));
-                }
+        }
+        if inlined {
+            if let Some((op, ops)) = finish(&kernel, &p, &ops) {
+                out.push((class.id, Change::Add(op, ops)));
             }
         }
     }
@@ -123,10 +154,10 @@ fn map_into_reduce(eg: &EG) -> Vec<(Id, Change)> {
 /// Replaces every operand that is a broadcast (or reshape) of some `x` by `x` read through
 /// the composed view: one new node per consumer.
 fn view_into_load(eg: &EG, broadcast: bool) -> Vec<(Id, Change)> {
+    let index = Index::new(eg);
     let mut out = Vec::new();
     for class in eg.classes() {
-        for node in &class.nodes {
-            let Some((program, kernel)) = program_node(eg, node) else { continue };
+        for (program, kernel, node) in [false, true].iter().filter_map(|&r| index.most_fused(eg, class.id, r)) {
             let (mut p, mut ops) = (program.clone(), node.children.clone());
             let mut changed = false;
             for (slot, &child) in node.children.iter().enumerate() {
@@ -154,6 +185,33 @@ fn view_into_load(eg: &EG, broadcast: bool) -> Vec<(Id, Change)> {
     out
 }
 
+fn const_into_program(eg: &EG) -> Vec<(Id, Change)> {
+    let index = Index::new(eg);
+    let mut out = Vec::new();
+    for class in eg.classes() {
+        for (program, kernel, node) in [false, true].iter().filter_map(|&r| index.most_fused(eg, class.id, r)) {
+            let mut p = program.clone();
+            let mut changed = false;
+            for (slot, &child) in node.children.iter().enumerate() {
+                let value = eg[child].nodes.iter().find_map(|n| match eg.analysis.op(n.op) {
+                    EOp::Leaf { op: Op::Const { value }, .. } => Some(*value),
+                    _ => None,
+                });
+                if let Some(v) = value {
+                    p = p.with_const(slot as u32, v);
+                    changed = true;
+                }
+            }
+            if changed {
+                if let Some((op, ops)) = finish(&kernel, &p, &node.children) {
+                    out.push((class.id, Change::Add(op, ops)));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn broadcast_into_load(eg: &EG) -> Vec<(Id, Change)> {
     view_into_load(eg, true)
 }
@@ -168,6 +226,7 @@ fn reshape_into_load(eg: &EG) -> Vec<(Id, Change)> {
 /// form would make the kernel read its own output; extraction never picks such a cycle.) For each member it merges the fused map that reads
 /// the fewest other maps (the most fused one).
 pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
+    let index = Index::new(eg);
     let mut groups: BTreeMap<(Shape, u32), Vec<Id>> = BTreeMap::new();
     for &(root, phase) in roots {
         let r = eg.find(root);
@@ -182,12 +241,12 @@ pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
     for members in groups.into_values().filter(|m| m.len() > 1) {
         let mut parts: Vec<(Program, Vec<Id>, TensorType)> = Vec::new();
         for &m in &members {
-            if let (Some((p, n)), Some(t)) = (most_fused(eg, m), ty(eg, m)) {
+            if let (Some((p, n)), Some(t)) = (index.self_contained(eg, m), ty(eg, m)) {
                 // A member reading another member would make the kernel read its own output.
                 if n.children.iter().any(|c| members.contains(&eg.find(*c))) {
                     continue;
                 }
-                parts.push((p.clone(), n.children.clone(), t.clone()));
+                parts.push((p, n.children.clone(), t.clone()));
             }
         }
         if parts.len() != members.len() {
