@@ -19,7 +19,7 @@ fn sam(adaptive: Option<f64>) -> OptimizerSpec {
 
 /// Compiles `spec` for `model`, checks the fused program against the naive per-tensor
 /// program on the reference interpreter over 5 steps, and returns the schedule.
-fn check_fused_against_naive(name: &str, model: &ModelSpec, o: &TraceOptions, spec: &OptimizerSpec) -> plateau::Schedule {
+fn check_fused_against_naive(name: &str, model: &ModelSpec, o: &TraceOptions, spec: &OptimizerSpec) -> (plateau::Schedule, String) {
     let (traced, step, compiled) = compile(model, o, spec, false, true).unwrap();
     assert!(!compiled.report.fallback, "{name}: the rewriter fell back");
     let (_, naive, _) = compile(model, o, spec, true, false).unwrap();
@@ -44,7 +44,8 @@ fn check_fused_against_naive(name: &str, model: &ModelSpec, o: &TraceOptions, sp
         let got = &w[slot.offset..slot.offset + slot.shape.numel()];
         assert_close(&format!("{name} {}", slot.name), got, &nb.get("param", &slot.name).unwrap().data, 1e-6);
     }
-    compiled.schedule
+    compiled.fused.verify().unwrap();
+    (compiled.schedule, compiled.fused.to_text())
 }
 
 fn mlp() -> (ModelSpec, TraceOptions) {
@@ -56,9 +57,9 @@ fn cnn() -> (ModelSpec, TraceOptions) {
 }
 
 fn check_model(name: &str, (model, o): (ModelSpec, TraceOptions)) {
-    let sgd_s = check_fused_against_naive(&format!("{name} sgd"), &model, &o, &sgd());
-    let sam_s = check_fused_against_naive(&format!("{name} sam"), &model, &o, &sam(None));
-    let asam_s = check_fused_against_naive(&format!("{name} asam"), &model, &o, &sam(Some(0.01)));
+    let (sgd_s, sgd_ir) = check_fused_against_naive(&format!("{name} sgd"), &model, &o, &sgd());
+    let (sam_s, sam_ir) = check_fused_against_naive(&format!("{name} sam"), &model, &o, &sam(None));
+    let (asam_s, asam_ir) = check_fused_against_naive(&format!("{name} asam"), &model, &o, &sam(Some(0.01)));
     assert_eq!(sgd_s.optimizer_launches, 1, "{name}: SGD with momentum is one kernel");
     assert_eq!(sam_s.optimizer_launches, 3, "{name}: norm, perturbation, descent");
     assert_eq!(asam_s.optimizer_launches, 3, "{name}: ASAM's norm, perturbation, descent");
@@ -73,6 +74,9 @@ fn check_model(name: &str, (model, o): (ModelSpec, TraceOptions)) {
     insta::assert_snapshot!(format!("{name}_sgd_schedule"), sgd_s.to_string());
     insta::assert_snapshot!(format!("{name}_sam_schedule"), sam_s.to_string());
     insta::assert_snapshot!(format!("{name}_asam_schedule"), asam_s.to_string());
+    insta::assert_snapshot!(format!("{name}_sgd_fused_ir"), sgd_ir);
+    insta::assert_snapshot!(format!("{name}_sam_fused_ir"), sam_ir);
+    insta::assert_snapshot!(format!("{name}_asam_fused_ir"), asam_ir);
 }
 
 #[test]

@@ -1,0 +1,134 @@
+//! One minimal program per rewrite rule: the rule fires, and the fused result is what the
+//! rule promises.
+
+use plateau_compiler::egraph::{fuse, rule_table, DEFAULT_LIMITS};
+use plateau_compiler::ir::{BinaryOp, Op, OutputKind, UnaryOp};
+use plateau_compiler::step::{Arena, BaseOptimizer, OptimizerSpec, Step};
+use plateau_compiler::{DType, Graph, NodeId, Shape};
+use std::collections::BTreeMap;
+
+fn step_of(g: Graph) -> Step {
+    Step { graph: g, arena: Arena::default(), phases: BTreeMap::new(), spec: OptimizerSpec { base: BaseOptimizer::sgd(0.0, 0.0), sam: None } }
+}
+
+fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
+    g.leaf(Op::Input { name: name.into() }, DType::F32, dims.to_vec()).unwrap()
+}
+
+/// Fuses a graph whose single output is `out`; returns the fused text and the rule hits.
+fn fused(mut g: Graph, out: NodeId) -> (String, BTreeMap<&'static str, usize>) {
+    g.add_output("y", out, OutputKind::Value).unwrap();
+    let f = fuse(&step_of(g), &DEFAULT_LIMITS, true).unwrap();
+    assert!(!f.report.fallback);
+    f.graph.verify().unwrap();
+    (f.graph.to_text(), f.report.rule_hits)
+}
+
+fn kernels(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.contains(" = input ") && !l.starts_with("out ") && !l.contains(" = const ") && !l.contains(" = reshape") && !l.contains(" = param ")).collect()
+}
+
+#[test]
+fn every_rule_has_a_name_and_its_algebra() {
+    let table = rule_table();
+    assert!(table.len() >= 8);
+    for (name, algebra) in table {
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{name}");
+        assert!(!algebra.is_empty());
+    }
+}
+
+#[test]
+fn map_into_map_fuses_a_chain_into_one_kernel() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let a = g.unary(UnaryOp::Exp, x).unwrap();
+    let b = g.unary(UnaryOp::Neg, a).unwrap();
+    let c = g.unary(UnaryOp::Sqrt, b).unwrap();
+    let (text, hits) = fused(g, c);
+    assert!(hits["map-into-map"] > 0);
+    assert_eq!(kernels(&text), ["%1 = fused{k1.0: sqrt(neg(exp($0))) | [4,5]} %0 : f32[4,5]"]);
+}
+
+#[test]
+fn map_into_reduce_makes_a_prologue() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let sq = g.binary(BinaryOp::Mul, x, x).unwrap();
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, sq, &[1]).unwrap();
+    let (text, hits) = fused(g, s);
+    assert!(hits["map-into-reduce"] > 0);
+    assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=1 over f32[4,5]: mul($0, $0) | [4,5]} %0 : f32[4,1]"]);
+}
+
+#[test]
+fn broadcast_and_constants_become_loads_and_immediates() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let b = input(&mut g, "b", &[5]);
+    let bb = g.broadcast(b, &Shape(vec![4, 5])).unwrap();
+    let y = g.binary(BinaryOp::Add, x, bb).unwrap();
+    let y = g.scale(y, 2.0).unwrap();
+    let (text, hits) = fused(g, y);
+    assert!(hits["broadcast-into-load"] > 0 && hits["const-into-program"] > 0, "{hits:?}");
+    assert_eq!(kernels(&text), ["%2 = fused{k1.0: mul(add($0, $1), 2.0) | [4,5] [5]} %0, %1 : f32[4,5]"]);
+}
+
+#[test]
+fn reshapes_are_read_through() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[20]);
+    let r = g.reshape(x, [4, 5]).unwrap();
+    let y = g.unary(UnaryOp::Exp, r).unwrap();
+    let (text, hits) = fused(g, y);
+    assert!(hits["reshape-into-load"] > 0);
+    assert_eq!(kernels(&text), ["%1 = fused{k1.0: exp($0) | [4,5]} %0 : f32[4,5]"]);
+}
+
+#[test]
+fn transposes_become_matmul_flags_and_cancel() {
+    let mut g = Graph::new();
+    let a = input(&mut g, "a", &[3, 4]);
+    let b = input(&mut g, "b", &[5, 4]);
+    let bt = g.permute(b, &[1, 0]).unwrap();
+    let m = g.add(Op::MatMul { ta: false, tb: false }, &[a, bt]).unwrap();
+    let mt = g.permute(m, &[1, 0]).unwrap();
+    let back = g.permute(mt, &[1, 0]).unwrap();
+    let (text, hits) = fused(g, back);
+    assert!(hits["matmul-absorbs-transpose"] > 0 && hits["permute-permute-cancel"] > 0, "{hits:?}");
+    assert_eq!(kernels(&text), ["%2 = matmul{tb} %0, %1 : f32[3,5]"]);
+    let mut g = Graph::new();
+    let a = input(&mut g, "a", &[3, 4]);
+    let b = input(&mut g, "b", &[4, 5]);
+    let m = g.add(Op::MatMul { ta: false, tb: false }, &[a, b]).unwrap();
+    let mt = g.permute(m, &[1, 0]).unwrap();
+    let (text, hits) = fused(g, mt);
+    assert!(hits["transpose-of-matmul"] > 0);
+    assert_eq!(kernels(&text), ["%2 = matmul{ta,tb} %1, %0 : f32[5,3]"]);
+}
+
+#[test]
+fn the_restore_cancels() {
+    let mut g = Graph::new();
+    let w = input(&mut g, "w", &[6]);
+    let e = input(&mut g, "e", &[6]);
+    let adv = g.binary(BinaryOp::Add, w, e).unwrap();
+    let restored = g.binary(BinaryOp::Sub, adv, e).unwrap();
+    let (text, hits) = fused(g, restored);
+    assert_eq!(hits["restore-cancels"], 1);
+    assert!(kernels(&text).is_empty(), "{text}");
+    assert!(text.ends_with("out y = %0\n"), "{text}");
+}
+
+#[test]
+fn sibling_outputs_share_one_kernel() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8]);
+    let a = g.unary(UnaryOp::Exp, x).unwrap();
+    let b = g.unary(UnaryOp::Neg, x).unwrap();
+    g.add_output("a", a, OutputKind::Value).unwrap();
+    let (text, hits) = fused(g, b);
+    assert_eq!(hits["sibling-outputs"], 1);
+    // Both outputs belong to kernel k1.
+    assert_eq!(kernels(&text), ["%1 = fused{k1.0: exp($0) | [8]} %0 : f32[8]", "%2 = fused{k1.1: neg($0) | [8]} %0 : f32[8]"]);
+}
