@@ -141,3 +141,25 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     assert!(c.report.iterations <= plateau::compiler::egraph::DEFAULT_LIMITS.iterations);
     assert_eq!(c.schedule.optimizer_launches, 3);
 }
+
+#[test]
+fn fused_sam_with_rho_zero_equals_fused_sgd_bit_for_bit() {
+    let (model, o) = mlp();
+    let (traced, sgd_step, sgd_c) = compile(&model, &o, &sgd(), false, true).unwrap();
+    let (_, sam_step, sam_c) = compile(&model, &o, &sam(None), false, true).unwrap();
+    let data = bind_model(&traced, 9);
+    let run = |graph: &plateau::Graph, mut b: Bindings| {
+        b.set("input", "x", data.get("input", "x").unwrap().clone());
+        b.set("input", "labels", data.get("input", "labels").unwrap().clone());
+        b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.1));
+        b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.0));
+        for i in 0..20 {
+            b.set("scalar", "step", Tensor::scalar(DType::F32, i as f64));
+            run_step(graph, &mut b).unwrap();
+        }
+        b.get("param", "params").unwrap().data.clone()
+    };
+    let a = run(&sgd_c.fused, initial_state(&traced, &sgd_step, 1).unwrap());
+    let b = run(&sam_c.fused, initial_state(&traced, &sam_step, 1).unwrap());
+    assert_eq!(a, b);
+}

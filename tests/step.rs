@@ -161,3 +161,24 @@ fn arena_step_matches_the_naive_program_on_the_cnn() {
     }
 }
 
+
+#[test]
+fn batchnorm_running_statistics_come_from_the_clean_pass_only() {
+    let o = TraceOptions { batch_size: 4, input_shape: vec![3, 8, 8], classes: 10, ..TraceOptions::default() };
+    let model = plateau::trace(&ModelSpec::Wrn16 { k: 1 }, &o).unwrap();
+    let lm = model.loss_model();
+    let base = BaseOptimizer::sgd(0.9, 5e-4);
+    let sgd = build_step(&lm, None, &OptimizerSpec { base: base.clone(), sam: None }).unwrap();
+    let sam = build_step(&lm, None, &OptimizerSpec { base, sam: Some(Sam::default()) }).unwrap();
+    let (a, _) = train(&sgd, initial_state(&model, &sgd, 5).unwrap(), &model, 1, 0.5);
+    let (b, _) = train(&sam, initial_state(&model, &sam, 5).unwrap(), &model, 1, 0.5);
+    let mut checked = 0;
+    for s in &model.states {
+        let (x, y) = (a.get("state", &s.name).unwrap(), b.get("state", &s.name).unwrap());
+        assert_eq!(x.data, y.data, "{} after one step", s.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 2 * 13, "running mean and var of WRN-16-1's 13 BatchNorms");
+    // The parameters did move differently: the second pass saw other weights.
+    assert_ne!(a.get("param", "params").unwrap().data, b.get("param", "params").unwrap().data);
+}
