@@ -38,18 +38,8 @@ enum PNorm {
 
 #[derive(clap::Args)]
 struct CompileArgs {
-    /// mlp, cnn, resnet18 or wrn16-K.
-    #[arg(long, default_value = "mlp")]
-    model: String,
-    #[arg(long, value_delimiter = ',', default_value = "256,256")]
-    hidden: Vec<usize>,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Shape of one example, C,H,W (default 1,28,28; 3,32,32 for resnet18 and wrn16-K).
-    #[arg(long, value_delimiter = ',')]
-    input: Option<Vec<usize>>,
-    #[arg(long, default_value_t = 10)]
-    classes: usize,
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long, value_enum, default_value = "sam")]
     optimizer: OptimizerName,
     #[arg(long, default_value_t = 0.9)]
@@ -99,8 +89,9 @@ enum Precision {
     F64,
 }
 
+/// The flags that choose and shape a model.
 #[derive(clap::Args)]
-struct TraceArgs {
+struct ModelArgs {
     /// mlp, cnn, resnet18 or wrn16-K.
     #[arg(long, default_value = "mlp")]
     model: String,
@@ -114,6 +105,12 @@ struct TraceArgs {
     input: Option<Vec<usize>>,
     #[arg(long, default_value_t = 10)]
     classes: usize,
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
     /// Trace in evaluation mode (BatchNorm running statistics, no dropout).
@@ -142,7 +139,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The model and trace options the common flags describe.
-fn model_flags(model: &str, hidden: &[usize], batch_size: usize, input: Option<Vec<usize>>, classes: usize) -> Result<(ModelSpec, TraceOptions)> {
+fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
+    let ModelArgs { model, hidden, batch_size, input, classes } = args;
+    let (batch_size, classes) = (*batch_size, *classes);
     let mut spec: ModelSpec = model.parse().context("--model")?;
     if let ModelSpec::Mlp { hidden: h } = &mut spec {
         if hidden.contains(&0) {
@@ -157,20 +156,20 @@ fn model_flags(model: &str, hidden: &[usize], batch_size: usize, input: Option<V
         ModelSpec::ResNet18 | ModelSpec::Wrn16 { .. } => vec![3, 32, 32],
         _ => vec![1, 28, 28],
     };
-    let opts = TraceOptions { batch_size, input_shape: input.unwrap_or(default_input), classes, ..TraceOptions::default() };
+    let opts = TraceOptions { batch_size, input_shape: input.clone().unwrap_or(default_input), classes, ..TraceOptions::default() };
     Ok((spec, opts))
 }
 
 fn compile_cmd(args: CompileArgs) -> Result<()> {
-    let (model, opts) = model_flags(&args.model, &args.hidden, args.batch_size, args.input.clone(), args.classes)?;
+    let (model, opts) = model_flags(&args.model)?;
     for (flag, v) in [("--momentum", args.momentum), ("--weight-decay", args.weight_decay), ("--rho", args.rho), ("--eta", args.eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
     }
     if let Some(m) = args.m {
-        if m == 0 || args.batch_size % m != 0 {
-            bail!("--m {m} must divide --batch-size {}", args.batch_size);
+        if m == 0 || opts.batch_size % m != 0 {
+            bail!("--m {m} must divide --batch-size {}", opts.batch_size);
         }
     }
     if args.ascent_steps == 0 {
@@ -238,7 +237,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
 }
 
 fn trace_cmd(args: TraceArgs) -> Result<()> {
-    let (spec, opts) = model_flags(&args.model, &args.hidden, args.batch_size, args.input, args.classes)?;
+    let (spec, opts) = model_flags(&args.model)?;
     let opts = TraceOptions {
         dtype: match args.dtype {
             Precision::F32 => DType::F32,
