@@ -1,10 +1,11 @@
-//! cubecl lowering of plateau's scheduled kernels.
-//!
-//! This crate is where each kernel of a compiled schedule becomes a cubecl `#[cube]`
-//! function (fused elementwise programs, reductions, matmul/conv via cubek). It depends on
-//! the compiler's IR and on cubecl 0.10 / cubek 0.2, with CUDA behind the `cuda` feature.
-//! Until the lowering lands it only fixes those dependencies, so the workspace always
-//! builds against the pinned versions with and without `--features cuda`.
+//! cubecl lowering of plateau's scheduled kernels: fused elementwise programs as one
+//! comptime-programmed `#[cube]` interpreter, and device-free CUDA C++ emission. Depends on
+//! cubecl 0.10 / cubek 0.2, with CUDA behind the `cuda` feature.
+
+pub mod elementwise;
+pub mod host;
+pub mod program;
 
 pub use cubecl;
 pub use cubek;
+pub use program::{access, Access, KInstr, KernelProgram};

@@ -1,0 +1,58 @@
+//! Host-side launches on any cubecl runtime: upload, launch, read back.
+
+use crate::elementwise::fused_map;
+use crate::program::KernelProgram;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use plateau_compiler::ir::Program;
+use plateau_compiler::Shape;
+
+/// Threads per cube for elementwise kernels.
+pub const BLOCK: u32 = 256;
+
+/// Uploads f32 data.
+pub fn upload<R: Runtime>(client: &ComputeClient<R>, data: &[f32]) -> Handle {
+    // A zero-sized buffer is not allowed; empty tensors get one unused element.
+    if data.is_empty() {
+        return client.create_from_slice(f32::as_bytes(&[0.0]));
+    }
+    client.create_from_slice(f32::as_bytes(data))
+}
+
+/// Reads `len` f32 values back.
+pub fn download<R: Runtime>(client: &ComputeClient<R>, handle: Handle, len: usize) -> Result<Vec<f32>, String> {
+    let bytes = client.read_one(handle).map_err(|e| format!("{e:?}"))?;
+    Ok(f32::from_bytes(&bytes)[..len].to_vec())
+}
+
+/// Launches the fused program over `space`: `inputs` are (buffer, element count) pairs in the
+/// program's operand order; one output buffer per program output, each `space.numel()` long.
+pub fn launch_fused_map<R: Runtime>(client: &ComputeClient<R>, program: &Program, space: &Shape, inputs: &[(Handle, usize)], outputs: &[Handle]) {
+    let n = space.numel();
+    if n == 0 {
+        return;
+    }
+    let prog = KernelProgram::new(program, space);
+    let mut ins = SequenceArg::new();
+    for (h, len) in inputs {
+        // SAFETY: each handle holds `len` f32 values (at least one).
+        ins.push(unsafe { ArrayArg::from_raw_parts(h.clone(), (*len).max(1)) });
+    }
+    let mut outs = SequenceArg::new();
+    for h in outputs {
+        // SAFETY: each output holds `n` f32 values.
+        outs.push(unsafe { ArrayArg::from_raw_parts(h.clone(), n) });
+    }
+    let dim = CubeDim::new_1d(BLOCK);
+    let count = cubecl::calculate_cube_count_elemwise(client, n, dim);
+    fused_map::launch::<R>(client, count, dim, ins, outs, n, prog);
+}
+
+/// Runs the fused program on host data and returns every output.
+pub fn fused_map_on<R: Runtime>(client: &ComputeClient<R>, program: &Program, space: &Shape, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+    let handles: Vec<(Handle, usize)> = inputs.iter().map(|d| (upload(client, d), d.len())).collect();
+    let n = space.numel();
+    let outputs: Vec<Handle> = program.outputs.iter().map(|_| client.empty(n.max(1) * 4)).collect();
+    launch_fused_map(client, program, space, &handles, &outputs);
+    outputs.into_iter().map(|h| download(client, h, n)).collect()
+}

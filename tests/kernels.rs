@@ -1,0 +1,103 @@
+//! Kernels on a real cubecl device (wgpu; in CI Mesa's lavapipe, a CPU Vulkan driver)
+//! against the reference interpreter.
+
+use plateau::compiler::ir::{BinaryOp, CmpOp, Instr, Op, Program, UnaryOp};
+use plateau::kernels::cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use plateau::kernels::cubecl::Runtime;
+use plateau::kernels::host::fused_map_on;
+use plateau::{evaluate, Bindings, DType, Graph, Shape, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn client() -> plateau::kernels::cubecl::prelude::ComputeClient<WgpuRuntime> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: set once, before any thread of this test reads the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    WgpuRuntime::client(&WgpuDevice::default())
+}
+
+/// The program's first output, on the reference interpreter.
+fn reference(program: &Program, space: &Shape, inputs: &[(Vec<usize>, Vec<f32>)]) -> Vec<Vec<f32>> {
+    let mut g = Graph::new();
+    let mut b = Bindings::new();
+    let mut ops = Vec::new();
+    for (i, (shape, data)) in inputs.iter().enumerate() {
+        let name = format!("i{i}");
+        ops.push(g.leaf(Op::Input { name: name.clone() }, DType::F32, shape.clone()).unwrap());
+        b.set("input", &name, Tensor::from_f32(shape.clone(), data).unwrap());
+    }
+    let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+    let nodes: Vec<_> = (0..program.outputs.len())
+        .map(|o| g.add(Op::Fused { program: program.clone(), output: o as u32, group: 1, ty: ty.clone() }, &ops).unwrap())
+        .collect();
+    evaluate(&g, &b, &nodes).unwrap().into_iter().map(|t| t.to_f32()).collect()
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(0.1f32..2.0) * if r.random_bool(0.5) { 1.0 } else { -1.0 }).collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0) || (x.is_nan() && y.is_nan()))
+}
+
+/// Every instruction kind, broadcast and reshaped views, two outputs.
+fn program() -> Program {
+    use Instr::*;
+    Program {
+        views: vec![Shape(vec![3, 5, 7]), Shape(vec![5, 1]), Shape(vec![]), Shape(vec![3, 5, 7])],
+        instrs: vec![
+            Load(0),
+            Load(1),
+            Load(2),
+            Load(3),
+            Binary(BinaryOp::Add, 0, 1),
+            Binary(BinaryOp::Mul, 4, 2),
+            Unary(UnaryOp::Abs, 5),
+            Unary(UnaryOp::Sqrt, 6),
+            Unary(UnaryOp::Exp, 3),
+            Unary(UnaryOp::Log, 8),
+            Binary(BinaryOp::Div, 7, 9),
+            Compare(CmpOp::Gt, 0, 3),
+            Select(11, 10, 3),
+            Binary(BinaryOp::Max, 12, 1),
+            Binary(BinaryOp::Min, 13, 0),
+            Unary(UnaryOp::Sign, 0),
+            Unary(UnaryOp::Neg, 15),
+            Unary(UnaryOp::Recip, 1),
+            Binary(BinaryOp::Sub, 16, 17),
+            Const(1.5f64.to_bits()),
+            Binary(BinaryOp::Mul, 18, 19),
+        ],
+        outputs: vec![14, 20],
+    }
+}
+
+#[test]
+fn fused_elementwise_programs_match_the_reference() {
+    let client = client();
+    let p = program();
+    let space = Shape(vec![3, 5, 7]);
+    let inputs = vec![(vec![3, 5, 7], random(105, 1)), (vec![5], random(5, 2)), (vec![], random(1, 3)), (vec![105], random(105, 4))];
+    let want = reference(&p, &space, &inputs);
+    let data: Vec<&[f32]> = inputs.iter().map(|(_, d)| d.as_slice()).collect();
+    let got = fused_map_on(&client, &p, &space, &data).unwrap();
+    assert_eq!(got.len(), 2);
+    for (o, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(close(g, w), "output {o}: {g:?} vs {w:?}");
+    }
+}
+
+#[test]
+fn fused_elementwise_handles_any_size() {
+    let client = client();
+    // Sizes around the vector width and the cube size, and the empty and one-element cases.
+    for n in [0usize, 1, 3, 4, 255, 256, 257, 1037] {
+        let p = Program { views: vec![Shape(vec![n]), Shape(vec![n])], instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+        let (a, b) = (random(n, 5), random(n, 6));
+        let got = fused_map_on(&client, &p, &Shape(vec![n]), &[&a, &b]).unwrap();
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+        assert_eq!(got[0], want, "n = {n}");
+    }
+}
