@@ -101,3 +101,25 @@ fn fused_elementwise_handles_any_size() {
         assert_eq!(got[0], want, "n = {n}");
     }
 }
+
+/// The SAM step's perturbation and descent kernels of the default MLP, as CUDA C++ emitted
+/// with no GPU present.
+#[test]
+fn sam_perturbation_and_descent_kernels_emit_cuda() {
+    use plateau::{compile, BaseOptimizer, ModelSpec, OptimizerSpec, Phase, Sam, TraceOptions};
+    let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
+    let o = TraceOptions { batch_size: 128, input_shape: vec![784], ..TraceOptions::default() };
+    let (_, _, c) = compile(&ModelSpec::default(), &o, &spec, false, true).unwrap();
+    let g = &c.fused;
+    let kernel_source = |phase: Phase, name: &str| {
+        let k = c.schedule.kernels.iter().find(|k| k.phase == phase && k.name == "fused").unwrap();
+        let Op::Fused { program, ty, .. } = &g.node(k.nodes[0]).op else { panic!("not fused") };
+        plateau::kernels::emit::fused_map_cuda(program, &ty.shape, name).unwrap()
+    };
+    let perturb = kernel_source(Phase::Ascent, "sam_perturb");
+    let descent = kernel_source(Phase::Descent, "sgd_descent");
+    assert!(perturb.contains("sam_perturb") && perturb.contains("sqrt"), "{perturb}");
+    assert!(descent.contains("sgd_descent"), "{descent}");
+    insta::assert_snapshot!("sam_perturb_cuda", perturb);
+    insta::assert_snapshot!("sgd_descent_cuda", descent);
+}

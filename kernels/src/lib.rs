@@ -3,6 +3,7 @@
 //! cubecl 0.10 / cubek 0.2, with CUDA behind the `cuda` feature.
 
 pub mod elementwise;
+pub mod emit;
 pub mod host;
 pub mod program;
 
