@@ -123,3 +123,46 @@ fn sam_perturbation_and_descent_kernels_emit_cuda() {
     insta::assert_snapshot!("sam_perturb_cuda", perturb);
     insta::assert_snapshot!("sgd_descent_cuda", descent);
 }
+
+/// Reductions with a fused prologue against the reference, over several axis sets.
+#[test]
+fn fused_reductions_match_the_reference() {
+    use plateau::compiler::ir::ReduceOp;
+    use plateau::kernels::host::fused_reduce_on;
+    let client = client();
+    let space = Shape(vec![3, 5, 7]);
+    // prologue: exp(x) * b  with b broadcast over the last axis
+    let p = Program {
+        views: vec![Shape(vec![3, 5, 7]), Shape(vec![7])],
+        instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Unary(UnaryOp::Exp, 0), Instr::Binary(BinaryOp::Mul, 2, 1)],
+        outputs: vec![3],
+    };
+    let inputs = vec![(vec![3, 5, 7], random(105, 7)), (vec![7], random(7, 8))];
+    let data: Vec<&[f32]> = inputs.iter().map(|(_, d)| d.as_slice()).collect();
+    for op in [ReduceOp::Max, ReduceOp::Sum] {
+        for axes in [vec![0], vec![1], vec![2], vec![0, 2], vec![0, 1, 2]] {
+            let mut g = Graph::new();
+            let mut b = Bindings::new();
+            let ops: Vec<_> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, (shape, d))| {
+                    b.set("input", &format!("i{i}"), Tensor::from_f32(shape.clone(), d).unwrap());
+                    g.leaf(Op::Input { name: format!("i{i}") }, DType::F32, shape.clone()).unwrap()
+                })
+                .collect();
+            let space_ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+            let r = g.add(Op::FusedReduce { program: p.clone(), op, axes: axes.clone(), space: space_ty }, &ops).unwrap();
+            let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
+            let got = fused_reduce_on(&client, &p, op, &axes, &space, &data).unwrap();
+            assert!(close(&got, &want), "{op:?} over {axes:?}: {got:?} vs {want:?}");
+        }
+    }
+    // The sum of squares over a whole arena-sized vector (SAM's norm), odd length.
+    let n = 1037;
+    let x = random(n, 9);
+    let sq = Program { views: vec![Shape(vec![n])], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
+    let got = fused_reduce_on(&client, &sq, ReduceOp::Sum, &[0], &Shape(vec![n]), &[&x]).unwrap();
+    let want: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    assert!((got[0] as f64 - want).abs() < 1e-4 * want, "{} vs {want}", got[0]);
+}

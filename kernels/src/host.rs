@@ -56,3 +56,35 @@ pub fn fused_map_on<R: Runtime>(client: &ComputeClient<R>, program: &Program, sp
     launch_fused_map(client, program, space, &handles, &outputs);
     outputs.into_iter().map(|h| download(client, h, n)).collect()
 }
+
+/// Runs a reduction of `program`'s output over `axes` of `space` on host data; the result has
+/// `space` with the reduced axes at size 1, row-major.
+pub fn fused_reduce_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    program: &Program,
+    op: plateau_compiler::ir::ReduceOp,
+    axes: &[usize],
+    space: &Shape,
+    inputs: &[&[f32]],
+) -> Result<Vec<f32>, String> {
+    let layout = crate::reduce::ReduceLayout::new(space, axes);
+    let outputs = layout.outputs;
+    let mut ins = SequenceArg::new();
+    for d in inputs {
+        // SAFETY: the handle holds `d.len()` f32 values (at least one).
+        ins.push(unsafe { ArrayArg::from_raw_parts(upload(client, d), d.len().max(1)) });
+    }
+    let out = client.empty(outputs.max(1) * 4);
+    if outputs > 0 {
+        let dim = CubeDim::new_1d(BLOCK);
+        let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
+        // SAFETY: `out` holds `outputs` f32 values.
+        let arg = unsafe { ArrayArg::from_raw_parts(out.clone(), outputs) };
+        let prog = KernelProgram::new(program, space);
+        match op {
+            plateau_compiler::ir::ReduceOp::Sum => crate::reduce::fused_reduce_sum::launch::<R>(client, count, dim, ins, arg, layout, prog),
+            plateau_compiler::ir::ReduceOp::Max => crate::reduce::fused_reduce_max::launch::<R>(client, count, dim, ins, arg, layout, prog),
+        }
+    }
+    download(client, out, outputs)
+}

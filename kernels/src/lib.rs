@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod emit;
 pub mod host;
 pub mod program;
+pub mod reduce;
 
 pub use cubecl;
 pub use cubek;

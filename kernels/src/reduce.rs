@@ -1,0 +1,89 @@
+//! Reductions with a fused prologue: each output element is computed by one unit, which
+//! walks the reduced axes, evaluates the prologue program at each position and accumulates.
+
+use crate::elementwise::run_program;
+use crate::program::KernelProgram;
+use cubecl::prelude::*;
+use plateau_compiler::Shape;
+
+/// Where a reduction reads: for the output index and the reduced index, the
+/// (divisor, extent, stride-in-space) of each axis they cover.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ReduceLayout {
+    pub kept: Vec<(usize, usize, usize)>,
+    pub reduced: Vec<(usize, usize, usize)>,
+    pub outputs: usize,
+    pub reduce_len: usize,
+}
+
+impl ReduceLayout {
+    pub fn new(space: &Shape, axes: &[usize]) -> Self {
+        let ss = space.strides();
+        let mut out_dims: Vec<usize> = space.0.clone();
+        for &a in axes {
+            out_dims[a] = 1;
+        }
+        let os = Shape(out_dims).strides();
+        let red: Vec<usize> = (0..space.rank()).filter(|a| axes.contains(a)).collect();
+        let red_dims: Vec<usize> = red.iter().map(|&a| space.0[a]).collect();
+        let rs = Shape(red_dims.clone()).strides();
+        let kept = (0..space.rank()).filter(|a| !axes.contains(a) && space.0[*a] > 1).map(|a| (os[a], space.0[a], ss[a])).collect();
+        let reduced = red.iter().enumerate().filter(|(_, &a)| space.0[a] > 1).map(|(i, &a)| (rs[i], space.0[a], ss[a])).collect();
+        ReduceLayout {
+            kept,
+            reduced,
+            outputs: space.numel() / red_dims.iter().product::<usize>().max(1),
+            reduce_len: red_dims.iter().product(),
+        }
+    }
+}
+
+#[cube]
+fn position(i: usize, #[comptime] axes: Vec<(usize, usize, usize)>) -> usize {
+    let mut p = 0usize;
+    #[unroll]
+    for a in 0..axes.len() {
+        let axis = comptime!(axes[a]);
+        let d = comptime!(axis.0);
+        let e = comptime!(axis.1);
+        let s = comptime!(axis.2);
+        p += ((i / d) % e) * s;
+    }
+    p
+}
+
+/// The prologue's value at reduced index `r` of output `o`.
+#[cube]
+fn prologue_at(inputs: &Sequence<Array<f32>>, base: usize, r: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> f32 {
+    let pos = base + position(r, comptime!(layout.reduced.clone()));
+    let regs = run_program(inputs, pos, prog.clone());
+    *regs.index(comptime!(prog.outputs[0]))
+}
+
+/// `output[o] = sum_r prologue(space position of (o, r))`.
+#[cube(launch)]
+pub fn fused_reduce_sum(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+    let o = ABSOLUTE_POS;
+    if o < comptime!(layout.outputs) {
+        let base = position(o, comptime!(layout.kept.clone()));
+        let mut acc = 0.0f32;
+        for r in 0..comptime!(layout.reduce_len) {
+            acc += prologue_at(inputs, base, r, layout.clone(), prog.clone());
+        }
+        output[o] = acc;
+    }
+}
+
+/// `output[o] = max_r prologue(space position of (o, r))`.
+#[cube(launch)]
+pub fn fused_reduce_max(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+    let o = ABSOLUTE_POS;
+    if o < comptime!(layout.outputs) {
+        let base = position(o, comptime!(layout.kept.clone()));
+        let mut acc = prologue_at(inputs, base, 0, layout.clone(), prog.clone());
+        for r in 1..comptime!(layout.reduce_len) {
+            acc = f32::max(acc, prologue_at(inputs, base, r, layout.clone(), prog.clone()));
+        }
+        output[o] = acc;
+    }
+}
