@@ -8,9 +8,9 @@ use plateau_compiler::ir::{BinaryOp, CmpOp, UnaryOp};
 /// The index operand `acc` reads at iteration position `pos`.
 #[cube]
 pub fn load_index(pos: usize, #[comptime] acc: Access) -> usize {
-    let mut idx = 0usize;
+    let mut idx = comptime!(acc.offset).runtime();
     if comptime!(acc.identity) {
-        idx = pos;
+        idx += pos;
     } else {
         #[unroll]
         for a in 0..acc.axes.len() {
@@ -99,8 +99,9 @@ pub fn fused_map(inputs: &Sequence<Array<f32>>, outputs: &mut Sequence<Array<f32
         #[unroll]
         for o in 0..prog.outputs.len() {
             let r = comptime!(prog.outputs[o]);
+            let off = comptime!(prog.output_offsets[o]);
             let out = outputs.index_mut(o);
-            out[pos] = *regs.index(r);
+            out[off + pos] = *regs.index(r);
         }
     }
 }

@@ -21,8 +21,10 @@ pub enum KInstr {
 /// `((pos / divisor) % extent) * stride`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Access {
+    /// Element offset of the operand in its buffer.
+    pub offset: usize,
     pub axes: Vec<(usize, usize, usize)>,
-    /// Every axis is read as is: the index is `pos`.
+    /// The operand is read as the iteration space itself: the index is `offset + pos`.
     pub identity: bool,
 }
 
@@ -32,6 +34,8 @@ pub struct KernelProgram {
     pub instrs: Vec<KInstr>,
     pub access: Vec<Access>,
     pub outputs: Vec<usize>,
+    /// Element offset of each output in its buffer.
+    pub output_offsets: Vec<usize>,
 }
 
 /// The access pattern of an operand read through `view` (broadcast) in `space`.
@@ -46,8 +50,8 @@ pub fn access(view: &Shape, space: &Shape) -> Access {
         }
         axes.push((ss[ax], space.0[ax], vs[ax - lead]));
     }
-    let identity = view.numel() == space.numel() && view.rank() <= space.rank() && (0..view.rank()).all(|i| view.0[i] == space.0[i + lead]);
-    Access { axes, identity }
+    let identity = view.numel() == space.numel() && (0..view.rank()).all(|i| view.0[i] == space.0[i + lead]);
+    Access { offset: 0, axes, identity }
 }
 
 impl KernelProgram {
@@ -69,6 +73,19 @@ impl KernelProgram {
             instrs,
             access: program.views.iter().map(|v| access(v, space)).collect(),
             outputs: program.outputs.iter().map(|&o| o as usize).collect(),
+            output_offsets: vec![0; program.outputs.len()],
         }
+    }
+}
+
+impl KernelProgram {
+    /// The same program reading operand `i` at element offset `inputs[i]` of its buffer and
+    /// writing output `j` at `outputs[j]`.
+    pub fn with_offsets(mut self, inputs: &[usize], outputs: &[usize]) -> Self {
+        for (a, &o) in self.access.iter_mut().zip(inputs) {
+            a.offset = o;
+        }
+        self.output_offsets = outputs.to_vec();
+        self
     }
 }

@@ -70,7 +70,7 @@ pub fn fused_reduce_sum(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, 
         for r in 0..comptime!(layout.reduce_len) {
             acc += prologue_at(inputs, base, r, layout.clone(), prog.clone());
         }
-        output[o] = acc;
+        output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
 }
 
@@ -84,6 +84,6 @@ pub fn fused_reduce_max(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, 
         for r in 1..comptime!(layout.reduce_len) {
             acc = f32::max(acc, prologue_at(inputs, base, r, layout.clone(), prog.clone()));
         }
-        output[o] = acc;
+        output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
 }

@@ -44,6 +44,9 @@ pub struct Schedule {
     pub param_count: usize,
     pub kernels: Vec<Kernel>,
     pub buffers: Vec<Buffer>,
+    /// Where every fused-graph node lives: (buffer, element offset).
+    #[serde(skip)]
+    pub locations: BTreeMap<NodeId, (usize, usize)>,
 }
 
 /// A step compiled end to end: the fused program, its schedule and the rewriter's report.
@@ -132,6 +135,7 @@ pub fn schedule(step: &Step, fused: Fused) -> Compiled {
         peak_memory_bytes: plan.peak_bytes,
         param_count: step.arena.len,
         kernels,
+        locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
         buffers: plan.buffers,
     };
     Compiled { fused: fused.graph.clone(), phases: fused.phases, schedule, report: fused.report }

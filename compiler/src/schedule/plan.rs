@@ -38,7 +38,7 @@ impl fmt::Display for Buffer {
 pub(super) struct Plan {
     pub buffers: Vec<Buffer>,
     /// (buffer, element offset) of every node.
-    loc: HashMap<NodeId, (usize, usize)>,
+    pub loc: HashMap<NodeId, (usize, usize)>,
     pub peak_bytes: u64,
 }
 
