@@ -5,6 +5,7 @@
 pub mod elementwise;
 pub mod emit;
 pub mod host;
+pub mod macros;
 pub mod program;
 pub mod reduce;
 

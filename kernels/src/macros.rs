@@ -1,0 +1,46 @@
+//! Macro-op kernels: matmul with transposed operands, one-hot. Simple one-unit-per-output
+//! forms, correct at every size; tuned variants (cubek's matmul) can replace them per shape.
+
+use cubecl::prelude::*;
+
+/// Shapes, transposes and element offsets of `out[m,n] = op(a)[m,k] x op(b)[k,n]`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct MatmulSpec {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub a_offset: usize,
+    pub b_offset: usize,
+    pub out_offset: usize,
+}
+
+#[cube(launch)]
+pub fn matmul(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: MatmulSpec) {
+    let pos = ABSOLUTE_POS;
+    if pos < comptime!(s.m * s.n) {
+        let i = pos / comptime!(s.n);
+        let j = pos % comptime!(s.n);
+        // Row-major strides of a[m,k] (or a[k,m] when transposed) and b[k,n] (or b[n,k]).
+        let (ai, ak) = comptime!(if s.ta { (1usize, s.m) } else { (s.k, 1usize) });
+        let (bk, bj) = comptime!(if s.tb { (1usize, s.k) } else { (s.n, 1usize) });
+        let mut acc = 0.0f32;
+        for p in 0..comptime!(s.k) {
+            acc += a[comptime!(s.a_offset) + i * ai + p * ak] * b[comptime!(s.b_offset) + p * bk + j * bj];
+        }
+        out[comptime!(s.out_offset) + pos] = acc;
+    }
+}
+
+/// `out[i, c] = (labels[i] == c)` as 1.0 / 0.0; labels are stored as f32.
+#[cube(launch)]
+pub fn one_hot(labels: &Array<f32>, out: &mut Array<f32>, #[comptime] rows: usize, #[comptime] classes: usize, #[comptime] offsets: (usize, usize)) {
+    let pos = ABSOLUTE_POS;
+    if pos < comptime!(rows * classes) {
+        let row = pos / comptime!(classes);
+        let class = pos % comptime!(classes);
+        let label = labels[comptime!(offsets.0) + row];
+        out[comptime!(offsets.1) + pos] = f32::cast_from(label == f32::cast_from(class));
+    }
+}
