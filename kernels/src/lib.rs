@@ -8,6 +8,7 @@ pub mod host;
 pub mod macros;
 pub mod program;
 pub mod reduce;
+pub mod window;
 
 pub use cubecl;
 pub use cubek;

@@ -217,7 +217,137 @@ impl<R: Runtime> DeviceStep<R> {
                 let (l, o) = unsafe { (ArrayArg::from_raw_parts(inputs[0].0.clone(), inputs[0].1), ArrayArg::from_raw_parts(oh, ol)) };
                 one_hot::launch::<R>(&self.client, count, dim, l, o, rows, classes, (inputs[0].2, oo));
             }
+            Op::Conv2d(_) | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } | Op::MaxPool2d(_) | Op::MaxPool2dGrad(_) | Op::MaxPool2dGather(_) | Op::AvgPool2d(_) | Op::AvgPool2dGrad { .. } => {
+                self.window(first, &op, &operands, &inputs)?;
+            }
+            Op::Permute { perm } => {
+                let src = self.graph.shape(operands[0]).clone();
+                let out = self.graph.shape(first).clone();
+                let (is, os) = (src.strides(), out.strides());
+                let axes = (0..out.rank()).filter(|&a| out.0[a] > 1).map(|a| (os[a], out.0[a], is[perm[a]])).collect();
+                self.copy_with(first, &inputs[0], plateau_kernels::Access { offset: inputs[0].2, axes, identity: false });
+            }
+            Op::Slice { start, .. } => {
+                let src = self.graph.shape(operands[0]).clone();
+                let out = self.graph.shape(first).clone();
+                let (is, os) = (src.strides(), out.strides());
+                let offset = inputs[0].2 + start.iter().zip(&is).map(|(a, b)| a * b).sum::<usize>();
+                let axes = (0..out.rank()).filter(|&a| out.0[a] > 1).map(|a| (os[a], out.0[a], is[a])).collect();
+                self.copy_with(first, &inputs[0], plateau_kernels::Access { offset, axes, identity: false });
+            }
+            Op::Broadcast { .. } => {
+                let src = self.graph.shape(operands[0]).clone();
+                let out = self.graph.shape(first).clone();
+                let mut acc = plateau_kernels::access(&src, &out);
+                acc.offset = inputs[0].2;
+                self.copy_with(first, &inputs[0], acc);
+            }
             other => return Err(unsupported(format!("no device kernel for `{}` yet", other.mnemonic()))),
+        }
+        Ok(())
+    }
+}
+
+impl<R: Runtime> DeviceStep<R> {
+    /// Copies `input` into node `to`'s place, reading it through `access`.
+    fn copy_with(&self, to: NodeId, input: &(Handle, usize, usize), access: plateau_kernels::Access) {
+        let space = self.graph.shape(to).clone();
+        let n = space.numel();
+        if n == 0 {
+            return;
+        }
+        let (oh, ol, oo) = self.loc(to);
+        let p = Program { views: vec![space.clone()], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+        let mut prog = KernelProgram::new(&p, &space).with_offsets(&[0], &[oo]);
+        prog.access[0] = access;
+        let mut ins = SequenceArg::new();
+        // SAFETY: the handles hold the stated number of f32 values.
+        ins.push(unsafe { ArrayArg::from_raw_parts(input.0.clone(), input.1) });
+        let mut outs = SequenceArg::new();
+        // SAFETY: as above.
+        outs.push(unsafe { ArrayArg::from_raw_parts(oh, ol) });
+        let dim = CubeDim::new_1d(BLOCK);
+        let count = plateau_kernels::cubecl::calculate_cube_count_elemwise(&self.client, n, dim);
+        fused_map::launch::<R>(&self.client, count, dim, ins, outs, n, prog);
+    }
+
+    /// Convolutions and poolings.
+    fn window(&self, node: NodeId, op: &Op, operands: &[NodeId], inputs: &[(Handle, usize, usize)]) -> Result<(), RuntimeError> {
+        use plateau_kernels::window::*;
+        let dims = |id: NodeId| self.graph.shape(id).0.clone();
+        let out = dims(node);
+        let (oh, ol, oo) = self.loc(node);
+        let off = |i: usize| inputs.get(i).map(|x| x.2).unwrap_or(0);
+        // (input image shape [n,c,h,w], output-channel count, kernel, attrs, pooled/conv output hw)
+        let (x, o, k, stride, pad, ohw) = match op {
+            Op::Conv2d(a) => {
+                let w = dims(operands[1]);
+                (dims(operands[0]), w[0], [w[2], w[3]], a.stride, a.padding, [out[2], out[3]])
+            }
+            Op::Conv2dGradInput { attrs, .. } => {
+                let (gy, w) = (dims(operands[0]), dims(operands[1]));
+                (out.clone(), w[0], [w[2], w[3]], attrs.stride, attrs.padding, [gy[2], gy[3]])
+            }
+            Op::Conv2dGradWeight { attrs, kernel } => {
+                let (xs, gy) = (dims(operands[0]), dims(operands[1]));
+                (xs, gy[1], *kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+            }
+            Op::MaxPool2d(a) | Op::AvgPool2d(a) | Op::MaxPool2dGather(a) => {
+                let xs = dims(operands[0]);
+                (xs.clone(), xs[1], a.kernel, a.stride, a.padding, [out[2], out[3]])
+            }
+            Op::MaxPool2dGrad(a) => {
+                let (xs, gy) = (dims(operands[0]), dims(operands[1]));
+                (xs.clone(), xs[1], a.kernel, a.stride, a.padding, [gy[2], gy[3]])
+            }
+            Op::AvgPool2dGrad { attrs, .. } => {
+                let gy = dims(operands[0]);
+                (out.clone(), out[1], attrs.kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+            }
+            _ => return Err(unsupported(op.mnemonic())),
+        };
+        let offsets = match op {
+            Op::AvgPool2dGrad { .. } => (0, off(0), oo),
+            Op::MaxPool2d(_) | Op::AvgPool2d(_) => (off(0), off(0), oo),
+            _ => (off(0), off(1), oo),
+        };
+        let s = WindowSpec {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            o,
+            kh: k[0],
+            kw: k[1],
+            sh: stride[0],
+            sw: stride[1],
+            ph: pad[0],
+            pw: pad[1],
+            ho: ohw[0],
+            wo: ohw[1],
+            offsets,
+        };
+        let n = out.iter().product::<usize>();
+        if n == 0 {
+            return Ok(());
+        }
+        let dim = CubeDim::new_1d(BLOCK);
+        let count = plateau_kernels::cubecl::calculate_cube_count_elemwise(&self.client, n, dim);
+        // SAFETY: every handle holds the stated number of f32 values.
+        let arg = |i: usize| unsafe { ArrayArg::from_raw_parts(inputs[i.min(inputs.len() - 1)].0.clone(), inputs[i.min(inputs.len() - 1)].1) };
+        // SAFETY: as above.
+        let out_arg = unsafe { ArrayArg::from_raw_parts(oh, ol) };
+        let c = &self.client;
+        match op {
+            Op::Conv2d(_) => conv2d::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::Conv2dGradInput { .. } => conv2d_grad_input::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::Conv2dGradWeight { .. } => conv2d_grad_weight::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::MaxPool2d(_) => max_pool2d::launch::<R>(c, count, dim, arg(0), out_arg, s),
+            Op::MaxPool2dGather(_) => max_pool2d_gather::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::MaxPool2dGrad(_) => max_pool2d_grad::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::AvgPool2d(_) => avg_pool2d::launch::<R>(c, count, dim, arg(0), out_arg, s),
+            Op::AvgPool2dGrad { .. } => avg_pool2d_grad::launch::<R>(c, count, dim, arg(0), out_arg, s),
+            _ => unreachable!("matched above"),
         }
         Ok(())
     }
