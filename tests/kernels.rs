@@ -170,10 +170,14 @@ fn fused_reductions_match_the_reference() {
 /// A whole compiled step on the device against the same step on the reference interpreter,
 /// over 5 steps: every kernel, the memory plan's views and in-place updates.
 fn check_device_step(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec) {
+    check_device_step_with(name, model, spec, true)
+}
+
+fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool) {
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, run_step, TraceOptions};
     let o = TraceOptions { batch_size: 8, input_shape: vec![1, 6, 6], ..TraceOptions::default() };
-    let (traced, step, compiled) = compile(model, &o, &spec, false, true).unwrap();
+    let (traced, step, compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
     let mut b = initial_state(&traced, &step, 3).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     b.set("input", "x", Tensor::from_f32(vec![8, 1, 6, 6], &random(288, 12)).unwrap());
@@ -222,3 +226,13 @@ fn cnn_steps_on_wgpu_match_the_reference() {
     check_model_on_device(plateau::ModelSpec::Cnn);
 }
 
+
+/// Unfused, every op is its own kernel (broadcasts and transposes as copies); second-order
+/// SAM adds the max-pooling gather of the double backward.
+#[test]
+fn unfused_and_second_order_cnn_steps_on_wgpu_match_the_reference() {
+    use plateau::{BaseOptimizer, OptimizerSpec, Sam};
+    let base = BaseOptimizer::sgd(0.9, 5e-4);
+    check_device_step_with("cnn sam unfused", &plateau::ModelSpec::Cnn, OptimizerSpec { base: base.clone(), sam: Some(Sam::default()) }, false);
+    check_device_step("cnn second-order sam", &plateau::ModelSpec::Cnn, OptimizerSpec { base, sam: Some(Sam { second_order: true, ..Sam::default() }) });
+}

@@ -44,3 +44,39 @@ pub fn one_hot(labels: &Array<f32>, out: &mut Array<f32>, #[comptime] rows: usiz
         out[comptime!(offsets.1) + pos] = f32::cast_from(label == f32::cast_from(class));
     }
 }
+
+/// Shapes and offsets of a zero padding: output dims, padding before each axis, input dims.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PadSpec {
+    pub out: Vec<usize>,
+    pub lo: Vec<usize>,
+    pub input: Vec<usize>,
+    pub offsets: (usize, usize),
+}
+
+/// `out[c] = x[c - lo]` where that is inside `x`, else 0.
+#[cube(launch)]
+pub fn pad(x: &Array<f32>, out: &mut Array<f32>, #[comptime] s: PadSpec) {
+    let pos = ABSOLUTE_POS;
+    let total = comptime!(s.out.iter().product::<usize>());
+    if pos < total {
+        let mut rem = pos;
+        let mut idx = 0usize;
+        let mut inside = true;
+        let mut stride = 1usize;
+        #[unroll]
+        for r in 0..s.out.len() {
+            let ax = comptime!(s.out.len() - 1 - r);
+            let d = comptime!(s.out[ax]);
+            let l = comptime!(s.lo[ax]);
+            let n = comptime!(s.input[ax]);
+            let c = rem % d;
+            rem = rem / d;
+            inside = inside && c >= l && c < l + n;
+            idx += select(c >= l, c - l, 0) * stride;
+            stride *= n;
+        }
+        let v = x[comptime!(s.offsets.0) + select(inside, idx, 0)];
+        out[comptime!(s.offsets.1) + pos] = select(inside, v, 0.0);
+    }
+}

@@ -235,6 +235,15 @@ impl<R: Runtime> DeviceStep<R> {
                 let axes = (0..out.rank()).filter(|&a| out.0[a] > 1).map(|a| (os[a], out.0[a], is[a])).collect();
                 self.copy_with(first, &inputs[0], plateau_kernels::Access { offset, axes, identity: false });
             }
+            Op::Pad { lo, .. } => {
+                let (oh, ol, oo) = self.loc(first);
+                let out = self.graph.shape(first).clone();
+                let spec = plateau_kernels::macros::PadSpec { out: out.0.clone(), lo, input: self.graph.shape(operands[0]).0.clone(), offsets: (inputs[0].2, oo) };
+                let count = plateau_kernels::cubecl::calculate_cube_count_elemwise(&self.client, out.numel().max(1), dim);
+                // SAFETY: each handle holds the stated number of f32 values.
+                let (x, o) = unsafe { (ArrayArg::from_raw_parts(inputs[0].0.clone(), inputs[0].1), ArrayArg::from_raw_parts(oh, ol)) };
+                plateau_kernels::macros::pad::launch::<R>(&self.client, count, dim, x, o, spec);
+            }
             Op::Broadcast { .. } => {
                 let src = self.graph.shape(operands[0]).clone();
                 let out = self.graph.shape(first).clone();
