@@ -19,6 +19,9 @@ enum Command {
     Trace(TraceArgs),
     /// Compile a whole training step and print its fused kernel schedule.
     Compile(CompileArgs),
+    /// Compile a step and run it on a device for a few steps on a fixed random batch,
+    /// printing the loss: a check that a backend works.
+    Run(RunArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -40,6 +43,31 @@ enum PNorm {
 struct CompileArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    opt: OptimizerArgs,
+    /// Compile the naive per-tensor program (as eager frameworks run SAM) instead.
+    #[arg(long)]
+    naive: bool,
+    /// Skip the rewriter: one kernel per op.
+    #[arg(long)]
+    no_rewrite: bool,
+    /// Print one JSON object instead of the schedule text.
+    #[arg(long)]
+    json: bool,
+    /// Write the fused program as Graphviz DOT to this file.
+    #[arg(long)]
+    dot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Precision {
+    F32,
+    F64,
+}
+
+/// The flags that choose the optimizer.
+#[derive(clap::Args)]
+struct OptimizerArgs {
     #[arg(long, value_enum, default_value = "sam")]
     optimizer: OptimizerName,
     #[arg(long, default_value_t = 0.9)]
@@ -69,24 +97,24 @@ struct CompileArgs {
     /// Differentiate through the perturbation (Hessian-vector products).
     #[arg(long)]
     second_order: bool,
-    /// Compile the naive per-tensor program (as eager frameworks run SAM) instead.
-    #[arg(long)]
-    naive: bool,
-    /// Skip the rewriter: one kernel per op.
-    #[arg(long)]
-    no_rewrite: bool,
-    /// Print one JSON object instead of the schedule text.
-    #[arg(long)]
-    json: bool,
-    /// Write the fused program as Graphviz DOT to this file.
-    #[arg(long)]
-    dot: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Precision {
-    F32,
-    F64,
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    opt: OptimizerArgs,
+    /// Where the step runs: reference, wgpu or cuda.
+    #[arg(long, default_value = "wgpu")]
+    device: String,
+    /// Steps to run on one fixed, seeded random batch.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// The flags that choose and shape a model.
@@ -135,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Trace(args) => trace_cmd(args),
         Command::Compile(args) => compile_cmd(args),
+        Command::Run(args) => run_cmd(args),
     }
 }
 
@@ -160,41 +189,46 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
     Ok((spec, opts))
 }
 
-fn compile_cmd(args: CompileArgs) -> Result<()> {
-    let (model, opts) = model_flags(&args.model)?;
-    for (flag, v) in [("--momentum", args.momentum), ("--weight-decay", args.weight_decay), ("--rho", args.rho), ("--eta", args.eta)] {
+/// The optimizer the flags describe, after checking them.
+fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<OptimizerSpec> {
+    for (flag, v) in [("--momentum", o.momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", o.eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
     }
-    if let Some(m) = args.m {
-        if m == 0 || opts.batch_size % m != 0 {
-            bail!("--m {m} must divide --batch-size {}", opts.batch_size);
+    if let Some(m) = o.m {
+        if m == 0 || batch_size % m != 0 {
+            bail!("--m {m} must divide --batch-size {}", batch_size);
         }
     }
-    if args.ascent_steps == 0 {
+    if o.ascent_steps == 0 {
         bail!("--ascent-steps must be at least 1");
     }
-    let base = match args.optimizer {
+    let base = match o.optimizer {
         OptimizerName::Sgd | OptimizerName::Sam => {
-            BaseOptimizer::Sgd { momentum: args.momentum, nesterov: args.nesterov, weight_decay: args.weight_decay }
+            BaseOptimizer::Sgd { momentum: o.momentum, nesterov: o.nesterov, weight_decay: o.weight_decay }
         }
-        OptimizerName::Adamw | OptimizerName::SamAdamw => BaseOptimizer::adamw(args.weight_decay),
+        OptimizerName::Adamw | OptimizerName::SamAdamw => BaseOptimizer::adamw(o.weight_decay),
     };
-    let sam = matches!(args.optimizer, OptimizerName::Sam | OptimizerName::SamAdamw).then(|| Sam {
-        norm: match args.p {
+    let sam = matches!(o.optimizer, OptimizerName::Sam | OptimizerName::SamAdamw).then(|| Sam {
+        norm: match o.p {
             PNorm::Two => SamNorm::L2,
             PNorm::Inf => SamNorm::Linf,
         },
-        adaptive: args.adaptive.then_some(args.eta),
-        micro_batch: args.m,
-        ascent_steps: args.ascent_steps,
-        second_order: args.second_order,
+        adaptive: o.adaptive.then_some(o.eta),
+        micro_batch: o.m,
+        ascent_steps: o.ascent_steps,
+        second_order: o.second_order,
     });
-    if sam.is_none() && (args.adaptive || args.m.is_some() || args.second_order || args.ascent_steps > 1) {
+    if sam.is_none() && (o.adaptive || o.m.is_some() || o.second_order || o.ascent_steps > 1) {
         bail!("--adaptive, --m, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
     }
-    let spec = OptimizerSpec { base, sam };
+    Ok(OptimizerSpec { base, sam })
+}
+
+fn compile_cmd(args: CompileArgs) -> Result<()> {
+    let (model, opts) = model_flags(&args.model)?;
+    let spec = optimizer_spec(&args.opt, opts.batch_size)?;
     let start = Instant::now();
     let (_, _, compiled) = plateau::compile(&model, &opts, &spec, args.naive, !args.no_rewrite)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -206,7 +240,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
     if args.json {
         let json = serde_json::json!({
             "model": model.to_string(),
-            "optimizer": args.optimizer.to_possible_value().map(|v| v.get_name().to_string()),
+            "optimizer": args.opt.optimizer.to_possible_value().map(|v| v.get_name().to_string()),
             "launches": s.launches,
             "optimizer_launches": s.optimizer_launches,
             "bytes_moved": s.bytes_moved,
@@ -255,5 +289,38 @@ fn trace_cmd(args: TraceArgs) -> Result<()> {
         std::fs::write(path, model.graph.to_dot()).with_context(|| format!("--dot: cannot write {}", path.display()))?;
     }
     print!("{}", model.graph.to_text());
+    Ok(())
+}
+
+fn run_cmd(args: RunArgs) -> Result<()> {
+    use plateau::runtime::{Backend, Runner};
+    let backend: Backend = args.device.parse().context("--device")?;
+    let (model, opts) = model_flags(&args.model)?;
+    let spec = optimizer_spec(&args.opt, opts.batch_size)?;
+    if !args.lr.is_finite() || args.lr < 0.0 {
+        bail!("--lr must be a finite non-negative number, got {}", args.lr);
+    }
+    let (traced, step, compiled) = plateau::compile(&model, &opts, &spec, false, true)?;
+    let mut b = plateau::initial_state(&traced, &step, args.seed)?;
+    let x = traced.graph.shape(traced.input).clone();
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let pixels: Vec<f64> = (0..x.numel()).map(|_| rng.random_range(0.0..1.0)).collect();
+    let labels: Vec<i32> = (0..opts.batch_size).map(|_| rng.random_range(0..opts.classes as i32)).collect();
+    b.set("input", "x", plateau::Tensor::new(DType::F32, x, pixels)?);
+    b.set("input", "labels", plateau::Tensor::labels(&labels));
+    b.set("scalar", "lr", plateau::Tensor::scalar(DType::F32, args.lr));
+    b.set("scalar", "rho", plateau::Tensor::scalar(DType::F32, args.opt.rho));
+    b.set("scalar", "step", plateau::Tensor::scalar(DType::F32, 0.0));
+    let mut runner = Runner::new(backend, &compiled, &b).context("--device")?;
+    for i in 0..args.steps {
+        runner.set("scalar", "step", &plateau::Tensor::scalar(DType::F32, i as f64))?;
+        let out = runner.step(&["loss", "accuracy"])?;
+        let loss = out["loss"].item();
+        if !loss.is_finite() {
+            bail!("the loss is {loss} at step {i}");
+        }
+        println!("step {i}: loss {loss:.6} accuracy {:.4}", out["accuracy"].item());
+    }
     Ok(())
 }

@@ -103,3 +103,26 @@ fn compile_rejects_bad_flags() {
     let out = plateau(&["compile", "--optimizer", "lion"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn run_gives_the_same_losses_on_the_reference_and_on_wgpu() {
+    let run = |device: &str| {
+        let out = plateau(&["run", "--model", "mlp", "--optimizer", "sam", "--batch-size", "16", "--steps", "3", "--device", device]);
+        assert!(out.status.success(), "{device}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (reference, wgpu) = (run("reference"), run("wgpu"));
+    assert_eq!(reference.lines().count(), 3);
+    let losses = |s: &str| s.lines().map(|l| l.split_whitespace().nth(3).unwrap().parse::<f64>().unwrap()).collect::<Vec<_>>();
+    for (a, b) in losses(&reference).iter().zip(losses(&wgpu)) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "{reference} vs {wgpu}");
+    }
+    let out = plateau(&["run", "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("unknown device `tpu`"));
+    if !cfg!(feature = "cuda") {
+        let out = plateau(&["run", "--device", "cuda", "--steps", "1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8(out.stderr).unwrap().contains("rebuild with --features cuda"));
+    }
+}

@@ -158,13 +158,14 @@ fn fused_reductions_match_the_reference() {
             assert!(close(&got, &want), "{op:?} over {axes:?}: {got:?} vs {want:?}");
         }
     }
-    // The sum of squares over a whole arena-sized vector (SAM's norm), odd length.
-    let n = 1037;
+    // The sum of squares over a whole arena-sized vector (SAM's norm), odd lengths.
+    for n in [1037, 269_322] {
     let x = random(n, 9);
     let sq = Program { views: vec![Shape(vec![n])], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
     let got = fused_reduce_on(&client, &sq, ReduceOp::Sum, &[0], &Shape(vec![n]), &[&x]).unwrap();
     let want: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
-    assert!((got[0] as f64 - want).abs() < 1e-4 * want, "{} vs {want}", got[0]);
+    assert!((got[0] as f64 - want).abs() < 1e-4 * want, "n = {n}: {} vs {want}", got[0]);
+    }
 }
 
 /// A whole compiled step on the device against the same step on the reference interpreter,
@@ -235,4 +236,37 @@ fn unfused_and_second_order_cnn_steps_on_wgpu_match_the_reference() {
     let base = BaseOptimizer::sgd(0.9, 5e-4);
     check_device_step_with("cnn sam unfused", &plateau::ModelSpec::Cnn, OptimizerSpec { base: base.clone(), sam: Some(Sam::default()) }, false);
     check_device_step("cnn second-order sam", &plateau::ModelSpec::Cnn, OptimizerSpec { base, sam: Some(Sam { second_order: true, ..Sam::default() }) });
+}
+
+/// A weight gradient summing over more than 65,536 positions per output (batch 128 at 28x28).
+#[test]
+fn long_accumulations_are_not_truncated() {
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::window::{conv2d_grad_weight, WindowSpec};
+    let client = client();
+    let (n, h) = (128usize, 28usize);
+    let x = random(n * h * h, 21);
+    let gy = random(n * 2 * h * h, 22);
+    let s = WindowSpec { n, c: 1, h, w: h, o: 2, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1, ho: h, wo: h, offsets: (0, 0, 0) };
+    let out = client.empty(18 * 4);
+    // SAFETY: the handles hold the stated number of f32 values.
+    let (a, b, o) = unsafe {
+        (ArrayArg::from_raw_parts(upload(&client, &x), x.len()), ArrayArg::from_raw_parts(upload(&client, &gy), gy.len()), ArrayArg::from_raw_parts(out.clone(), 18))
+    };
+    conv2d_grad_weight::launch::<WgpuRuntime>(&client, CubeCount::Static(18, 1, 1), CubeDim::new_1d(256), a, b, o, s);
+    let got = download(&client, out, 18).unwrap();
+    let mut g = Graph::new();
+    let xi = g.leaf(Op::Input { name: "x".into() }, DType::F32, [n, 1, h, h]).unwrap();
+    let gi = g.leaf(Op::Input { name: "gy".into() }, DType::F32, [n, 2, h, h]).unwrap();
+    let attrs = plateau::compiler::ir::Conv2dAttrs { stride: [1, 1], padding: [1, 1] };
+    let y = g.add(Op::Conv2dGradWeight { attrs, kernel: [3, 3] }, &[xi, gi]).unwrap();
+    let mut bind = Bindings::new();
+    bind.set("input", "x", plateau::Tensor::from_f32(vec![n, 1, h, h], &x).unwrap());
+    bind.set("input", "gy", plateau::Tensor::from_f32(vec![n, 2, h, h], &gy).unwrap());
+    let want = evaluate(&g, &bind, &[y]).unwrap()[0].to_f32();
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-3 * scale.max(1.0), "{got:?} vs {want:?}");
+    }
 }

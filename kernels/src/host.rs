@@ -76,15 +76,9 @@ pub fn fused_reduce_on<R: Runtime>(
     }
     let out = client.empty(outputs.max(1) * 4);
     if outputs > 0 {
-        let dim = CubeDim::new_1d(BLOCK);
-        let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
         // SAFETY: `out` holds `outputs` f32 values.
         let arg = unsafe { ArrayArg::from_raw_parts(out.clone(), outputs) };
-        let prog = KernelProgram::new(program, space);
-        match op {
-            plateau_compiler::ir::ReduceOp::Sum => crate::reduce::fused_reduce_sum::launch::<R>(client, count, dim, ins, arg, layout, prog),
-            plateau_compiler::ir::ReduceOp::Max => crate::reduce::fused_reduce_max::launch::<R>(client, count, dim, ins, arg, layout, prog),
-        }
+        crate::reduce::launch_reduce::<R>(client, op, ins, arg, layout, KernelProgram::new(program, space));
     }
     download(client, out, outputs)
 }

@@ -87,3 +87,107 @@ pub fn fused_reduce_max(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, 
         output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
 }
+
+/// Reductions this long use a whole cube per output (a strided walk, then a tree in shared
+/// memory); shorter ones one unit per output.
+pub const CUBE_REDUCE_MIN: usize = 1024;
+
+/// Units per cube in the cube-per-output reduction (a power of two).
+pub const CUBE_REDUCE_UNITS: usize = 256;
+
+#[cube]
+fn tree_sum(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
+    sync_cube();
+    #[unroll]
+    for k in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
+        let s = comptime!(CUBE_REDUCE_UNITS >> (k + 1));
+        if tid < s {
+            smem[tid] = smem[tid] + smem[tid + s];
+        }
+        sync_cube();
+    }
+    smem[0]
+}
+
+#[cube]
+fn tree_max(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
+    sync_cube();
+    #[unroll]
+    for k in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
+        let s = comptime!(CUBE_REDUCE_UNITS >> (k + 1));
+        if tid < s {
+            smem[tid] = f32::max(smem[tid], smem[tid + s]);
+        }
+        sync_cube();
+    }
+    smem[0]
+}
+
+/// `output[o] = sum_r prologue(..)` with cube `o` computing output `o`.
+#[cube(launch)]
+pub fn fused_reduce_sum_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+    let o = CUBE_POS;
+    let tid = UNIT_POS as usize;
+    let mut smem = SharedMemory::<f32>::new(CUBE_REDUCE_UNITS);
+    let base = position(o, comptime!(layout.kept.clone()));
+    let mut acc = 0.0f32;
+    let mut r = tid;
+    while r < comptime!(layout.reduce_len) {
+        acc += prologue_at(inputs, base, r, layout.clone(), prog.clone());
+        r += comptime!(CUBE_REDUCE_UNITS);
+    }
+    smem[tid] = acc;
+    let total = tree_sum(smem, tid);
+    if tid == 0 && o < comptime!(layout.outputs) {
+        output[comptime!(prog.output_offsets[0]) + o] = total;
+    }
+}
+
+/// `output[o] = max_r prologue(..)` with cube `o` computing output `o`.
+#[cube(launch)]
+pub fn fused_reduce_max_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+    let o = CUBE_POS;
+    let tid = UNIT_POS as usize;
+    let mut smem = SharedMemory::<f32>::new(CUBE_REDUCE_UNITS);
+    let base = position(o, comptime!(layout.kept.clone()));
+    // Every unit starts from a real element (reduce_len >= CUBE_REDUCE_UNITS here).
+    let mut acc = prologue_at(inputs, base, tid, layout.clone(), prog.clone());
+    let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
+    while r < comptime!(layout.reduce_len) {
+        acc = f32::max(acc, prologue_at(inputs, base, r, layout.clone(), prog.clone()));
+        r += comptime!(CUBE_REDUCE_UNITS);
+    }
+    smem[tid] = acc;
+    let total = tree_max(smem, tid);
+    if tid == 0 && o < comptime!(layout.outputs) {
+        output[comptime!(prog.output_offsets[0]) + o] = total;
+    }
+}
+
+/// Launches the reduction of `prog` with `layout` (choosing the form by length).
+pub fn launch_reduce<R: Runtime>(
+    client: &ComputeClient<R>,
+    op: plateau_compiler::ir::ReduceOp,
+    inputs: SequenceArg<R, Array<f32>>,
+    output: ArrayArg<R>,
+    layout: ReduceLayout,
+    prog: KernelProgram,
+) {
+    use plateau_compiler::ir::ReduceOp;
+    let outputs = layout.outputs.max(1);
+    if layout.reduce_len >= CUBE_REDUCE_MIN {
+        let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
+        let count = cubecl::calculate_cube_count_elemwise(client, outputs * CUBE_REDUCE_UNITS, dim);
+        match op {
+            ReduceOp::Sum => fused_reduce_sum_cube::launch::<R>(client, count, dim, inputs, output, layout, prog),
+            ReduceOp::Max => fused_reduce_max_cube::launch::<R>(client, count, dim, inputs, output, layout, prog),
+        }
+    } else {
+        let dim = CubeDim::new_1d(crate::host::BLOCK);
+        let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
+        match op {
+            ReduceOp::Sum => fused_reduce_sum::launch::<R>(client, count, dim, inputs, output, layout, prog),
+            ReduceOp::Max => fused_reduce_max::launch::<R>(client, count, dim, inputs, output, layout, prog),
+        }
+    }
+}

@@ -84,30 +84,49 @@ pub fn conv2d_grad_input(gy: &Array<f32>, wt: &Array<f32>, gx: &mut Array<f32>, 
     }
 }
 
-/// `gw[o,c,i,j] = sum_{n,oy,ox} gy[n,o,oy,ox] * x[n,c,oy*sh+i-ph,ox*sw+j-pw]`.
+/// Units per cube in the weight gradient (a power of two): each weight element's sum over
+/// batch and positions is split across them and combined in shared memory, which keeps the
+/// loop each unit runs short.
+pub const GRAD_WEIGHT_UNITS: usize = 256;
+
+/// `gw[o,c,i,j] = sum_{n,oy,ox} gy[n,o,oy,ox] * x[n,c,oy*sh+i-ph,ox*sw+j-pw]`, one cube per
+/// weight element.
 #[cube(launch)]
 pub fn conv2d_grad_weight(x: &Array<f32>, gy: &Array<f32>, gw: &mut Array<f32>, #[comptime] s: WindowSpec) {
-    let pos = ABSOLUTE_POS;
-    if pos < comptime!(s.o * s.c * s.kh * s.kw) {
-        let j = pos % comptime!(s.kw);
-        let i = (pos / comptime!(s.kw)) % comptime!(s.kh);
-        let c = (pos / comptime!(s.kw * s.kh)) % comptime!(s.c);
-        let o = pos / comptime!(s.kw * s.kh * s.c);
-        let mut acc = 0.0f32;
-        for n in 0..comptime!(s.n) {
-            for oy in 0..comptime!(s.ho) {
-                for ox in 0..comptime!(s.wo) {
-                    let yy = oy * comptime!(s.sh) + i;
-                    let xx = ox * comptime!(s.sw) + j;
-                    if yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
-                        let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
-                        let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
-                        acc += gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
-                    }
-                }
-            }
+    let pos = CUBE_POS;
+    let tid = UNIT_POS as usize;
+    let j = pos % comptime!(s.kw);
+    let i = (pos / comptime!(s.kw)) % comptime!(s.kh);
+    let c = (pos / comptime!(s.kw * s.kh)) % comptime!(s.c);
+    let o = pos / comptime!(s.kw * s.kh * s.c);
+    let mut acc = 0.0f32;
+    let mut t = tid;
+    while t < comptime!(s.n * s.ho * s.wo) {
+        let ox = t % comptime!(s.wo);
+        let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
+        let n = t / comptime!(s.wo * s.ho);
+        let yy = oy * comptime!(s.sh) + i;
+        let xx = ox * comptime!(s.sw) + j;
+        if o < comptime!(s.o) && yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
+            let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
+            let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
+            acc += gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
         }
-        gw[comptime!(s.offsets.2) + pos] = acc;
+        t += comptime!(GRAD_WEIGHT_UNITS);
+    }
+    let mut smem = SharedMemory::<f32>::new(GRAD_WEIGHT_UNITS);
+    smem[tid] = acc;
+    sync_cube();
+    #[unroll]
+    for k in 0..comptime!(GRAD_WEIGHT_UNITS.trailing_zeros() as usize) {
+        let half = comptime!(GRAD_WEIGHT_UNITS >> (k + 1));
+        if tid < half {
+            smem[tid] = smem[tid] + smem[tid + half];
+        }
+        sync_cube();
+    }
+    if tid == 0 && pos < comptime!(s.o * s.c * s.kh * s.kw) {
+        gw[comptime!(s.offsets.2) + pos] = smem[0];
     }
 }
 

@@ -9,7 +9,7 @@ use plateau_kernels::cubecl::prelude::*;
 use plateau_kernels::cubecl::server::Handle;
 use plateau_kernels::host::{download, BLOCK};
 use plateau_kernels::macros::{matmul, one_hot, MatmulSpec};
-use plateau_kernels::reduce::{fused_reduce_max, fused_reduce_sum, ReduceLayout};
+use plateau_kernels::reduce::ReduceLayout;
 use plateau_kernels::{elementwise::fused_map, KernelProgram};
 
 /// A compiled step resident on a device.
@@ -185,11 +185,8 @@ impl<R: Runtime> DeviceStep<R> {
                 }
                 // SAFETY: the output buffer holds `ol` f32 values.
                 let out = unsafe { ArrayArg::from_raw_parts(oh, ol) };
-                let count = plateau_kernels::cubecl::calculate_cube_count_elemwise(&self.client, n.max(1), dim);
-                match op {
-                    plateau_compiler::ir::ReduceOp::Sum => fused_reduce_sum::launch::<R>(&self.client, count, dim, ins, out, layout, prog),
-                    plateau_compiler::ir::ReduceOp::Max => fused_reduce_max::launch::<R>(&self.client, count, dim, ins, out, layout, prog),
-                }
+                let _ = n;
+                plateau_kernels::reduce::launch_reduce::<R>(&self.client, op, ins, out, layout, prog);
             }
             Op::MatMul { ta, tb } => {
                 let out = self.graph.shape(first).clone();
@@ -350,7 +347,11 @@ impl<R: Runtime> DeviceStep<R> {
         match op {
             Op::Conv2d(_) => conv2d::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
             Op::Conv2dGradInput { .. } => conv2d_grad_input::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
-            Op::Conv2dGradWeight { .. } => conv2d_grad_weight::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
+            Op::Conv2dGradWeight { .. } => {
+                let gdim = CubeDim::new_1d(GRAD_WEIGHT_UNITS as u32);
+                let gcount = plateau_kernels::cubecl::calculate_cube_count_elemwise(c, n * GRAD_WEIGHT_UNITS, gdim);
+                conv2d_grad_weight::launch::<R>(c, gcount, gdim, arg(0), arg(1), out_arg, s)
+            }
             Op::MaxPool2d(_) => max_pool2d::launch::<R>(c, count, dim, arg(0), out_arg, s),
             Op::MaxPool2dGather(_) => max_pool2d_gather::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),
             Op::MaxPool2dGrad(_) => max_pool2d_grad::launch::<R>(c, count, dim, arg(0), arg(1), out_arg, s),

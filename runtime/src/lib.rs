@@ -1,10 +1,12 @@
 //! plateau's executors. For now, the reference interpreter: the CPU oracle every device
 //! backend is checked against.
 
+pub mod backend;
 pub mod device;
 mod error;
 pub mod reference;
 
 pub use error::RuntimeError;
+pub use backend::{Backend, Runner};
 pub use device::DeviceStep;
 pub use reference::{Bindings, Tensor};
