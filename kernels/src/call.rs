@@ -1,0 +1,160 @@
+//! Running a `KernelCall`: launched on a cubecl runtime, or expanded with no device and
+//! compiled to CUDA C++.
+
+use crate::elementwise::fused_map;
+use crate::host::BLOCK;
+use crate::lower::{KernelCall, WindowKind};
+use crate::macros::{matmul, one_hot, pad};
+use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
+use crate::window::*;
+use cubecl::prelude::*;
+use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
+use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
+
+/// cubecl's CUDA compiler (the one `cubecl::cuda` uses).
+type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
+
+impl KernelCall {
+    /// Units the launch needs (one per output element, or a cube per output).
+    fn units(&self) -> (usize, u32) {
+        match self {
+            KernelCall::Map { n, .. } => (*n, BLOCK),
+            KernelCall::Reduce { layout, .. } if layout.reduce_len >= CUBE_REDUCE_MIN => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
+            KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
+            KernelCall::Matmul(s) => (s.m * s.n, BLOCK),
+            KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
+            KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
+            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } => (s.o * s.c * s.kh * s.kw * GRAD_WEIGHT_UNITS, GRAD_WEIGHT_UNITS as u32),
+            KernelCall::Window { kind, spec: s } => match kind {
+                WindowKind::Conv2d => (s.n * s.o * s.ho * s.wo, BLOCK),
+                WindowKind::MaxPool2d | WindowKind::MaxPool2dGather | WindowKind::AvgPool2d => (s.n * s.c * s.ho * s.wo, BLOCK),
+                _ => (s.n * s.c * s.h * s.w, BLOCK),
+            },
+        }
+    }
+
+    /// Launches the call; `inputs` and `outputs` are the arrays in argument order.
+    pub fn launch<R: Runtime>(&self, client: &ComputeClient<R>, inputs: Vec<ArrayArg<R>>, outputs: Vec<ArrayArg<R>>) {
+        let (units, block) = self.units();
+        if units == 0 {
+            return;
+        }
+        let dim = CubeDim::new_1d(block);
+        let count = cubecl::calculate_cube_count_elemwise(client, units, dim);
+        let mut ins = inputs.into_iter();
+        let mut outs = outputs.into_iter();
+        let mut next_in = || ins.next().expect("invariant: lowering lists every input");
+        match self.clone() {
+            KernelCall::Map { prog, n } => {
+                let mut s_in = SequenceArg::new();
+                for _ in 0..prog.access.len() {
+                    s_in.push(next_in());
+                }
+                let mut s_out = SequenceArg::new();
+                for o in outs {
+                    s_out.push(o);
+                }
+                fused_map::launch::<R>(client, count, dim, s_in, s_out, n, prog);
+            }
+            KernelCall::Reduce { op, layout, prog } => {
+                let mut s_in = SequenceArg::new();
+                for _ in 0..prog.access.len() {
+                    s_in.push(next_in());
+                }
+                launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
+            }
+            KernelCall::Matmul(s) => {
+                let (a, b) = (next_in(), next_in());
+                matmul::launch::<R>(client, count, dim, a, b, outs.next().expect("one output"), s);
+            }
+            KernelCall::OneHot { rows, classes, offsets } => {
+                one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
+            }
+            KernelCall::Pad(s) => pad::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), s),
+            KernelCall::Window { kind, spec } => {
+                let o = outs.next().expect("one output");
+                match kind {
+                    WindowKind::Conv2d => conv2d::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::Conv2dGradInput => conv2d_grad_input::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::Conv2dGradWeight => conv2d_grad_weight::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::MaxPool2d => max_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
+                    WindowKind::MaxPool2dGather => max_pool2d_gather::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::MaxPool2dGrad => max_pool2d_grad::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::AvgPool2d => avg_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
+                    WindowKind::AvgPool2dGrad => avg_pool2d_grad::launch::<R>(client, count, dim, next_in(), o, spec),
+                }
+            }
+        }
+    }
+
+    /// The call's CUDA C++ source, expanded and compiled with no device.
+    pub fn cuda_source(&self, name: &str) -> Result<String, String> {
+        let mut b = KernelBuilder::default();
+        let addr = AddressType::U32;
+        addr.register(&mut b.scope);
+        let arr = ArrayCompilationArg { inplace: None };
+        let seq = |n: usize| SequenceCompilationArg::<Array<f32>> { values: (0..n).map(|_| ArrayCompilationArg { inplace: None }).collect() };
+        let input = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand(&arr, b);
+        let output = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand_output(&arr, b);
+        let (_, block) = self.units();
+        match self.clone() {
+            KernelCall::Map { prog, n } => {
+                let i = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(prog.access.len()), &mut b);
+                let o = <Sequence<Array<f32>> as LaunchArg>::expand_output(&seq(prog.outputs.len()), &mut b);
+                fused_map::expand(&mut b.scope, i, o, n, prog);
+            }
+            KernelCall::Reduce { op, layout, prog } => {
+                let i = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(prog.access.len()), &mut b);
+                let o = output(&mut b);
+                let cube = layout.reduce_len >= CUBE_REDUCE_MIN;
+                match (op, cube) {
+                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum::expand(&mut b.scope, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Max, false) => crate::reduce::fused_reduce_max::expand(&mut b.scope, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube::expand(&mut b.scope, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand(&mut b.scope, i, o, layout, prog),
+                }
+            }
+            KernelCall::Matmul(s) => {
+                let (x, y) = (input(&mut b), input(&mut b));
+                let o = output(&mut b);
+                matmul::expand(&mut b.scope, x, y, o, s);
+            }
+            KernelCall::OneHot { rows, classes, offsets } => {
+                let x = input(&mut b);
+                let o = output(&mut b);
+                one_hot::expand(&mut b.scope, x, o, rows, classes, offsets);
+            }
+            KernelCall::Pad(s) => {
+                let x = input(&mut b);
+                let o = output(&mut b);
+                pad::expand(&mut b.scope, x, o, s);
+            }
+            KernelCall::Window { kind, spec } => match kind {
+                WindowKind::MaxPool2d | WindowKind::AvgPool2d | WindowKind::AvgPool2dGrad => {
+                    let x = input(&mut b);
+                    let o = output(&mut b);
+                    match kind {
+                        WindowKind::MaxPool2d => max_pool2d::expand(&mut b.scope, x, o, spec),
+                        WindowKind::AvgPool2d => avg_pool2d::expand(&mut b.scope, x, o, spec),
+                        _ => avg_pool2d_grad::expand(&mut b.scope, x, o, spec),
+                    }
+                }
+                _ => {
+                    let (x, y) = (input(&mut b), input(&mut b));
+                    let o = output(&mut b);
+                    match kind {
+                        WindowKind::Conv2d => conv2d::expand(&mut b.scope, x, y, o, spec),
+                        WindowKind::Conv2dGradInput => conv2d_grad_input::expand(&mut b.scope, x, y, o, spec),
+                        WindowKind::Conv2dGradWeight => conv2d_grad_weight::expand(&mut b.scope, x, y, o, spec),
+                        WindowKind::MaxPool2dGather => max_pool2d_gather::expand(&mut b.scope, x, y, o, spec),
+                        _ => max_pool2d_grad::expand(&mut b.scope, x, y, o, spec),
+                    }
+                }
+            },
+        }
+        let def = b.build(KernelSettings::default().cube_dim(CubeDim::new_1d(block)).address_type(addr).kernel_name(name));
+        let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &CompilationOptions::default(), ExecutionMode::Checked, addr.unsigned_type())
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(compiled.to_string())
+    }
+}

@@ -1,0 +1,178 @@
+//! Lowering: a scheduled kernel (its fused-graph nodes) becomes a `KernelCall`, the cube
+//! kernel to run and its comptime arguments. The device executor launches calls; the
+//! device-free emitter compiles them to CUDA C++. Operands are addressed by element offset.
+
+use crate::macros::{MatmulSpec, PadSpec};
+use crate::program::{access, Access, KernelProgram};
+use crate::reduce::ReduceLayout;
+use crate::window::WindowSpec;
+use plateau_compiler::ir::{Instr, Op, Program, ReduceOp};
+use plateau_compiler::{Graph, NodeId, Shape};
+
+/// The sliding-window kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    Conv2d,
+    Conv2dGradInput,
+    Conv2dGradWeight,
+    MaxPool2d,
+    MaxPool2dGrad,
+    MaxPool2dGather,
+    AvgPool2d,
+    AvgPool2dGrad,
+}
+
+/// One kernel launch, independent of any device.
+#[derive(Clone, Debug)]
+pub enum KernelCall {
+    /// `fused_map` over `n` positions.
+    Map { prog: KernelProgram, n: usize },
+    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram },
+    Matmul(MatmulSpec),
+    OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
+    Pad(PadSpec),
+    Window { kind: WindowKind, spec: WindowSpec },
+}
+
+/// A lowered kernel: the call, the nodes it reads (in argument order) and the nodes it writes
+/// (`None` for a program output nothing uses: the executor gives it scratch memory).
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    pub call: KernelCall,
+    pub inputs: Vec<NodeId>,
+    pub outputs: Vec<Option<NodeId>>,
+    /// Element count of each output.
+    pub output_len: Vec<usize>,
+}
+
+fn identity(space: &Shape) -> Program {
+    Program { views: vec![space.clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] }
+}
+
+/// Lowers the kernel computing `nodes` (one node, or every output node of a multi-output
+/// program); `offset` gives each node's element offset in its buffer.
+pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {
+    let first = nodes[0];
+    let operands = g.operands(first);
+    let in_off: Vec<usize> = operands.iter().map(|&o| offset(o)).collect();
+    let out_shape = g.shape(first).clone();
+    let single = |call: KernelCall, inputs: Vec<NodeId>| Lowered { call, inputs, outputs: vec![Some(first)], output_len: vec![out_shape.numel()] };
+    let copy = |acc: Access| {
+        let mut prog = KernelProgram::new(&identity(&out_shape), &out_shape).with_offsets(&[0], &[offset(first)]);
+        prog.access[0] = acc;
+        single(KernelCall::Map { prog, n: out_shape.numel() }, vec![operands[0]])
+    };
+    Ok(match g.node(first).op.clone() {
+        Op::Fused { program, ty, .. } => {
+            let outputs: Vec<Option<NodeId>> = (0..program.outputs.len())
+                .map(|i| nodes.iter().copied().find(|&n| matches!(g.node(n).op, Op::Fused { output, .. } if output as usize == i)))
+                .collect();
+            let out_off: Vec<usize> = outputs.iter().map(|o| o.map(offset).unwrap_or(0)).collect();
+            let prog = KernelProgram::new(&program, &ty.shape).with_offsets(&in_off, &out_off);
+            let n = ty.shape.numel();
+            Lowered { call: KernelCall::Map { prog, n }, inputs: operands, output_len: vec![n; outputs.len()], outputs }
+        }
+        Op::FusedReduce { program, op, axes, space } => {
+            let layout = ReduceLayout::new(&space.shape, &axes);
+            let prog = KernelProgram::new(&program, &space.shape).with_offsets(&in_off, &[offset(first)]);
+            single(KernelCall::Reduce { op, layout, prog }, operands)
+        }
+        Op::MatMul { ta, tb } => {
+            let a = g.shape(operands[0]);
+            let k = if ta { a.0[0] } else { a.0[1] };
+            let spec = MatmulSpec { m: out_shape.0[0], k, n: out_shape.0[1], ta, tb, a_offset: in_off[0], b_offset: in_off[1], out_offset: offset(first) };
+            single(KernelCall::Matmul(spec), operands)
+        }
+        Op::OneHot { classes } => {
+            let rows = g.shape(operands[0]).0[0];
+            single(KernelCall::OneHot { rows, classes, offsets: (in_off[0], offset(first)) }, operands)
+        }
+        Op::Pad { lo, .. } => {
+            let spec = PadSpec { out: out_shape.0.clone(), lo, input: g.shape(operands[0]).0.clone(), offsets: (in_off[0], offset(first)) };
+            single(KernelCall::Pad(spec), operands)
+        }
+        Op::Permute { perm } => {
+            let (is, os) = (g.shape(operands[0]).strides(), out_shape.strides());
+            let axes = (0..out_shape.rank()).filter(|&a| out_shape.0[a] > 1).map(|a| (os[a], out_shape.0[a], is[perm[a]])).collect();
+            copy(Access { offset: in_off[0], axes, identity: false })
+        }
+        Op::Slice { start, .. } => {
+            let (is, os) = (g.shape(operands[0]).strides(), out_shape.strides());
+            let base = in_off[0] + start.iter().zip(&is).map(|(a, b)| a * b).sum::<usize>();
+            let axes = (0..out_shape.rank()).filter(|&a| out_shape.0[a] > 1).map(|a| (os[a], out_shape.0[a], is[a])).collect();
+            copy(Access { offset: base, axes, identity: false })
+        }
+        Op::Broadcast { .. } => {
+            let mut acc = access(g.shape(operands[0]), &out_shape);
+            acc.offset = in_off[0];
+            copy(acc)
+        }
+        op @ (Op::Conv2d(_)
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. }
+        | Op::MaxPool2d(_)
+        | Op::MaxPool2dGrad(_)
+        | Op::MaxPool2dGather(_)
+        | Op::AvgPool2d(_)
+        | Op::AvgPool2dGrad { .. }) => {
+            let dims = |id: NodeId| g.shape(id).0.clone();
+            let out = out_shape.0.clone();
+            let off = |i: usize| in_off.get(i).copied().unwrap_or(0);
+            let (kind, x, o, k, stride, pad, ohw) = match &op {
+                Op::Conv2d(a) => {
+                    let w = dims(operands[1]);
+                    (WindowKind::Conv2d, dims(operands[0]), w[0], [w[2], w[3]], a.stride, a.padding, [out[2], out[3]])
+                }
+                Op::Conv2dGradInput { attrs, .. } => {
+                    let (gy, w) = (dims(operands[0]), dims(operands[1]));
+                    (WindowKind::Conv2dGradInput, out.clone(), w[0], [w[2], w[3]], attrs.stride, attrs.padding, [gy[2], gy[3]])
+                }
+                Op::Conv2dGradWeight { attrs, kernel } => {
+                    let gy = dims(operands[1]);
+                    (WindowKind::Conv2dGradWeight, dims(operands[0]), gy[1], *kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+                }
+                Op::MaxPool2d(a) | Op::AvgPool2d(a) | Op::MaxPool2dGather(a) => {
+                    let xs = dims(operands[0]);
+                    let kind = match op {
+                        Op::MaxPool2d(_) => WindowKind::MaxPool2d,
+                        Op::AvgPool2d(_) => WindowKind::AvgPool2d,
+                        _ => WindowKind::MaxPool2dGather,
+                    };
+                    (kind, xs.clone(), xs[1], a.kernel, a.stride, a.padding, [out[2], out[3]])
+                }
+                Op::MaxPool2dGrad(a) => {
+                    let (xs, gy) = (dims(operands[0]), dims(operands[1]));
+                    (WindowKind::MaxPool2dGrad, xs.clone(), xs[1], a.kernel, a.stride, a.padding, [gy[2], gy[3]])
+                }
+                Op::AvgPool2dGrad { attrs, .. } => {
+                    let gy = dims(operands[0]);
+                    (WindowKind::AvgPool2dGrad, out.clone(), out[1], attrs.kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+                }
+                _ => unreachable!("matched above"),
+            };
+            let offsets = match kind {
+                WindowKind::AvgPool2dGrad => (0, off(0), offset(first)),
+                WindowKind::MaxPool2d | WindowKind::AvgPool2d => (off(0), off(0), offset(first)),
+                _ => (off(0), off(1), offset(first)),
+            };
+            let spec = WindowSpec {
+                n: x[0],
+                c: x[1],
+                h: x[2],
+                w: x[3],
+                o,
+                kh: k[0],
+                kw: k[1],
+                sh: stride[0],
+                sw: stride[1],
+                ph: pad[0],
+                pw: pad[1],
+                ho: ohw[0],
+                wo: ohw[1],
+                offsets,
+            };
+            single(KernelCall::Window { kind, spec }, operands)
+        }
+        other => return Err(format!("no kernel lowers `{}` yet", other.mnemonic())),
+    })
+}
