@@ -57,6 +57,9 @@ struct CompileArgs {
     /// Write the fused program as Graphviz DOT to this file.
     #[arg(long)]
     dot: Option<PathBuf>,
+    /// Write the CUDA C++ of every kernel of the schedule into this directory (no GPU needed).
+    #[arg(long)]
+    emit_cuda: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,6 +238,9 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
     if let Some(path) = &args.dot {
         std::fs::write(path, compiled.fused.to_dot()).with_context(|| format!("--dot: cannot write {}", path.display()))?;
     }
+    if let Some(dir) = &args.emit_cuda {
+        emit_cuda(&compiled, dir)?;
+    }
     let s = &compiled.schedule;
     let r = &compiled.report;
     if args.json {
@@ -321,6 +327,25 @@ fn run_cmd(args: RunArgs) -> Result<()> {
             bail!("the loss is {loss} at step {i}");
         }
         println!("step {i}: loss {loss:.6} accuracy {:.4}", out["accuracy"].item());
+    }
+    Ok(())
+}
+
+/// Writes `k<id>_<name>.cu` for every kernel; all sources are generated before any file is
+/// written, so a kernel that cannot be emitted leaves the directory untouched.
+fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
+    let s = &compiled.schedule;
+    let mut sources = Vec::new();
+    for k in &s.kernels {
+        let name = format!("k{}_{}", k.id, k.name);
+        let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, &k.nodes, &|n| s.locations[&n].1, &name)
+            .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
+        sources.push((name, src));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
+    for (name, src) in sources {
+        let path = dir.join(format!("{name}.cu"));
+        std::fs::write(&path, src).with_context(|| format!("--emit-cuda: cannot write {}", path.display()))?;
     }
     Ok(())
 }

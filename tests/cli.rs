@@ -126,3 +126,25 @@ fn run_gives_the_same_losses_on_the_reference_and_on_wgpu() {
         assert!(String::from_utf8(out.stderr).unwrap().contains("rebuild with --features cuda"));
     }
 }
+
+#[test]
+fn compile_emits_the_cuda_of_every_kernel_without_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let cu = dir.path().join("cuda");
+    let out = plateau(&["compile", "--model", "cnn", "--optimizer", "sam", "--batch-size", "8", "--json", "--emit-cuda", cu.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&cu).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len() as u64, v["launches"].as_u64().unwrap());
+    for f in &files {
+        let src = std::fs::read_to_string(f).unwrap();
+        let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
+        assert!(src.contains("__global__") && src.contains(&stem), "{}", f.display());
+    }
+    assert!(files.iter().any(|f| f.to_str().unwrap().ends_with("_conv2d_grad_weight.cu")));
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, "x").unwrap();
+    let out = plateau(&["compile", "--model", "mlp", "--emit-cuda", blocked.join("sub").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--emit-cuda: cannot create"));
+}
