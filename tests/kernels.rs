@@ -270,3 +270,55 @@ fn long_accumulations_are_not_truncated() {
         assert!((a - b).abs() <= 1e-3 * scale.max(1.0), "{got:?} vs {want:?}");
     }
 }
+
+/// Dropout masks on the device are the reference's, element for element.
+#[test]
+fn dropout_masks_match_the_reference_hash() {
+    use plateau::compiler::ir::dropout_uniform;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::KernelCall;
+    let client = client();
+    let (n, p, seed) = (1037usize, 0.3f64, 7u32);
+    let out = client.empty(n * 4);
+    // SAFETY: the handles hold the stated number of f32 values.
+    let (s, o) = unsafe { (ArrayArg::from_raw_parts(upload(&client, &[5.0]), 1), ArrayArg::from_raw_parts(out.clone(), n)) };
+    KernelCall::DropoutMask { n, p_bits: (p as f32).to_bits(), seed, offsets: (0, 0) }.launch(&client, vec![s], vec![o]);
+    let got = download(&client, out, n).unwrap();
+    let want: Vec<f32> = (0..n).map(|i| (dropout_uniform(seed, 5, i as u32) as f64 >= p) as u8 as f32).collect();
+    assert_eq!(got, want);
+    let kept = got.iter().filter(|&&v| v == 1.0).count();
+    assert!((650..800).contains(&kept), "{kept} of {n} kept at p = 0.3");
+}
+
+/// Average pooling and its adjoint (padding counted), through the lowering.
+#[test]
+fn average_pooling_matches_the_reference() {
+    use plateau::compiler::ir::PoolAttrs;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::lower;
+    let client = client();
+    let attrs = PoolAttrs { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+    let mut g = Graph::new();
+    let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, [2, 3, 7, 6]).unwrap();
+    let y = g.add(Op::AvgPool2d(attrs), &[x]).unwrap();
+    let gx = g.add(Op::AvgPool2dGrad { attrs, input_hw: [7, 6] }, &[y]).unwrap();
+    let data = random(2 * 3 * 7 * 6, 31);
+    let mut b = Bindings::new();
+    b.set("input", "x", plateau::Tensor::from_f32(vec![2, 3, 7, 6], &data).unwrap());
+    let want = evaluate(&g, &b, &[y, gx]).unwrap();
+    let run = |node, input: &[f32]| {
+        let l = lower(&g, &[node], &|_| 0).unwrap();
+        let n = l.output_len[0];
+        let out = client.empty(n * 4);
+        // SAFETY: the handles hold the stated number of f32 values.
+        let (i, o) = unsafe { (ArrayArg::from_raw_parts(upload(&client, input), input.len()), ArrayArg::from_raw_parts(out.clone(), n)) };
+        l.call.launch(&client, vec![i], vec![o]);
+        download(&client, out, n).unwrap()
+    };
+    let got_y = run(y, &data);
+    assert!(close(&got_y, &want[0].to_f32()), "{got_y:?}");
+    let got_gx = run(gx, &want[0].to_f32());
+    assert!(close(&got_gx, &want[1].to_f32()), "{got_gx:?}");
+}

@@ -4,7 +4,7 @@
 use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
-use crate::macros::{matmul, one_hot, pad};
+use crate::macros::{dropout_mask, matmul, one_hot, pad};
 use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
@@ -24,6 +24,7 @@ impl KernelCall {
             KernelCall::Matmul(s) => (s.m * s.n, BLOCK),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
+            KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
             KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } => (s.o * s.c * s.kh * s.kw * GRAD_WEIGHT_UNITS, GRAD_WEIGHT_UNITS as u32),
             KernelCall::Window { kind, spec: s } => match kind {
                 WindowKind::Conv2d => (s.n * s.o * s.ho * s.wo, BLOCK),
@@ -71,6 +72,9 @@ impl KernelCall {
                 one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
             }
             KernelCall::Pad(s) => pad::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), s),
+            KernelCall::DropoutMask { n, p_bits, seed, offsets } => {
+                dropout_mask::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), n, p_bits, seed, offsets)
+            }
             KernelCall::Window { kind, spec } => {
                 let o = outs.next().expect("one output");
                 match kind {
@@ -128,6 +132,11 @@ impl KernelCall {
                 let x = input(&mut b);
                 let o = output(&mut b);
                 pad::expand(&mut b.scope, x, o, s);
+            }
+            KernelCall::DropoutMask { n, p_bits, seed, offsets } => {
+                let x = input(&mut b);
+                let o = output(&mut b);
+                dropout_mask::expand(&mut b.scope, x, o, n, p_bits, seed, offsets);
             }
             KernelCall::Window { kind, spec } => match kind {
                 WindowKind::MaxPool2d | WindowKind::AvgPool2d | WindowKind::AvgPool2dGrad => {

@@ -31,6 +31,7 @@ pub enum KernelCall {
     Matmul(MatmulSpec),
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
     Pad(PadSpec),
+    DropoutMask { n: usize, p_bits: u32, seed: u32, offsets: (usize, usize) },
     Window { kind: WindowKind, spec: WindowSpec },
 }
 
@@ -90,6 +91,10 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
         Op::Pad { lo, .. } => {
             let spec = PadSpec { out: out_shape.0.clone(), lo, input: g.shape(operands[0]).0.clone(), offsets: (in_off[0], offset(first)) };
             single(KernelCall::Pad(spec), operands)
+        }
+        Op::DropoutMask { p, seed, shape } => {
+            let call = KernelCall::DropoutMask { n: shape.numel(), p_bits: (p as f32).to_bits(), seed, offsets: (in_off[0], offset(first)) };
+            single(call, operands)
         }
         Op::Permute { perm } => {
             let (is, os) = (g.shape(operands[0]).strides(), out_shape.strides());

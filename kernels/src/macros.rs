@@ -80,3 +80,29 @@ pub fn pad(x: &Array<f32>, out: &mut Array<f32>, #[comptime] s: PadSpec) {
         out[comptime!(s.offsets.1) + pos] = select(inside, v, 0.0);
     }
 }
+
+/// `out[i] = 1.0` when dropout keeps element `i` at this step, else `0.0`: the same
+/// counter-based hash as `plateau_compiler::ir::dropout_uniform`, in u32 arithmetic.
+#[cube(launch)]
+pub fn dropout_mask(step: &Array<f32>, out: &mut Array<f32>, #[comptime] n: usize, #[comptime] p_bits: u32, #[comptime] seed: u32, #[comptime] offsets: (usize, usize)) {
+    let pos = ABSOLUTE_POS;
+    if pos < n {
+        let s = u32::cast_from(step[comptime!(offsets.0)]);
+        let h = mix(mix(mix(comptime!(seed).runtime()) ^ s) ^ u32::cast_from(pos));
+        let u = f32::cast_from(h >> 8) * comptime!(1.0f32 / 16_777_216.0);
+        let p = comptime!(f32::from_bits(p_bits));
+        out[comptime!(offsets.1) + pos] = f32::cast_from(u >= p);
+    }
+}
+
+/// The "lowbias32" integer mixer.
+#[cube]
+fn mix(x: u32) -> u32 {
+    let mut v = x;
+    v ^= v >> 16;
+    v *= 0x7feb_352du32;
+    v ^= v >> 15;
+    v *= 0x846c_a68bu32;
+    v ^= v >> 16;
+    v
+}
