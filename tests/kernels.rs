@@ -187,6 +187,7 @@ fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau:
     b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
     b.set("scalar", "step", Tensor::scalar(DType::F32, 0.0));
     let mut dev = DeviceStep::new(client(), &compiled).unwrap();
+    assert_eq!(dev.device_bytes(), compiled.schedule.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
     for (kind, leaf) in leaves(&compiled.fused) {
         dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
     }

@@ -1,9 +1,11 @@
-//! Executing a compiled step on a cubecl device: one device buffer per buffer of the memory
-//! plan, kernels launched in schedule order, values read back only when asked.
+//! Executing a compiled step on a cubecl device: the memory plan's temporaries in one pool at
+//! their planned offsets (device memory is the plan's peak), a buffer per persistent leaf,
+//! kernels launched in schedule order, values read back only when asked.
 
 use crate::error::RuntimeError;
 use crate::reference::Tensor;
 use plateau_compiler::ir::{leaf_kind, leaf_name, Op, OutputKind, Program};
+use plateau_compiler::schedule::BufferKind;
 use plateau_compiler::{Compiled, DType, Graph, NodeId};
 use plateau_kernels::cubecl::prelude::*;
 use plateau_kernels::cubecl::server::Handle;
@@ -16,7 +18,10 @@ pub struct DeviceStep<R: Runtime> {
     client: ComputeClient<R>,
     graph: Graph,
     compiled: Compiled,
+    /// Device buffers: the pool of temporaries first, then one per persistent leaf.
     buffers: Vec<(Handle, usize)>,
+    /// For each buffer of the plan: (device buffer, element offset of its start).
+    place: Vec<(usize, usize)>,
 }
 
 fn unsupported(what: impl Into<String>) -> RuntimeError {
@@ -30,16 +35,31 @@ impl<R: Runtime> DeviceStep<R> {
         if let Some(id) = graph.node_ids().find(|&id| graph.dtype(id) == DType::F64) {
             return Err(unsupported(format!("f64 values on a device ({id})")));
         }
-        let buffers = compiled
+        // One pool for every temporary, at the plan's offsets; one buffer per persistent leaf.
+        let pool_len = compiled
             .schedule
             .buffers
             .iter()
-            .map(|b| {
-                let len = (b.bytes as usize / 4).max(1);
-                (client.empty(len * 4), len)
+            .filter_map(|b| match b.kind {
+                BufferKind::Temp { offset, .. } => Some((offset + b.bytes) as usize / 4),
+                BufferKind::Persistent(_) => None,
             })
-            .collect();
-        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers };
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut buffers = vec![(client.empty(pool_len * 4), pool_len)];
+        let mut place = Vec::new();
+        for b in &compiled.schedule.buffers {
+            match b.kind {
+                BufferKind::Temp { offset, .. } => place.push((0, offset as usize / 4)),
+                BufferKind::Persistent(_) => {
+                    let len = (b.bytes as usize / 4).max(1);
+                    place.push((buffers.len(), 0));
+                    buffers.push((client.empty(len * 4), len));
+                }
+            }
+        }
+        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place };
         for id in step.graph.node_ids().collect::<Vec<_>>() {
             if let Op::Const { value } = step.graph.node(id).op {
                 step.write(id, &[value as f32]);
@@ -48,14 +68,26 @@ impl<R: Runtime> DeviceStep<R> {
         Ok(step)
     }
 
-    fn loc(&self, id: NodeId) -> (Handle, usize, usize) {
+    /// Bytes held on the device: the pool of temporaries plus the persistent leaves.
+    pub fn device_bytes(&self) -> u64 {
+        self.buffers.iter().map(|(_, len)| *len as u64 * 4).sum()
+    }
+
+    /// (device buffer index, element offset) of a node.
+    fn place_of(&self, id: NodeId) -> (usize, usize) {
         let (b, off) = self.compiled.schedule.locations[&id];
-        let (h, len) = &self.buffers[b];
+        let (db, base) = self.place[b];
+        (db, base + off)
+    }
+
+    fn loc(&self, id: NodeId) -> (Handle, usize, usize) {
+        let (db, off) = self.place_of(id);
+        let (h, len) = &self.buffers[db];
         (h.clone(), *len, off)
     }
 
     fn write(&mut self, id: NodeId, data: &[f32]) {
-        let (b, off) = self.compiled.schedule.locations[&id];
+        let (b, off) = self.place_of(id);
         let (_, len) = self.buffers[b];
         if off == 0 && data.len() == len {
             self.buffers[b].0 = self.client.create_from_slice(f32::as_bytes(data));
@@ -88,7 +120,7 @@ impl<R: Runtime> DeviceStep<R> {
 
     /// Reads a node's value back.
     fn read(&self, id: NodeId) -> Result<Tensor, RuntimeError> {
-        let (b, off) = self.compiled.schedule.locations[&id];
+        let (b, off) = self.place_of(id);
         let ty = self.graph.ty(id).clone();
         let all = self.read_buffer(b);
         Tensor::new(ty.dtype, ty.shape.clone(), all[off..off + ty.shape.numel()].iter().map(|&v| v as f64).collect())
@@ -113,7 +145,7 @@ impl<R: Runtime> DeviceStep<R> {
         }
         for o in self.graph.outputs().to_vec() {
             if let OutputKind::StateUpdate { state } = o.kind {
-                if self.compiled.schedule.locations[&o.node] != self.compiled.schedule.locations[&state] {
+                if self.place_of(o.node) != self.place_of(state) {
                     self.copy(o.node, state);
                 }
             }
@@ -133,8 +165,7 @@ impl<R: Runtime> DeviceStep<R> {
     }
 
     fn launch(&mut self, nodes: &[NodeId]) -> Result<(), RuntimeError> {
-        let locations = &self.compiled.schedule.locations;
-        let lowered = lower(&self.graph, nodes, &|n| locations[&n].1).map_err(unsupported)?;
+        let lowered = lower(&self.graph, nodes, &|n| self.place_of(n).1).map_err(unsupported)?;
         // SAFETY: every handle holds the number of f32 values it is declared with.
         let arg = |(h, len, _): (Handle, usize, usize)| unsafe { ArrayArg::from_raw_parts(h, len) };
         let inputs = lowered.inputs.iter().map(|&n| arg(self.loc(n))).collect();
