@@ -24,7 +24,8 @@ pub fn initial_state(model: &TracedModel, step: &Step, seed: u64) -> Result<Bind
         model.params.iter().map(|p| (p.name.as_str(), p.init.sample(&p.name, p.shape.numel(), seed))).collect();
     for id in g.leaves("param").into_iter().chain(g.leaves("state")) {
         let op = &g.node(id).op;
-        let (kind, name) = (compiler::ir::leaf_kind(op).unwrap(), compiler::ir::leaf_name(op).unwrap());
+        let kind = compiler::ir::leaf_kind(op).expect("invariant: param and state leaves are named");
+        let name = compiler::ir::leaf_name(op).expect("invariant: param and state leaves are named");
         let ty = g.ty(id).clone();
         let data = if name == "params" && kind == "param" {
             step.arena.slots.iter().flat_map(|s| values[s.name.as_str()].iter().copied()).collect()

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use plateau::compiler::ir::{leaf_kind, leaf_name};
-use plateau::{evaluate, Bindings, DType, Graph, NodeId, Shape, Tensor, TracedModel};
+use plateau::{evaluate, Bindings, DType, Graph, NodeId, Tensor, TracedModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -84,8 +84,4 @@ pub fn sample_indices(n: usize, max: usize, seed: u64) -> Vec<usize> {
     v.push(0);
     v.push(n - 1);
     v
-}
-
-pub fn shape(dims: &[usize]) -> Shape {
-    Shape(dims.to_vec())
 }
