@@ -1,9 +1,7 @@
 //! The IR and the DSL as a user sees them: text form snapshots, shape errors with the
 //! caller's location, serde, DOT, the verifier, and the model zoo's PyTorch names.
 
-mod common;
 
-use common::*;
 use plateau::compiler::ir::{Op, OutputKind};
 use plateau::frontend::layers::{BatchNorm, Conv2d, Dropout, Layer, Linear};
 use plateau::{evaluate, DType, FrontendError, Graph, IrError, ModelSpec, Tensor, TraceOptions, Tracer};
