@@ -65,11 +65,12 @@ fn check_model(name: &str, (model, o): (ModelSpec, TraceOptions)) {
     assert_eq!(asam_s.optimizer_launches, 3, "{name}: ASAM's norm, perturbation, descent");
     assert!(sam_s.launches <= 2 * sgd_s.launches + 1, "{name}: {} vs 2 x {} + 1", sam_s.launches, sgd_s.launches);
     // One parameter-sized buffer above SGD with momentum, plus SAM's two 4-byte scalars
-    // (rho and the squared norm the perturbation reads).
+    // (rho and the squared norm the perturbation reads), each placed on a 16-byte boundary.
     let param_bytes = 4 * sgd_s.param_count as u64;
+    let align = plateau::compiler::schedule::POOL_ALIGN;
     for (variant, s) in [("sam", &sam_s), ("asam", &asam_s)] {
         let extra = s.peak_memory_bytes - sgd_s.peak_memory_bytes;
-        assert!(extra <= param_bytes + 8, "{name} {variant}: {extra} bytes above SGD, parameters take {param_bytes}");
+        assert!(extra <= param_bytes.next_multiple_of(align) + 2 * align, "{name} {variant}: {extra} bytes above SGD, parameters take {param_bytes}");
     }
     insta::assert_snapshot!(format!("{name}_sgd_schedule"), sgd_s.to_string());
     insta::assert_snapshot!(format!("{name}_sam_schedule"), sam_s.to_string());

@@ -4,12 +4,18 @@
 use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
+use crate::program::VECTOR_WIDTH;
 use crate::macros::{dropout_mask, matmul, one_hot, pad};
 use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
+
+/// Compilation arguments of a sequence of `n` arrays of `T`.
+fn vseq<T: CubePrimitive>(n: usize) -> SequenceCompilationArg<Array<T>> {
+    SequenceCompilationArg { values: (0..n).map(|_| ArrayCompilationArg { inplace: None }).collect() }
+}
 
 /// cubecl's CUDA compiler (the one `cubecl::cuda` uses).
 type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
@@ -47,21 +53,22 @@ impl KernelCall {
         let mut next_in = || ins.next().expect("invariant: lowering lists every input");
         match self.clone() {
             KernelCall::Map { prog, n } => {
-                let mut s_in = SequenceArg::new();
-                for _ in 0..prog.access.len() {
-                    s_in.push(next_in());
+                let (mut s_in, mut s_splat) = (SequenceArg::new(), SequenceArg::new());
+                for a in &prog.access {
+                    if a.splat {
+                        s_splat.push(next_in());
+                    } else {
+                        s_in.push(next_in());
+                    }
                 }
                 let mut s_out = SequenceArg::new();
                 for o in outs {
                     s_out.push(o);
                 }
-                fused_map::launch::<R>(client, count, dim, s_in, s_out, n, prog);
+                fused_map::launch::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
             }
             KernelCall::Reduce { op, layout, prog } => {
-                let mut s_in = SequenceArg::new();
-                for _ in 0..prog.access.len() {
-                    s_in.push(next_in());
-                }
+                let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
                 launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
             }
             KernelCall::Matmul(s) => {
@@ -98,24 +105,35 @@ impl KernelCall {
         addr.register(&mut b.scope);
         let arr = ArrayCompilationArg { inplace: None };
         let seq = |n: usize| SequenceCompilationArg::<Array<f32>> { values: (0..n).map(|_| ArrayCompilationArg { inplace: None }).collect() };
+        /// Scalars as one-element vectors (the reductions, and maps that do not vectorize).
+        type S = Vector<f32, Const<1>>;
         let input = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand(&arr, b);
         let output = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand_output(&arr, b);
         let (_, block) = self.units();
         match self.clone() {
             KernelCall::Map { prog, n } => {
-                let i = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(prog.access.len()), &mut b);
-                let o = <Sequence<Array<f32>> as LaunchArg>::expand_output(&seq(prog.outputs.len()), &mut b);
-                fused_map::expand(&mut b.scope, i, o, n, prog);
+                let (vectors, splats) = prog.input_counts();
+                let s = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(splats), &mut b);
+                if prog.width == VECTOR_WIDTH {
+                    type V = Vector<f32, Const<VECTOR_WIDTH>>;
+                    let i = <Sequence<Array<V>> as LaunchArg>::expand(&vseq::<V>(vectors), &mut b);
+                    let o = <Sequence<Array<V>> as LaunchArg>::expand_output(&vseq::<V>(prog.outputs.len()), &mut b);
+                    fused_map::expand::<Const<VECTOR_WIDTH>>(&mut b.scope, VECTOR_WIDTH, i, s, o, n, prog);
+                } else {
+                    let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(vectors), &mut b);
+                    let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), &mut b);
+                    fused_map::expand::<Const<1>>(&mut b.scope, 1, i, s, o, n, prog);
+                }
             }
             KernelCall::Reduce { op, layout, prog } => {
-                let i = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(prog.access.len()), &mut b);
-                let o = output(&mut b);
+                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
+                let o = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
                 let cube = layout.reduce_len >= CUBE_REDUCE_MIN;
                 match (op, cube) {
-                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum::expand(&mut b.scope, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Max, false) => crate::reduce::fused_reduce_max::expand(&mut b.scope, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube::expand(&mut b.scope, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand(&mut b.scope, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Max, false) => crate::reduce::fused_reduce_max::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
+                    (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
                 }
             }
             KernelCall::Matmul(s) => {

@@ -24,34 +24,41 @@ pub fn load_index(pos: usize, #[comptime] acc: Access) -> usize {
     idx
 }
 
-/// Runs `prog` at position `pos`, pushing one register per instruction.
+/// Runs `prog` at position `pos` (in units of `N`-wide vectors), pushing one register per
+/// instruction. Operands marked `splat` are read as one scalar from `splats` and broadcast.
 #[cube]
-pub fn run_program(inputs: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: KernelProgram) -> Sequence<f32> {
-    let mut regs = Sequence::<f32>::new();
+pub fn run_program<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, splats: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: KernelProgram) -> Sequence<Vector<f32, N>> {
+    let mut regs = Sequence::<Vector<f32, N>>::new();
+    let zero = Vector::<f32, N>::new(0.0);
     #[unroll]
     for i in 0..prog.instrs.len() {
         let ins = comptime!(prog.instrs[i]);
         match ins {
             KInstr::Load(k) => {
                 let acc = comptime!(prog.access[k].clone());
-                let input = inputs.index(k);
-                let idx = load_index(pos, acc);
-                regs.push(input[idx]);
+                let idx = load_index(pos, acc.clone());
+                if comptime!(acc.splat) {
+                    let input = splats.index(comptime!(acc.slot));
+                    regs.push(Vector::<f32, N>::new(input[idx]));
+                } else {
+                    let input = inputs.index(comptime!(acc.slot));
+                    regs.push(input[idx]);
+                }
             }
             KInstr::Const(bits) => {
                 let c = comptime!(f32::from_bits(bits));
-                regs.push(c);
+                regs.push(Vector::<f32, N>::new(c));
             }
             KInstr::Unary(op, a) => {
                 let x = *regs.index(a);
                 let v = match op {
                     UnaryOp::Neg => -x,
-                    UnaryOp::Exp => f32::exp(x),
-                    UnaryOp::Log => f32::ln(x),
-                    UnaryOp::Sqrt => f32::sqrt(x),
-                    UnaryOp::Recip => f32::recip(x),
-                    UnaryOp::Abs => f32::abs(x),
-                    UnaryOp::Sign => f32::cast_from(x > 0.0) - f32::cast_from(x < 0.0),
+                    UnaryOp::Exp => x.exp(),
+                    UnaryOp::Log => x.ln(),
+                    UnaryOp::Sqrt => x.sqrt(),
+                    UnaryOp::Recip => x.recip(),
+                    UnaryOp::Abs => x.abs(),
+                    UnaryOp::Sign => Vector::<f32, N>::cast_from(x.greater_than(zero)) - Vector::<f32, N>::cast_from(x.less_than(zero)),
                 };
                 regs.push(v);
             }
@@ -63,26 +70,26 @@ pub fn run_program(inputs: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: 
                     BinaryOp::Sub => x - y,
                     BinaryOp::Mul => x * y,
                     BinaryOp::Div => x / y,
-                    BinaryOp::Max => f32::max(x, y),
-                    BinaryOp::Min => f32::min(x, y),
+                    BinaryOp::Max => max(x, y),
+                    BinaryOp::Min => min(x, y),
                 };
                 regs.push(v);
             }
             KInstr::Compare(op, a, b) => {
                 let x = *regs.index(a);
                 let y = *regs.index(b);
-                let v = match op {
-                    CmpOp::Lt => f32::cast_from(x < y),
-                    CmpOp::Le => f32::cast_from(x <= y),
-                    CmpOp::Gt => f32::cast_from(x > y),
-                    CmpOp::Ge => f32::cast_from(x >= y),
-                    CmpOp::Eq => f32::cast_from(x == y),
-                    CmpOp::Ne => f32::cast_from(x != y),
+                let c = match op {
+                    CmpOp::Lt => x.less_than(y),
+                    CmpOp::Le => x.less_equal(y),
+                    CmpOp::Gt => x.greater_than(y),
+                    CmpOp::Ge => x.greater_equal(y),
+                    CmpOp::Eq => x.equal(y),
+                    CmpOp::Ne => x.not_equal(y),
                 };
-                regs.push(v);
+                regs.push(Vector::<f32, N>::cast_from(c));
             }
             KInstr::Select(c, a, b) => {
-                let v = select(*regs.index(c) != 0.0, *regs.index(a), *regs.index(b));
+                let v = select_many((*regs.index(c)).not_equal(zero), *regs.index(a), *regs.index(b));
                 regs.push(v);
             }
         }
@@ -90,12 +97,19 @@ pub fn run_program(inputs: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: 
     regs
 }
 
-/// Every output of `prog` at each of the `n` positions of the iteration space.
+/// Every output of `prog` at each of the `n` positions (vectors of `N` elements) of the
+/// iteration space.
 #[cube(launch)]
-pub fn fused_map(inputs: &Sequence<Array<f32>>, outputs: &mut Sequence<Array<f32>>, #[comptime] n: usize, #[comptime] prog: KernelProgram) {
+pub fn fused_map<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    splats: &Sequence<Array<f32>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] n: usize,
+    #[comptime] prog: KernelProgram,
+) {
     let pos = ABSOLUTE_POS;
     if pos < n {
-        let regs = run_program(inputs, pos, prog.clone());
+        let regs = run_program::<N>(inputs, splats, pos, prog.clone());
         #[unroll]
         for o in 0..prog.outputs.len() {
             let r = comptime!(prog.outputs[o]);

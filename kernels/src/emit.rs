@@ -7,7 +7,7 @@ use plateau_compiler::{Graph, NodeId, Shape};
 
 /// The CUDA C++ source of the fused elementwise kernel running `program` over `space`.
 pub fn fused_map_cuda(program: &Program, space: &Shape, name: &str) -> Result<String, String> {
-    KernelCall::Map { prog: KernelProgram::new(program, space), n: space.numel() }.cuda_source(name)
+    KernelCall::map(KernelProgram::new(program, space), space.numel()).cuda_source(name)
 }
 
 /// The CUDA C++ source of the kernel computing `nodes` of a fused graph; `offset` gives each

@@ -1,6 +1,6 @@
 //! Host-side launches on any cubecl runtime: upload, launch, read back.
 
-use crate::elementwise::fused_map;
+use crate::lower::KernelCall;
 use crate::program::KernelProgram;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -32,20 +32,11 @@ pub fn launch_fused_map<R: Runtime>(client: &ComputeClient<R>, program: &Program
     if n == 0 {
         return;
     }
-    let prog = KernelProgram::new(program, space);
-    let mut ins = SequenceArg::new();
-    for (h, len) in inputs {
-        // SAFETY: each handle holds `len` f32 values (at least one).
-        ins.push(unsafe { ArrayArg::from_raw_parts(h.clone(), (*len).max(1)) });
-    }
-    let mut outs = SequenceArg::new();
-    for h in outputs {
-        // SAFETY: each output holds `n` f32 values.
-        outs.push(unsafe { ArrayArg::from_raw_parts(h.clone(), n) });
-    }
-    let dim = CubeDim::new_1d(BLOCK);
-    let count = cubecl::calculate_cube_count_elemwise(client, n, dim);
-    fused_map::launch::<R>(client, count, dim, ins, outs, n, prog);
+    let call = KernelCall::map(KernelProgram::new(program, space), n);
+    // SAFETY: each input handle holds `len` f32 values (at least one), each output `n`.
+    let ins = inputs.iter().map(|(h, len)| unsafe { ArrayArg::from_raw_parts(h.clone(), (*len).max(1)) }).collect();
+    let outs = outputs.iter().map(|h| unsafe { ArrayArg::from_raw_parts(h.clone(), n) }).collect();
+    call.launch(client, ins, outs);
 }
 
 /// Runs the fused program on host data and returns every output.
@@ -69,11 +60,8 @@ pub fn fused_reduce_on<R: Runtime>(
 ) -> Result<Vec<f32>, String> {
     let layout = crate::reduce::ReduceLayout::new(space, axes);
     let outputs = layout.outputs;
-    let mut ins = SequenceArg::new();
-    for d in inputs {
-        // SAFETY: the handle holds `d.len()` f32 values (at least one).
-        ins.push(unsafe { ArrayArg::from_raw_parts(upload(client, d), d.len().max(1)) });
-    }
+    // SAFETY: each handle holds `d.len()` f32 values (at least one).
+    let ins = inputs.iter().map(|d| unsafe { ArrayArg::from_raw_parts(upload(client, d), d.len().max(1)) }).collect();
     let out = client.empty(outputs.max(1) * 4);
     if outputs > 0 {
         // SAFETY: `out` holds `outputs` f32 values.

@@ -3,7 +3,7 @@
 //! device-free emitter compiles them to CUDA C++. Operands are addressed by element offset.
 
 use crate::macros::{MatmulSpec, PadSpec};
-use crate::program::{access, Access, KernelProgram};
+use crate::program::{access, Access, KernelProgram, VECTOR_WIDTH};
 use crate::reduce::ReduceLayout;
 use crate::window::WindowSpec;
 use plateau_compiler::ir::{Instr, Op, Program, ReduceOp};
@@ -25,7 +25,7 @@ pub enum WindowKind {
 /// One kernel launch, independent of any device.
 #[derive(Clone, Debug)]
 pub enum KernelCall {
-    /// `fused_map` over `n` positions.
+    /// `fused_map` over `n` positions, each a vector of `prog.width` elements.
     Map { prog: KernelProgram, n: usize },
     Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram },
     Matmul(MatmulSpec),
@@ -33,6 +33,17 @@ pub enum KernelCall {
     Pad(PadSpec),
     DropoutMask { n: usize, p_bits: u32, seed: u32, offsets: (usize, usize) },
     Window { kind: WindowKind, spec: WindowSpec },
+}
+
+impl KernelCall {
+    /// The elementwise call of `prog` over `n` elements: vectorized when the sizes, offsets
+    /// and access patterns allow it, scalar otherwise.
+    pub fn map(prog: KernelProgram, n: usize) -> KernelCall {
+        match prog.vectorized(n, VECTOR_WIDTH) {
+            Some(v) => KernelCall::Map { prog: v, n: n / VECTOR_WIDTH },
+            None => KernelCall::Map { prog, n },
+        }
+    }
 }
 
 /// A lowered kernel: the call, the nodes it reads (in argument order) and the nodes it writes
@@ -61,7 +72,7 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
     let copy = |acc: Access| {
         let mut prog = KernelProgram::new(&identity(&out_shape), &out_shape).with_offsets(&[0], &[offset(first)]);
         prog.access[0] = acc;
-        single(KernelCall::Map { prog, n: out_shape.numel() }, vec![operands[0]])
+        single(KernelCall::map(prog, out_shape.numel()), vec![operands[0]])
     };
     Ok(match g.node(first).op.clone() {
         Op::Fused { program, ty, .. } => {
@@ -71,7 +82,7 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
             let out_off: Vec<usize> = outputs.iter().map(|o| o.map(offset).unwrap_or(0)).collect();
             let prog = KernelProgram::new(&program, &ty.shape).with_offsets(&in_off, &out_off);
             let n = ty.shape.numel();
-            Lowered { call: KernelCall::Map { prog, n }, inputs: operands, output_len: vec![n; outputs.len()], outputs }
+            Lowered { call: KernelCall::map(prog, n), inputs: operands, output_len: vec![n; outputs.len()], outputs }
         }
         Op::FusedReduce { program, op, axes, space } => {
             let layout = ReduceLayout::new(&space.shape, &axes);
@@ -99,13 +110,13 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
         Op::Permute { perm } => {
             let (is, os) = (g.shape(operands[0]).strides(), out_shape.strides());
             let axes = (0..out_shape.rank()).filter(|&a| out_shape.0[a] > 1).map(|a| (os[a], out_shape.0[a], is[perm[a]])).collect();
-            copy(Access { offset: in_off[0], axes, identity: false })
+            copy(Access { offset: in_off[0], axes, identity: false, splat: false, slot: 0 })
         }
         Op::Slice { start, .. } => {
             let (is, os) = (g.shape(operands[0]).strides(), out_shape.strides());
             let base = in_off[0] + start.iter().zip(&is).map(|(a, b)| a * b).sum::<usize>();
             let axes = (0..out_shape.rank()).filter(|&a| out_shape.0[a] > 1).map(|a| (os[a], out_shape.0[a], is[a])).collect();
-            copy(Access { offset: base, axes, identity: false })
+            copy(Access { offset: base, axes, identity: false, splat: false, slot: 0 })
         }
         Op::Broadcast { .. } => {
             let mut acc = access(g.shape(operands[0]), &out_shape);

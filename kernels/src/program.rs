@@ -26,6 +26,10 @@ pub struct Access {
     pub axes: Vec<(usize, usize, usize)>,
     /// The operand is read as the iteration space itself: the index is `offset + pos`.
     pub identity: bool,
+    /// In a vectorized program: one scalar per vector, broadcast to every lane.
+    pub splat: bool,
+    /// The operand's slot in the kernel's vector (or, when `splat`, scalar) inputs.
+    pub slot: usize,
 }
 
 /// A fused elementwise program ready for lowering.
@@ -34,9 +38,14 @@ pub struct KernelProgram {
     pub instrs: Vec<KInstr>,
     pub access: Vec<Access>,
     pub outputs: Vec<usize>,
-    /// Element offset of each output in its buffer.
+    /// Element offset of each output in its buffer (in vectors when `width > 1`).
     pub output_offsets: Vec<usize>,
+    /// Elements per vector: 1 for the scalar form.
+    pub width: usize,
 }
+
+/// The vector width of vectorized elementwise kernels (four f32: 128-bit loads and stores).
+pub const VECTOR_WIDTH: usize = 4;
 
 /// The access pattern of an operand read through `view` (broadcast) in `space`.
 pub fn access(view: &Shape, space: &Shape) -> Access {
@@ -51,7 +60,7 @@ pub fn access(view: &Shape, space: &Shape) -> Access {
         axes.push((ss[ax], space.0[ax], vs[ax - lead]));
     }
     let identity = view.numel() == space.numel() && (0..view.rank()).all(|i| view.0[i] == space.0[i + lead]);
-    Access { offset: 0, axes, identity }
+    Access { offset: 0, axes, identity, splat: false, slot: 0 }
 }
 
 impl KernelProgram {
@@ -71,9 +80,10 @@ impl KernelProgram {
             .collect();
         KernelProgram {
             instrs,
-            access: program.views.iter().map(|v| access(v, space)).collect(),
+            access: program.views.iter().enumerate().map(|(k, v)| Access { slot: k, ..access(v, space) }).collect(),
             outputs: program.outputs.iter().map(|&o| o as usize).collect(),
             output_offsets: vec![0; program.outputs.len()],
+            width: 1,
         }
     }
 }
@@ -87,5 +97,66 @@ impl KernelProgram {
         }
         self.output_offsets = outputs.to_vec();
         self
+    }
+}
+
+impl Access {
+    /// This read over vectors of `w` consecutive positions: a vector load (positions and
+    /// offsets in vectors) when the operand is contiguous along the innermost axis in whole
+    /// vectors, a splat when it is constant across each vector, `None` otherwise.
+    fn vectorized(&self, w: usize) -> Option<Access> {
+        if self.identity {
+            return (self.offset % w == 0).then(|| Access { offset: self.offset / w, ..self.clone() });
+        }
+        let inner = self.axes.iter().position(|a| a.0 == 1);
+        let outer_ok = |a: &(usize, usize, usize)| a.0 % w == 0;
+        match inner {
+            None if self.axes.iter().all(outer_ok) => {
+                let axes = self.axes.iter().map(|&(d, e, s)| (d / w, e, s)).collect();
+                Some(Access { axes, splat: true, ..self.clone() })
+            }
+            Some(i) => {
+                let (_, e, s) = self.axes[i];
+                let others_ok = self.axes.iter().enumerate().all(|(j, a)| j == i || (outer_ok(a) && a.2 % w == 0));
+                if s != 1 || e % w != 0 || self.offset % w != 0 || !others_ok {
+                    return None;
+                }
+                let axes = self.axes.iter().enumerate().map(|(j, &(d, e, s))| if j == i { (1, e / w, 1) } else { (d / w, e, s / w) }).collect();
+                Some(Access { offset: self.offset / w, axes, ..self.clone() })
+            }
+            None => None,
+        }
+    }
+}
+
+impl KernelProgram {
+    /// The program over `n` positions in `w`-wide vectors, when every operand and output
+    /// allows it (`n` and every output offset are multiples of `w`, every read vectorizes).
+    pub fn vectorized(&self, n: usize, w: usize) -> Option<KernelProgram> {
+        if w <= 1 || n % w != 0 || self.width != 1 || self.output_offsets.iter().any(|o| o % w != 0) {
+            return None;
+        }
+        let mut access = Vec::with_capacity(self.access.len());
+        let (mut vectors, mut splats) = (0, 0);
+        for a in &self.access {
+            let mut v = a.vectorized(w)?;
+            let next = if v.splat { &mut splats } else { &mut vectors };
+            v.slot = *next;
+            *next += 1;
+            access.push(v);
+        }
+        Some(KernelProgram {
+            instrs: self.instrs.clone(),
+            access,
+            outputs: self.outputs.clone(),
+            output_offsets: self.output_offsets.iter().map(|o| o / w).collect(),
+            width: w,
+        })
+    }
+
+    /// Operands read as vectors, and read as broadcast scalars.
+    pub fn input_counts(&self) -> (usize, usize) {
+        let splats = self.access.iter().filter(|a| a.splat).count();
+        (self.access.len() - splats, splats)
     }
 }

@@ -1,5 +1,6 @@
 //! Reductions with a fused prologue: each output element is computed by one unit, which
 //! walks the reduced axes, evaluates the prologue program at each position and accumulates.
+//! The kernels are written over `N`-wide vectors and launched with `N = 1`.
 
 use crate::elementwise::run_program;
 use crate::program::KernelProgram;
@@ -54,21 +55,22 @@ fn position(i: usize, #[comptime] axes: Vec<(usize, usize, usize)>) -> usize {
 
 /// The prologue's value at reduced index `r` of output `o`.
 #[cube]
-fn prologue_at(inputs: &Sequence<Array<f32>>, base: usize, r: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> f32 {
+fn prologue_at<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, r: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
     let pos = base + position(r, comptime!(layout.reduced.clone()));
-    let regs = run_program(inputs, pos, prog.clone());
+    let splats = Sequence::<Array<f32>>::new();
+    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
     *regs.index(comptime!(prog.outputs[0]))
 }
 
 /// `output[o] = sum_r prologue(space position of (o, r))`.
 #[cube(launch)]
-pub fn fused_reduce_sum(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+pub fn fused_reduce_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = ABSOLUTE_POS;
     if o < comptime!(layout.outputs) {
         let base = position(o, comptime!(layout.kept.clone()));
-        let mut acc = 0.0f32;
+        let mut acc = Vector::<f32, N>::new(0.0);
         for r in 0..comptime!(layout.reduce_len) {
-            acc += prologue_at(inputs, base, r, layout.clone(), prog.clone());
+            acc += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
         }
         output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
@@ -76,13 +78,13 @@ pub fn fused_reduce_sum(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, 
 
 /// `output[o] = max_r prologue(space position of (o, r))`.
 #[cube(launch)]
-pub fn fused_reduce_max(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+pub fn fused_reduce_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = ABSOLUTE_POS;
     if o < comptime!(layout.outputs) {
         let base = position(o, comptime!(layout.kept.clone()));
-        let mut acc = prologue_at(inputs, base, 0, layout.clone(), prog.clone());
+        let mut acc = prologue_at::<N>(inputs, base, 0, layout.clone(), prog.clone());
         for r in 1..comptime!(layout.reduce_len) {
-            acc = f32::max(acc, prologue_at(inputs, base, r, layout.clone(), prog.clone()));
+            acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
         }
         output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
@@ -96,7 +98,7 @@ pub const CUBE_REDUCE_MIN: usize = 1024;
 pub const CUBE_REDUCE_UNITS: usize = 256;
 
 #[cube]
-fn tree_sum(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
+fn tree_sum<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vector<f32, N> {
     sync_cube();
     #[unroll]
     for k in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
@@ -110,13 +112,13 @@ fn tree_sum(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
 }
 
 #[cube]
-fn tree_max(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
+fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vector<f32, N> {
     sync_cube();
     #[unroll]
     for k in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
         let s = comptime!(CUBE_REDUCE_UNITS >> (k + 1));
         if tid < s {
-            smem[tid] = f32::max(smem[tid], smem[tid + s]);
+            smem[tid] = max(smem[tid], smem[tid + s]);
         }
         sync_cube();
     }
@@ -125,19 +127,19 @@ fn tree_max(mut smem: SharedMemory<f32>, tid: usize) -> f32 {
 
 /// `output[o] = sum_r prologue(..)` with cube `o` computing output `o`.
 #[cube(launch)]
-pub fn fused_reduce_sum_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+pub fn fused_reduce_sum_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = CUBE_POS;
     let tid = UNIT_POS as usize;
-    let mut smem = SharedMemory::<f32>::new(CUBE_REDUCE_UNITS);
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
     let base = position(o, comptime!(layout.kept.clone()));
-    let mut acc = 0.0f32;
+    let mut acc = Vector::<f32, N>::new(0.0);
     let mut r = tid;
     while r < comptime!(layout.reduce_len) {
-        acc += prologue_at(inputs, base, r, layout.clone(), prog.clone());
+        acc += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
         r += comptime!(CUBE_REDUCE_UNITS);
     }
     smem[tid] = acc;
-    let total = tree_sum(smem, tid);
+    let total = tree_sum::<N>(smem, tid);
     if tid == 0 && o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = total;
     }
@@ -145,20 +147,20 @@ pub fn fused_reduce_sum_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f
 
 /// `output[o] = max_r prologue(..)` with cube `o` computing output `o`.
 #[cube(launch)]
-pub fn fused_reduce_max_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f32>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
+pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = CUBE_POS;
     let tid = UNIT_POS as usize;
-    let mut smem = SharedMemory::<f32>::new(CUBE_REDUCE_UNITS);
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
     let base = position(o, comptime!(layout.kept.clone()));
     // Every unit starts from a real element (reduce_len >= CUBE_REDUCE_UNITS here).
-    let mut acc = prologue_at(inputs, base, tid, layout.clone(), prog.clone());
+    let mut acc = prologue_at::<N>(inputs, base, tid, layout.clone(), prog.clone());
     let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
     while r < comptime!(layout.reduce_len) {
-        acc = f32::max(acc, prologue_at(inputs, base, r, layout.clone(), prog.clone()));
+        acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
         r += comptime!(CUBE_REDUCE_UNITS);
     }
     smem[tid] = acc;
-    let total = tree_max(smem, tid);
+    let total = tree_max::<N>(smem, tid);
     if tid == 0 && o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = total;
     }
@@ -168,26 +170,33 @@ pub fn fused_reduce_max_cube(inputs: &Sequence<Array<f32>>, output: &mut Array<f
 pub fn launch_reduce<R: Runtime>(
     client: &ComputeClient<R>,
     op: plateau_compiler::ir::ReduceOp,
-    inputs: SequenceArg<R, Array<f32>>,
+    inputs: Vec<ArrayArg<R>>,
     output: ArrayArg<R>,
     layout: ReduceLayout,
     prog: KernelProgram,
 ) {
     use plateau_compiler::ir::ReduceOp;
+    fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
+        let mut s = SequenceArg::new();
+        for a in arrays {
+            s.push(a);
+        }
+        s
+    }
     let outputs = layout.outputs.max(1);
     if layout.reduce_len >= CUBE_REDUCE_MIN {
         let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
         let count = cubecl::calculate_cube_count_elemwise(client, outputs * CUBE_REDUCE_UNITS, dim);
         match op {
-            ReduceOp::Sum => fused_reduce_sum_cube::launch::<R>(client, count, dim, inputs, output, layout, prog),
-            ReduceOp::Max => fused_reduce_max_cube::launch::<R>(client, count, dim, inputs, output, layout, prog),
+            ReduceOp::Sum => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+            ReduceOp::Max => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
         }
     } else {
         let dim = CubeDim::new_1d(crate::host::BLOCK);
         let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
         match op {
-            ReduceOp::Sum => fused_reduce_sum::launch::<R>(client, count, dim, inputs, output, layout, prog),
-            ReduceOp::Max => fused_reduce_max::launch::<R>(client, count, dim, inputs, output, layout, prog),
+            ReduceOp::Sum => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+            ReduceOp::Max => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
-pub use plan::{Buffer, BufferKind};
+pub use plan::{Buffer, BufferKind, POOL_ALIGN};
 
 /// One kernel launch.
 #[derive(Clone, Debug, Serialize)]

@@ -10,6 +10,9 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+/// Alignment of every placement in the temporary pool, in bytes (one four-f32 vector).
+pub const POOL_ALIGN: u64 = 16;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum BufferKind {
     /// A leaf's storage (`param:params`, `state:momentum`, `input:x`, `scalar:lr`, `const`):
@@ -184,7 +187,7 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
     }
 
-    // Offline placement, greedy by size: largest buffers first, each at the lowest offset
+    // Offline placement, greedy by size (sizes rounded up to `POOL_ALIGN`): largest buffers first, each at the lowest offset
     // that no already-placed buffer with an overlapping lifetime occupies. Lifetimes are
     // inclusive: a buffer read by kernel k cannot share memory with one written by kernel k.
     let mut order: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
@@ -192,7 +195,8 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new(); // (offset, bytes, first, last)
     let mut pool_peak = 0u64;
     for b in order {
-        let size = buffers[b].bytes.max(1);
+        // Every placement starts on a 16-byte boundary, so kernels can move four f32 at once.
+        let size = buffers[b].bytes.max(1).next_multiple_of(POOL_ALIGN);
         let mut conflicts: Vec<(u64, u64)> =
             placed.iter().filter(|&&(_, _, f, l)| f <= last[b] && first[b] <= l).map(|&(o, s, _, _)| (o, s)).collect();
         conflicts.sort();
@@ -204,7 +208,7 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
             offset = offset.max(o + s);
         }
         placed.push((offset, size, first[b], last[b]));
-        pool_peak = pool_peak.max(offset + size);
+        pool_peak = pool_peak.max(offset + buffers[b].bytes);
         buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
