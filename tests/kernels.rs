@@ -398,3 +398,13 @@ fn elementwise_kernels_vectorize_where_sizes_allow() {
     // is a multiple of four.
     assert_eq!(figures, [(8, 4), (14, 8), (10, 6), (18, 12)]);
 }
+
+/// A kernel the device cannot compile (WGSL has no infinite float literal) is an error, not
+/// silently missing output.
+#[test]
+fn kernel_compile_failures_are_errors() {
+    let client = client();
+    let p = Program { views: vec![Shape(vec![8])], instrs: vec![Instr::Load(0), Instr::Const(f64::INFINITY.to_bits()), Instr::Binary(BinaryOp::Min, 0, 1)], outputs: vec![2] };
+    let err = fused_map_on(&client, &p, &Shape(vec![8]), &[&random(8, 1)]).unwrap_err();
+    assert!(err.contains("compil"), "{err}");
+}

@@ -21,8 +21,15 @@ pub fn upload<R: Runtime>(client: &ComputeClient<R>, data: &[f32]) -> Handle {
 
 /// Reads `len` f32 values back.
 pub fn download<R: Runtime>(client: &ComputeClient<R>, handle: Handle, len: usize) -> Result<Vec<f32>, String> {
+    check(client)?;
     let bytes = client.read_one(handle).map_err(|e| format!("{e:?}"))?;
     Ok(f32::from_bytes(&bytes)[..len].to_vec())
+}
+
+/// Waits for the device and reports any error it recorded since the last check: a kernel
+/// that failed to compile or launch (cubecl reports these here, not at launch).
+pub fn check<R: Runtime>(client: &ComputeClient<R>) -> Result<(), String> {
+    cubecl::future::block_on(client.sync()).map_err(|e| e.to_string())
 }
 
 /// Launches the fused program over `space`: `inputs` are (buffer, element count) pairs in the

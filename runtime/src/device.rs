@@ -9,7 +9,7 @@ use plateau_compiler::schedule::BufferKind;
 use plateau_compiler::{Compiled, DType, Graph, NodeId};
 use plateau_kernels::cubecl::prelude::*;
 use plateau_kernels::cubecl::server::Handle;
-use plateau_kernels::host::download;
+use plateau_kernels::host::{check, download};
 use plateau_kernels::lower::{lower, KernelCall};
 use plateau_kernels::KernelProgram;
 
@@ -93,14 +93,34 @@ impl<R: Runtime> DeviceStep<R> {
             self.buffers[b].0 = self.client.create_from_slice(f32::as_bytes(data));
             return;
         }
-        let mut all = self.read_buffer(b);
-        all[off..off + data.len()].copy_from_slice(data);
-        self.buffers[b].0 = self.client.create_from_slice(f32::as_bytes(&all));
+        // Part of a buffer: upload, then copy into place on the device.
+        let n = data.len();
+        if n == 0 {
+            return;
+        }
+        let src = self.client.create_from_slice(f32::as_bytes(data));
+        let p = Program { views: vec![plateau_compiler::Shape(vec![n])], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+        let prog = KernelProgram::new(&p, &plateau_compiler::Shape(vec![n])).with_offsets(&[0], &[off]);
+        // SAFETY: `src` holds `n` f32 values and buffer `b` holds `len`.
+        let (i, o) = unsafe { (ArrayArg::from_raw_parts(src, n), ArrayArg::from_raw_parts(self.buffers[b].0.clone(), len)) };
+        KernelCall::map(prog, n).launch(&self.client, vec![i], vec![o]);
     }
 
-    fn read_buffer(&self, b: usize) -> Vec<f32> {
+    /// Reads `n` values at element offset `off` of buffer `b` (only those bytes travel), and
+    /// reports any error the device recorded since the last read (a kernel that failed to
+    /// compile or launch).
+    fn read_range(&self, b: usize, off: usize, n: usize) -> Result<Vec<f32>, RuntimeError> {
         let (h, len) = &self.buffers[b];
-        download(&self.client, h.clone(), *len).expect("invariant: device buffers are readable")
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let h = h.clone().offset_start(4 * off as u64).offset_end(4 * (len - off - n) as u64);
+        download(&self.client, h, n).map_err(RuntimeError::Device)
+    }
+
+    /// Waits for every launched kernel and reports any error the device recorded.
+    pub fn sync(&self) -> Result<(), RuntimeError> {
+        check(&self.client).map_err(RuntimeError::Device)
     }
 
     fn leaf(&self, kind: &str, name: &str) -> Result<NodeId, RuntimeError> {
@@ -122,8 +142,8 @@ impl<R: Runtime> DeviceStep<R> {
     fn read(&self, id: NodeId) -> Result<Tensor, RuntimeError> {
         let (b, off) = self.place_of(id);
         let ty = self.graph.ty(id).clone();
-        let all = self.read_buffer(b);
-        Tensor::new(ty.dtype, ty.shape.clone(), all[off..off + ty.shape.numel()].iter().map(|&v| v as f64).collect())
+        let data = self.read_range(b, off, ty.shape.numel())?;
+        Tensor::new(ty.dtype, ty.shape.clone(), data.iter().map(|&v| v as f64).collect())
     }
 
     /// Reads a leaf back (after steps: the updated parameters and state).
@@ -161,7 +181,7 @@ impl<R: Runtime> DeviceStep<R> {
         let prog = KernelProgram::new(&p, &shape).with_offsets(&[io], &[oo]);
         // SAFETY: both handles hold the stated number of f32 values.
         let (i, o) = unsafe { (ArrayArg::from_raw_parts(ih, il), ArrayArg::from_raw_parts(oh, ol)) };
-        KernelCall::Map { prog, n: shape.numel() }.launch(&self.client, vec![i], vec![o]);
+        KernelCall::map(prog, shape.numel()).launch(&self.client, vec![i], vec![o]);
     }
 
     fn launch(&mut self, nodes: &[NodeId]) -> Result<(), RuntimeError> {

@@ -20,6 +20,9 @@ pub enum RuntimeError {
     /// The backend cannot run something the program needs.
     #[error("unsupported on this backend: {0}")]
     Unsupported(String),
+    /// The device reported an error (a kernel failed to compile or launch, memory ran out).
+    #[error("device error: {0}")]
+    Device(String),
     #[error(transparent)]
     Ir(#[from] IrError),
 }
