@@ -11,7 +11,7 @@ pub use plateau_runtime as runtime;
 
 pub use plateau_compiler::{differentiate, hvp, DType, Graph, IrError, NodeId, Op, Shape};
 pub use plateau_frontend::{trace, FrontendError, ModelSpec, TraceOptions, TracedModel, Tracer, Var};
-pub use plateau_compiler::{build_naive_step, build_step, compile_step, Compiled, Schedule, BaseOptimizer, OptimizerSpec, Phase, Sam, SamNorm, Step};
+pub use plateau_compiler::{build_eval_step, build_naive_step, build_step, compile_step, Compiled, Schedule, BaseOptimizer, OptimizerSpec, Phase, Sam, SamNorm, Step};
 pub use plateau_runtime::reference::{evaluate, run, run_step, Bindings, Tensor};
 
 /// The starting values of a step's parameters and state: the model's seeded initial
@@ -54,3 +54,7 @@ pub fn compile(model: &ModelSpec, opts: &TraceOptions, spec: &OptimizerSpec, nai
     let compiled = compile_step(&step, rewrite)?;
     Ok((traced, step, compiled))
 }
+
+pub mod checkpoint;
+pub mod plot;
+pub mod train;

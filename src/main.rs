@@ -6,6 +6,8 @@ use plateau::{trace, BaseOptimizer, DType, ModelSpec, OptimizerSpec, Sam, SamNor
 use std::time::Instant;
 use std::path::PathBuf;
 
+mod train_cli;
+
 #[derive(Parser)]
 #[command(name = "plateau", version, about = "Compile training steps ahead of time; SAM as a first-class optimizer")]
 struct Cli {
@@ -22,6 +24,13 @@ enum Command {
     /// Compile a step and run it on a device for a few steps on a fixed random batch,
     /// printing the loss: a check that a backend works.
     Run(RunArgs),
+    /// Train a model on a dataset, with progress, metrics, checkpoints and resume.
+    Train(train_cli::TrainArgs),
+    /// Train the same model with SGD and with SAM (same seed, data, budget), print both side
+    /// by side and plot train loss and test accuracy per epoch.
+    Compare(train_cli::CompareArgs),
+    /// Evaluate saved weights or a checkpoint on a dataset's test split.
+    Eval(train_cli::EvalArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -70,7 +79,7 @@ enum Precision {
 
 /// The flags that choose the optimizer.
 #[derive(clap::Args)]
-struct OptimizerArgs {
+pub(crate) struct OptimizerArgs {
     #[arg(long, value_enum, default_value = "sam")]
     optimizer: OptimizerName,
     #[arg(long, default_value_t = 0.9)]
@@ -81,7 +90,7 @@ struct OptimizerArgs {
     weight_decay: f64,
     /// SAM radius (a runtime scalar: changing it never recompiles).
     #[arg(long, default_value_t = 0.05)]
-    rho: f64,
+    pub(crate) rho: f64,
     /// ASAM: adaptive perturbation `rho * T_w^2 g / ||T_w g||`.
     #[arg(long)]
     adaptive: bool,
@@ -167,6 +176,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Trace(args) => trace_cmd(args),
         Command::Compile(args) => compile_cmd(args),
         Command::Run(args) => run_cmd(args),
+        Command::Train(args) => train_cli::train_cmd(args),
+        Command::Compare(args) => train_cli::compare_cmd(args),
+        Command::Eval(args) => train_cli::eval_cmd(args),
     }
 }
 
@@ -193,7 +205,7 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
 }
 
 /// The optimizer the flags describe, after checking them.
-fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<OptimizerSpec> {
+pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<OptimizerSpec> {
     for (flag, v) in [("--momentum", o.momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", o.eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");

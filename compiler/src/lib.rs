@@ -12,4 +12,4 @@ pub use autodiff::{differentiate, hvp};
 pub use error::IrError;
 pub use ir::{DType, Graph, NodeId, Op, Shape, TensorType};
 pub use schedule::{compile_step, Compiled, Schedule};
-pub use step::{build_naive_step, build_step, BaseOptimizer, LossModel, OptimizerSpec, Phase, Sam, SamNorm, Step};
+pub use step::{build_eval_step, build_naive_step, build_step, BaseOptimizer, LossModel, OptimizerSpec, Phase, Sam, SamNorm, Step};

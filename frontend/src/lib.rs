@@ -16,5 +16,5 @@ mod tracer;
 pub use error::{FrontendError, Result};
 pub use init::Init;
 pub use loss::{accuracy, softmax_cross_entropy};
-pub use models::{build, trace, BasicBlock, ModelSpec, ResNet18, TraceOptions, TracedModel, WideResNet};
+pub use models::{build, trace, trace_with, BasicBlock, ModelSpec, ResNet18, TraceOptions, TracedModel, WideResNet};
 pub use tracer::{ParamSpec, StateSpec, Tracer, Var};

@@ -138,6 +138,13 @@ impl TracedModel {
 /// and, in training, the BatchNorm running-statistics updates.
 #[track_caller]
 pub fn trace(model: &ModelSpec, opts: &TraceOptions) -> Result<TracedModel> {
+    trace_with(opts, |tr, x| build(tr, model, opts)?.forward(tr, x))
+}
+
+/// Traces a model written as a function from the input batch to the logits, with the
+/// cross-entropy loss (label smoothing from `opts`) and accuracy the zoo models get.
+#[track_caller]
+pub fn trace_with(opts: &TraceOptions, logits: impl FnOnce(&mut Tracer, Var) -> Result<Var>) -> Result<TracedModel> {
     let at = Location::caller();
     if opts.batch_size == 0 || opts.classes == 0 || opts.input_shape.contains(&0) {
         return Err(FrontendError::config(
@@ -154,8 +161,7 @@ pub fn trace(model: &ModelSpec, opts: &TraceOptions) -> Result<TracedModel> {
     shape.extend(&opts.input_shape);
     let x = tr.input("x", shape)?;
     let labels = tr.labels("labels", opts.batch_size)?;
-    let net = build(&mut tr, model, opts)?;
-    let logits = net.forward(&mut tr, x)?;
+    let logits = logits(&mut tr, x)?;
     let loss = softmax_cross_entropy(&mut tr, logits, labels, opts.label_smoothing)?;
     let acc = accuracy(&mut tr, logits, labels)?;
     tr.output("loss", loss)?;

@@ -88,6 +88,28 @@ impl Runner {
         }
     }
 
+    /// Reads a leaf's current value (parameters and state after the steps run so far).
+    pub fn get(&self, kind: &str, name: &str) -> Result<Tensor, RuntimeError> {
+        match self {
+            Runner::Reference { bindings, .. } => {
+                bindings.get(kind, name).cloned().ok_or_else(|| RuntimeError::MissingBinding { kind: "leaf", name: format!("{kind} `{name}`") })
+            }
+            Runner::Wgpu(s) => s.get(kind, name),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => s.get(kind, name),
+        }
+    }
+
+    /// Whether the program has this leaf.
+    pub fn has(&self, kind: &str, name: &str) -> bool {
+        match self {
+            Runner::Reference { graph, .. } => graph.find_leaf(kind, name).is_some(),
+            Runner::Wgpu(s) => s.graph().find_leaf(kind, name).is_some(),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => s.graph().find_leaf(kind, name).is_some(),
+        }
+    }
+
     /// Runs one step and returns the named value outputs (read back from the device).
     pub fn step(&mut self, read: &[&str]) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
         match self {

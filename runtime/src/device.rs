@@ -146,6 +146,11 @@ impl<R: Runtime> DeviceStep<R> {
         Tensor::new(ty.dtype, ty.shape.clone(), data.iter().map(|&v| v as f64).collect())
     }
 
+    /// The fused program this step runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// Reads a leaf back (after steps: the updated parameters and state).
     pub fn get(&self, kind: &str, name: &str) -> Result<Tensor, RuntimeError> {
         self.read(self.leaf(kind, name)?)

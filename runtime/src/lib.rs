@@ -2,6 +2,7 @@
 //! backend is checked against.
 
 pub mod backend;
+pub mod data;
 pub mod device;
 mod error;
 pub mod reference;

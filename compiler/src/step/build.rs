@@ -184,6 +184,37 @@ impl Builder {
     }
 }
 
+/// Builds the evaluation program of `model` (traced in evaluation mode) over the same
+/// parameter arena as its training step: a forward pass at the arena `params` with outputs
+/// `loss` and `accuracy`, and no updates. BatchNorm reads its running statistics.
+pub fn build_eval_step(model: &LossModel) -> Result<Step, IrError> {
+    let src = &model.graph;
+    let dtype = src.dtype(model.loss);
+    let names: Vec<(String, Shape)> = model
+        .params
+        .iter()
+        .map(|&p| match &src.node(p).op {
+            Op::Param { name } => Ok((name.clone(), src.shape(p).clone())),
+            other => Err(IrError::Invalid { op: "build_eval_step".into(), reason: format!("{other} is not a parameter") }),
+        })
+        .collect::<Result<_, _>>()?;
+    let arena = Arena::new(names.iter().map(|(n, s)| (n.as_str(), s)));
+    let mut b = Builder { g: Graph::new(), arena, phases: BTreeMap::new() };
+    let w = b.g.leaf(Op::Param { name: "params".into() }, dtype, [b.arena.len])?;
+    let x = b.g.leaf(src.node(model.input).op.clone(), src.dtype(model.input), src.shape(model.input).clone())?;
+    let labels = b.g.leaf(src.node(model.labels).op.clone(), src.dtype(model.labels), src.shape(model.labels).clone())?;
+    let views = b.views(w)?;
+    let mut subst: HashMap<NodeId, NodeId> = model.params.iter().copied().zip(views).collect();
+    subst.insert(model.input, x);
+    subst.insert(model.labels, labels);
+    let map = b.g.import(src, &subst)?;
+    b.tag(Phase::Forward);
+    let mut g = b.g;
+    g.add_output("loss", map[&model.loss], OutputKind::Value)?;
+    g.add_output("accuracy", map[&model.accuracy], OutputKind::Value)?;
+    Ok(Step { graph: g, arena: b.arena, phases: b.phases, spec: OptimizerSpec { base: super::BaseOptimizer::sgd(0.0, 0.0), sam: None } })
+}
+
 /// Builds the training step of `model` under `spec`. `micro` is the same model traced at
 /// the m-sharpness micro-batch size (required when `spec` asks for m-sharpness).
 pub fn build_step(model: &LossModel, micro: Option<&LossModel>, spec: &OptimizerSpec) -> Result<Step, IrError> {

@@ -7,7 +7,7 @@ mod naive;
 mod optimizer;
 mod spec;
 
-pub use build::build_step;
+pub use build::{build_eval_step, build_step};
 pub use naive::build_naive_step;
 pub use spec::{BaseOptimizer, OptimizerSpec, Sam, SamNorm};
 

@@ -1,0 +1,97 @@
+//! Weights and checkpoints as safetensors files, under PyTorch `state_dict` names and layouts
+//! (so `safetensors.torch.load_file` + `model.load_state_dict` take them), written
+//! atomically: a temporary file in the same directory, synced, then renamed over the target.
+
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+/// One named tensor to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Little-endian bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl TensorEntry {
+    pub fn f32(name: &str, shape: &[usize], data: Vec<f32>) -> Self {
+        TensorEntry { name: name.into(), dtype: Dtype::F32, shape: shape.to_vec(), bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    /// A 0-dimensional int64, as PyTorch stores `num_batches_tracked`.
+    pub fn i64(name: &str, v: i64) -> Self {
+        TensorEntry { name: name.into(), dtype: Dtype::I64, shape: vec![], bytes: v.to_le_bytes().to_vec() }
+    }
+}
+
+/// Serializes `tensors` with `metadata` and writes them to `path` atomically: on any error
+/// the previous file (if any) is untouched and no temporary is left behind.
+pub fn write_atomic(path: &Path, tensors: &[TensorEntry], metadata: BTreeMap<String, String>) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|t| Ok((t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata.into_iter().collect::<HashMap<_, _>>()))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// A safetensors file read into memory.
+pub struct Checkpoint {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Checkpoint {
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        Ok(Checkpoint { path: path.to_path_buf(), bytes })
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("invariant: validated on read")
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = String> {
+        let mut n: Vec<String> = self.tensors().names().into_iter().map(String::from).collect();
+        n.sort();
+        n.into_iter()
+    }
+
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let (_, m) = SafeTensors::read_metadata(&self.bytes).expect("invariant: validated on read");
+        m.metadata().clone().unwrap_or_default().into_iter().collect()
+    }
+
+    /// The f32 tensor `name`, which must have `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let st = self.tensors();
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: missing tensor `{name}`", self.path.display()))?;
+        if t.shape() != shape {
+            bail!("{}: tensor `{name}` has shape {:?}, the model needs {:?}", self.path.display(), t.shape(), shape);
+        }
+        if t.dtype() != Dtype::F32 {
+            bail!("{}: tensor `{name}` is {:?}, expected F32", self.path.display(), t.dtype());
+        }
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+}

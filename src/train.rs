@@ -1,0 +1,597 @@
+//! Training a model on a dataset: the compiled step driven batch by batch on any backend,
+//! with a learning-rate schedule, evaluation after every epoch, checkpoints and resume.
+//!
+//! Determinism: every random choice (initial weights, shuffling, augmentation) is a pure
+//! function of the seed and the position in the run, so a run resumed from a checkpoint
+//! produces the weights of the uninterrupted run, bit for bit, on the same backend.
+
+use crate::checkpoint::{self, Checkpoint, TensorEntry};
+use crate::{build_eval_step, compile_step, initial_state, trace, Compiled, DType, ModelSpec, OptimizerSpec, Step, Tensor, TraceOptions, TracedModel};
+use anyhow::{bail, Context, Result};
+use plateau_compiler::step::Arena;
+use plateau_runtime::data::{batch, epoch_order, Augment, Dataset, Split};
+use plateau_runtime::{Backend, Runner};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+type BuildFn = dyn Fn(&TraceOptions) -> Result<TracedModel> + Send + Sync;
+
+/// A model to train: a zoo model, or any function that traces one with the DSL.
+#[derive(Clone)]
+pub struct Model {
+    name: String,
+    build: Arc<BuildFn>,
+}
+
+impl Model {
+    /// A zoo model; its name is `mlp:W1,W2,..` for an MLP, else the `--model` name.
+    pub fn zoo(spec: ModelSpec) -> Model {
+        let name = match &spec {
+            ModelSpec::Mlp { hidden } => format!("mlp:{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",")),
+            other => other.to_string(),
+        };
+        Model { name, build: Arc::new(move |o| Ok(trace(&spec, o)?)) }
+    }
+
+    /// The zoo model a name written by `zoo` stands for (`mlp:256,256`, `cnn`, ...).
+    pub fn parse_zoo(name: &str) -> Result<ModelSpec> {
+        if let Some(h) = name.strip_prefix("mlp:") {
+            let hidden = h.split(',').map(|w| w.parse::<usize>().ok().filter(|&w| w > 0)).collect::<Option<Vec<_>>>();
+            return hidden.map(|hidden| ModelSpec::Mlp { hidden }).with_context(|| format!("bad MLP widths in `{name}`"));
+        }
+        Ok(name.parse::<ModelSpec>()?)
+    }
+
+    /// A model written with the DSL: `build` traces it at the given options (batch size,
+    /// input shape, classes, training or evaluation mode).
+    pub fn custom(name: impl Into<String>, build: impl Fn(&TraceOptions) -> Result<TracedModel> + Send + Sync + 'static) -> Model {
+        Model { name: name.into(), build: Arc::new(build) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn trace(&self, opts: &TraceOptions) -> Result<TracedModel> {
+        (self.build)(opts)
+    }
+}
+
+/// How the learning rate moves over the run (applied every step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The base rate throughout (PyTorch's default: no scheduler).
+    Constant,
+    /// x0.1 after half the steps, x0.01 after three quarters.
+    Step,
+    /// Cosine annealing from the base rate to 0 over the run.
+    Cosine,
+}
+
+impl FromStr for LrSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "step" => Ok(LrSchedule::Step),
+            "cosine" => Ok(LrSchedule::Cosine),
+            other => bail!("unknown schedule `{other}` (expected constant, step or cosine)"),
+        }
+    }
+}
+
+impl LrSchedule {
+    /// The rate at step `t` (0-based) of `total`.
+    pub fn lr(&self, base: f64, t: usize, total: usize) -> f64 {
+        let frac = if total == 0 { 0.0 } else { t as f64 / total as f64 };
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step if frac >= 0.75 => base * 0.01,
+            LrSchedule::Step if frac >= 0.5 => base * 0.1,
+            LrSchedule::Step => base,
+            LrSchedule::Cosine => 0.5 * base * (1.0 + (std::f64::consts::PI * frac).cos()),
+        }
+    }
+}
+
+/// How long to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    Epochs(usize),
+    Steps(usize),
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerSpec,
+    /// SAM's radius (a runtime scalar).
+    pub rho: f64,
+    pub lr: f64,
+    pub schedule: LrSchedule,
+    pub batch_size: usize,
+    pub budget: Budget,
+    pub seed: u64,
+    pub device: Backend,
+    /// Per-image augmentation of training batches (`Augment::none()` for none).
+    pub augment: Augment,
+    pub shuffle: bool,
+}
+
+impl TrainConfig {
+    /// The fields a resumed run must share with the run that wrote the checkpoint.
+    fn identity(&self, model: &Model, data: &str) -> serde_json::Value {
+        serde_json::json!({
+            "model": model.name(),
+            "data": data,
+            "optimizer": format!("{:?}", self.optimizer),
+            "rho": self.rho,
+            "lr": self.lr,
+            "schedule": self.schedule,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "augment": format!("{:?}", self.augment),
+            "shuffle": self.shuffle,
+        })
+    }
+}
+
+/// One epoch's figures (one line of `--metrics`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_accuracy: Option<f64>,
+    pub seconds: f64,
+}
+
+/// The evaluation programs (the full batch and the last, shorter one) on the backend.
+struct Evaluator {
+    runners: BTreeMap<usize, Runner>,
+}
+
+/// A training run in progress: the compiled step on its backend, the data, the position.
+pub struct Trainer<'d> {
+    model: Model,
+    config: TrainConfig,
+    identity: serde_json::Value,
+    data: &'d Dataset,
+    validation: Option<Split>,
+    traced: TracedModel,
+    arena: Arena,
+    compiled: Compiled,
+    runner: Runner,
+    eval: Evaluator,
+    /// Steps taken so far.
+    step: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    /// Metrics of every epoch finished so far (including those before a resume).
+    pub history: Vec<EpochMetrics>,
+    /// Show a progress bar per epoch (on a terminal).
+    pub progress: bool,
+}
+
+fn compile_traced(model: &Model, opts: &TraceOptions, spec: &OptimizerSpec) -> Result<(TracedModel, Step, Compiled)> {
+    let traced = model.trace(opts)?;
+    let micro = match spec.sam.as_ref().and_then(|s| s.micro_batch) {
+        Some(m) => Some(model.trace(&TraceOptions { batch_size: m, ..opts.clone() })?.loss_model()),
+        None => None,
+    };
+    let step = crate::build_step(&traced.loss_model(), micro.as_ref(), spec)?;
+    let compiled = compile_step(&step, true)?;
+    Ok((traced, step, compiled))
+}
+
+fn scalar(v: f64) -> Tensor {
+    Tensor::scalar(DType::F32, v)
+}
+
+impl<'d> Trainer<'d> {
+    /// Compiles the model's training and evaluation steps for `data` and sets up the run at
+    /// step 0 with seeded initial weights. `data_name` is how the data source is written in
+    /// checkpoints (a resumed run must name the same).
+    pub fn new(model: &Model, config: &TrainConfig, data: &'d Dataset, data_name: &str, validation: Option<Split>) -> Result<Self> {
+        let c = config;
+        if c.batch_size == 0 {
+            bail!("--batch-size must be positive");
+        }
+        if !c.lr.is_finite() || c.lr < 0.0 {
+            bail!("--lr must be a finite non-negative number, got {}", c.lr);
+        }
+        let n = data.train.len();
+        if n < c.batch_size {
+            bail!("the training set has {n} examples, fewer than one batch of {}", c.batch_size);
+        }
+        let steps_per_epoch = n / c.batch_size;
+        let total_steps = match c.budget {
+            Budget::Epochs(e) => e * steps_per_epoch,
+            Budget::Steps(s) => s,
+        };
+        let opts = TraceOptions { batch_size: c.batch_size, input_shape: data.shape.to_vec(), classes: data.classes, ..TraceOptions::default() };
+        let (traced, step, compiled) = compile_traced(model, &opts, &c.optimizer).with_context(|| format!("compiling {}", model.name()))?;
+        let mut b = initial_state(&traced, &step, c.seed)?;
+        let (x, y) = batch(&data.train, data.shape, &(0..c.batch_size).collect::<Vec<_>>(), None);
+        b.set("input", "x", Tensor::from_f32(traced.graph.shape(traced.input).clone(), &x)?);
+        b.set("input", "labels", Tensor::labels(&y));
+        b.set("scalar", "lr", scalar(c.lr));
+        b.set("scalar", "rho", scalar(c.rho));
+        b.set("scalar", "step", scalar(0.0));
+        let runner = Runner::new(c.device, &compiled, &b).context("--device")?;
+        // Evaluation: the same arena, forward only, at the batch size and at the remainder
+        // of every split it will see.
+        let mut sizes = vec![c.batch_size];
+        for len in [Some(data.test.len()), validation.as_ref().map(|v| v.len())].into_iter().flatten() {
+            if len % c.batch_size != 0 {
+                sizes.push(len % c.batch_size);
+            }
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut runners = BTreeMap::new();
+        for bs in sizes {
+            let eo = TraceOptions { batch_size: bs, training: false, ..opts.clone() };
+            let lm = model.trace(&eo)?.loss_model();
+            let es = build_eval_step(&lm)?;
+            let ec = compile_step(&es, true)?;
+            let mut eb = b.clone();
+            let (x, y) = batch(&data.train, data.shape, &(0..bs).collect::<Vec<_>>(), None);
+            eb.set("input", "x", Tensor::from_f32(ec.fused.shape(ec.fused.find_leaf("input", "x").expect("evaluation reads x")).clone(), &x)?);
+            eb.set("input", "labels", Tensor::labels(&y));
+            runners.insert(bs, Runner::new(c.device, &ec, &eb).context("--device")?);
+        }
+        Ok(Trainer {
+            model: model.clone(),
+            config: c.clone(),
+            identity: c.identity(model, data_name),
+            data,
+            validation,
+            traced,
+            arena: step.arena.clone(),
+            compiled,
+            runner,
+            eval: Evaluator { runners },
+            step: 0,
+            steps_per_epoch,
+            total_steps,
+            history: Vec::new(),
+            progress: true,
+        })
+    }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    pub fn traced(&self) -> &TracedModel {
+        &self.traced
+    }
+
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps_per_epoch
+    }
+
+    /// Whether the budget is spent.
+    pub fn finished(&self) -> bool {
+        self.step >= self.total_steps
+    }
+
+    /// Runs until the end of the current epoch (or the budget); returns its metrics.
+    pub fn train_epoch(&mut self) -> Result<EpochMetrics> {
+        let c = self.config.clone();
+        let epoch = self.step / self.steps_per_epoch;
+        let first = self.step % self.steps_per_epoch;
+        let last = self.steps_per_epoch.min(first + (self.total_steps - self.step));
+        let order = epoch_order(self.data.train.len(), c.seed, epoch as u64, c.shuffle);
+        let bar = self.progress_bar(epoch, first, last);
+        let start = Instant::now();
+        let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0usize);
+        let mut lr = c.lr;
+        for b in first..last {
+            let idx = &order[b * c.batch_size..(b + 1) * c.batch_size];
+            let aug = (!c.augment.is_none()).then_some((&c.augment, c.seed, epoch as u64, b as u64));
+            let (x, y) = batch(&self.data.train, self.data.shape, idx, aug);
+            let xs = self.traced.graph.shape(self.traced.input).clone();
+            self.runner.set("input", "x", &Tensor::from_f32(xs, &x)?)?;
+            self.runner.set("input", "labels", &Tensor::labels(&y))?;
+            lr = c.schedule.lr(c.lr, self.step, self.total_steps);
+            self.runner.set("scalar", "lr", &scalar(lr))?;
+            self.runner.set("scalar", "step", &scalar(self.step as f64))?;
+            let out = self.runner.step(&["loss", "accuracy"])?;
+            let (loss, acc) = (out["loss"].item(), out["accuracy"].item());
+            if !loss.is_finite() {
+                bail!(NonFiniteLoss { step: self.step, epoch: epoch + 1, value: loss });
+            }
+            self.step += 1;
+            loss_sum += loss;
+            acc_sum += acc;
+            seen += 1;
+            if let Some(bar) = &bar {
+                let rate = (seen * c.batch_size) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {:.4} acc {:.4} {:.0} ex/s", loss_sum / seen as f64, acc_sum / seen as f64, rate));
+                bar.inc(1);
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let train_seconds = start.elapsed().as_secs_f64();
+        let (test_loss, test_accuracy) = self.evaluate(&self.data.test.clone())?;
+        let validation = match self.validation.clone() {
+            Some(v) => Some(self.evaluate(&v)?),
+            None => None,
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            step: self.step,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: acc_sum / seen.max(1) as f64,
+            test_loss,
+            test_accuracy,
+            validation_loss: validation.map(|v| v.0),
+            validation_accuracy: validation.map(|v| v.1),
+            seconds: train_seconds,
+        };
+        self.history.push(m.clone());
+        Ok(m)
+    }
+
+    fn progress_bar(&self, epoch: usize, first: usize, last: usize) -> Option<indicatif::ProgressBar> {
+        if !self.progress {
+            return None;
+        }
+        let epochs = self.total_steps.div_ceil(self.steps_per_epoch);
+        let bar = indicatif::ProgressBar::new((last - first) as u64);
+        let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("invariant: a valid template").progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        Some(bar)
+    }
+
+    /// Mean loss and accuracy over `split` with the current weights (evaluation mode).
+    pub fn evaluate(&mut self, split: &Split) -> Result<(f64, f64)> {
+        let bs = self.config.batch_size;
+        // The evaluation programs read the current parameters and BatchNorm statistics.
+        let mut leaves = vec![("param", "params".to_string())];
+        leaves.extend(self.traced.states.iter().map(|s| ("state", s.name.clone())));
+        let values: Vec<(&str, String, Tensor)> = leaves.into_iter().map(|(k, n)| Ok((k, n.clone(), self.runner.get(k, &n)?))).collect::<Result<_>>()?;
+        for r in self.eval.runners.values_mut() {
+            for (k, n, v) in &values {
+                r.set(k, n, v)?;
+            }
+        }
+        let (mut loss, mut acc) = (0.0, 0.0);
+        let n = split.len();
+        let mut at = 0;
+        while at < n {
+            let size = bs.min(n - at);
+            let idx: Vec<usize> = (at..at + size).collect();
+            let (x, y) = batch(split, self.data.shape, &idx, None);
+            let r = self.eval.runners.get_mut(&size).expect("invariant: a program for every batch size a split needs");
+            let mut xs = vec![size];
+            xs.extend(self.data.shape);
+            r.set("input", "x", &Tensor::from_f32(xs, &x)?)?;
+            r.set("input", "labels", &Tensor::labels(&y))?;
+            let out = r.step(&["loss", "accuracy"])?;
+            loss += out["loss"].item() * size as f64;
+            acc += out["accuracy"].item() * size as f64;
+            at += size;
+        }
+        Ok((loss / n.max(1) as f64, acc / n.max(1) as f64))
+    }
+
+    /// The model's `state_dict`: parameters and BatchNorm buffers under PyTorch's names
+    /// and layouts (`num_batches_tracked` counts the steps taken).
+    pub fn state_dict(&self) -> Result<Vec<TensorEntry>> {
+        let arena = self.runner.get("param", "params")?.to_f32();
+        let mut out = Vec::new();
+        for (slot, p) in self.arena.slots.iter().zip(&self.traced.params) {
+            debug_assert_eq!(slot.name, p.name);
+            out.push(TensorEntry::f32(&slot.name, &slot.shape.0, arena[slot.offset..slot.offset + slot.shape.numel()].to_vec()));
+        }
+        for s in &self.traced.states {
+            out.push(TensorEntry::f32(&s.name, &s.shape.0, self.runner.get("state", &s.name)?.to_f32()));
+            if let Some(module) = s.name.strip_suffix(".running_var") {
+                out.push(TensorEntry::i64(&format!("{module}.num_batches_tracked"), self.step as i64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads parameters and BatchNorm statistics from a `state_dict` (`--init`): every name
+    /// must be present with its shape; nothing is changed unless all are.
+    pub fn load_state_dict(&mut self, path: &Path) -> Result<()> {
+        let file = Checkpoint::read(path)?;
+        let mut arena = vec![0f32; self.arena.len];
+        let mut expected: Vec<(String, Vec<usize>)> = self.arena.slots.iter().map(|s| (s.name.clone(), s.shape.0.clone())).collect();
+        expected.extend(self.traced.states.iter().map(|s| (s.name.clone(), s.shape.0.clone())));
+        let known: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        if let Some(extra) = file.names().find(|n| !known.contains(n.as_str()) && !n.ends_with(".num_batches_tracked") && !n.starts_with("optimizer.")) {
+            bail!("{}: unexpected tensor `{extra}`: {} has no such parameter or buffer", path.display(), self.model.name());
+        }
+        for slot in &self.arena.slots {
+            let data = file.f32(&slot.name, &slot.shape.0)?;
+            arena[slot.offset..slot.offset + data.len()].copy_from_slice(&data);
+        }
+        let mut states = Vec::new();
+        for s in &self.traced.states {
+            states.push((s.name.clone(), Tensor::from_f32(s.shape.clone(), &file.f32(&s.name, &s.shape.0)?)?));
+        }
+        self.runner.set("param", "params", &Tensor::from_f32([self.arena.len], &arena)?)?;
+        for (n, t) in states {
+            self.runner.set("state", &n, &t)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the `state_dict` to `path` as safetensors (atomically).
+    pub fn save_state_dict(&self, path: &Path) -> Result<()> {
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("model".to_string(), self.model.name().to_string())]);
+        checkpoint::write_atomic(path, &self.state_dict()?, meta)
+    }
+
+    /// A full checkpoint: the `state_dict`, the optimizer state per parameter
+    /// (`optimizer.<state>.<name>`), the step and the run's identity.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
+        let mut tensors = self.state_dict()?;
+        for st in self.config.optimizer.base.state_names() {
+            let v = self.runner.get("state", st)?.to_f32();
+            for slot in &self.arena.slots {
+                tensors.push(TensorEntry::f32(&format!("optimizer.{st}.{}", slot.name), &slot.shape.0, v[slot.offset..slot.offset + slot.shape.numel()].to_vec()));
+            }
+        }
+        let meta = BTreeMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("plateau_checkpoint".to_string(), "1".to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("epoch".to_string(), (self.step / self.steps_per_epoch).to_string()),
+            ("run".to_string(), self.identity.to_string()),
+            ("history".to_string(), serde_json::to_string(&self.history)?),
+        ]);
+        std::fs::create_dir_all(dir).with_context(|| format!("--checkpoint-dir: cannot create {}", dir.display()))?;
+        let path = dir.join(format!("step-{:08}.safetensors", self.step));
+        checkpoint::write_atomic(&path, &tensors, meta)?;
+        Ok(path)
+    }
+
+    /// Restores a checkpoint written by `save_checkpoint` for the same run.
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let file = Checkpoint::read(path)?;
+        let meta = file.metadata();
+        if meta.get("plateau_checkpoint").map(String::as_str) != Some("1") {
+            bail!("{}: not a plateau checkpoint (a state_dict? use --init)", path.display());
+        }
+        let run: serde_json::Value = serde_json::from_str(meta.get("run").map(String::as_str).unwrap_or("null"))?;
+        if run != self.identity {
+            let differ: Vec<String> = self
+                .identity
+                .as_object()
+                .expect("invariant: the identity is an object")
+                .iter()
+                .filter(|(k, v)| run.get(k.as_str()) != Some(v))
+                .map(|(k, v)| format!("{k}: checkpoint {} vs now {v}", run.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+                .collect();
+            bail!("{}: written by a different run ({})", path.display(), differ.join("; "));
+        }
+        let step: usize = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{}: no step in the metadata", path.display()))?;
+        let history: Vec<EpochMetricsIn> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or("[]"))?;
+        let mut opt = Vec::new();
+        for st in self.config.optimizer.base.state_names() {
+            let mut v = vec![0f32; self.arena.len];
+            for slot in &self.arena.slots {
+                let d = file.f32(&format!("optimizer.{st}.{}", slot.name), &slot.shape.0)?;
+                v[slot.offset..slot.offset + d.len()].copy_from_slice(&d);
+            }
+            opt.push((st, Tensor::from_f32([self.arena.len], &v)?));
+        }
+        self.load_state_dict(path)?;
+        for (st, t) in opt {
+            self.runner.set("state", st, &t)?;
+        }
+        self.step = step;
+        self.history = history.into_iter().map(EpochMetrics::from).collect();
+        Ok(())
+    }
+}
+
+/// `EpochMetrics` as read back from a checkpoint.
+#[derive(serde::Deserialize)]
+struct EpochMetricsIn {
+    epoch: usize,
+    step: usize,
+    lr: f64,
+    train_loss: f64,
+    train_accuracy: f64,
+    test_loss: f64,
+    test_accuracy: f64,
+    validation_loss: Option<f64>,
+    validation_accuracy: Option<f64>,
+    seconds: f64,
+}
+
+impl From<EpochMetricsIn> for EpochMetrics {
+    fn from(m: EpochMetricsIn) -> Self {
+        EpochMetrics {
+            epoch: m.epoch,
+            step: m.step,
+            lr: m.lr,
+            train_loss: m.train_loss,
+            train_accuracy: m.train_accuracy,
+            test_loss: m.test_loss,
+            test_accuracy: m.test_accuracy,
+            validation_loss: m.validation_loss,
+            validation_accuracy: m.validation_accuracy,
+            seconds: m.seconds,
+        }
+    }
+}
+
+/// Training stopped on a loss that is not a finite number.
+#[derive(Debug, thiserror::Error)]
+#[error("the loss is {value} at step {step} (epoch {epoch}); training stopped")]
+pub struct NonFiniteLoss {
+    pub step: usize,
+    pub epoch: usize,
+    pub value: f64,
+}
+
+/// The newest checkpoint in `dir` (the highest step), if any.
+pub fn newest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<(usize, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let p = e?.path();
+        let step = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse::<usize>().ok());
+        if let Some(s) = step {
+            if best.as_ref().is_none_or(|(b, _)| s > *b) {
+                best = Some((s, p));
+            }
+        }
+    }
+    Ok(best.map(|b| b.1))
+}
+
+/// Evaluation mode for a bare state_dict or checkpoint file: loads it into `model` and
+/// returns the mean loss and accuracy on `split`.
+pub fn evaluate_file(model: &Model, data: &Dataset, split: &Split, path: &Path, batch_size: usize, device: Backend) -> Result<(f64, f64)> {
+    let config = TrainConfig {
+        optimizer: OptimizerSpec { base: crate::BaseOptimizer::sgd(0.0, 0.0), sam: None },
+        rho: 0.0,
+        lr: 0.0,
+        schedule: LrSchedule::Constant,
+        batch_size: batch_size.min(data.train.len()).max(1),
+        budget: Budget::Steps(0),
+        seed: 0,
+        device,
+        augment: Augment::none(),
+        shuffle: false,
+    };
+    let mut t = Trainer::new(model, &config, data, "", None)?;
+    t.load_state_dict(path)?;
+    t.evaluate(split)
+}

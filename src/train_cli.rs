@@ -1,0 +1,351 @@
+//! `plateau train`, `plateau compare` and `plateau eval`.
+
+use crate::{optimizer_spec, OptimizerArgs};
+use anyhow::{bail, Context, Result};
+use plateau::runtime::data::{Augment, DataSource, Dataset, Split};
+use plateau::runtime::Backend;
+use plateau::train::{newest_checkpoint, Budget, EpochMetrics, LrSchedule, Model, TrainConfig, Trainer};
+use plateau::{BaseOptimizer, ModelSpec, OptimizerSpec};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The flags `train` and `compare` share: model, data, budget, schedule, device.
+#[derive(clap::Args)]
+pub struct RunFlags {
+    /// mlp, cnn, resnet18 or wrn16-K.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Hidden layer widths of the MLP.
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<usize>,
+    /// synthetic (embedded), mnist:DIR, cifar10:DIR or cifar100:DIR.
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Epochs to train (default 10).
+    #[arg(long, conflicts_with = "steps")]
+    epochs: Option<usize>,
+    /// Steps to train instead of epochs (0 is valid: with --save, writes the initial weights).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Learning-rate schedule, applied every step.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the steps run: reference (CPU), wgpu or cuda.
+    #[arg(long, default_value = "reference")]
+    device: String,
+    /// Replace this fraction of the training labels by another class (seeded).
+    #[arg(long)]
+    label_noise: Option<f64>,
+    /// Hold out this fraction of the training set for validation (seeded).
+    #[arg(long)]
+    validation: Option<f64>,
+    /// Turn off the data's augmentation (CIFAR: 4-pixel pad + random crop, flip).
+    #[arg(long)]
+    no_augment: bool,
+    /// Add cutout of this side length to the augmentation.
+    #[arg(long)]
+    cutout: Option<usize>,
+    /// Batches are consecutive examples in file order.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Pixels become (x/255 - MEAN) / STD instead of x/255.
+    #[arg(long, value_name = "MEAN,STD")]
+    normalize: Option<String>,
+    /// Append one JSON object per epoch to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    run: RunFlags,
+    #[command(flatten)]
+    opt: OptimizerArgs,
+    /// Start from these weights (safetensors with PyTorch state_dict names).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Write the final weights here (safetensors, PyTorch state_dict names).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write a checkpoint (weights, optimizer state, step) here after every epoch.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue from the newest checkpoint in --checkpoint-dir.
+    #[arg(long, requires = "checkpoint_dir")]
+    resume: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    run: RunFlags,
+    /// The base optimizer (sgd or adamw; SAM runs on top of it) and SAM's settings.
+    #[command(flatten)]
+    opt: OptimizerArgs,
+    /// The plot of train loss and test accuracy per epoch.
+    #[arg(long, default_value = "compare.png")]
+    plot: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint or a --save file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    /// The model (default: the one the file names).
+    #[arg(long)]
+    model: Option<String>,
+    /// Hidden layer widths of the MLP.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value = "reference")]
+    device: String,
+    #[arg(long, value_name = "MEAN,STD")]
+    normalize: Option<String>,
+}
+
+fn parse_normalize(s: &Option<String>) -> Result<Option<(f32, f32)>> {
+    let Some(s) = s else { return Ok(None) };
+    let parts: Vec<&str> = s.split(',').collect();
+    let bad = || anyhow::anyhow!("--normalize takes MEAN,STD (two numbers), got `{s}`");
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    Ok(Some((parts[0].trim().parse().map_err(|_| bad())?, parts[1].trim().parse().map_err(|_| bad())?)))
+}
+
+fn zoo_model(name: &str, hidden: &[usize]) -> Result<Model> {
+    let mut spec: ModelSpec = name.parse().context("--model")?;
+    if let ModelSpec::Mlp { hidden: h } = &mut spec {
+        if hidden.is_empty() || hidden.contains(&0) {
+            bail!("--hidden: layer widths must be positive, got {hidden:?}");
+        }
+        *h = hidden.to_vec();
+    }
+    Ok(Model::zoo(spec))
+}
+
+/// Everything a run needs, checked before anything is loaded or written.
+struct Prepared {
+    model: Model,
+    data: Dataset,
+    data_name: String,
+    validation: Option<Split>,
+    config: TrainConfig,
+}
+
+fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared> {
+    let device: Backend = f.device.parse().context("--device")?;
+    let source: DataSource = f.data.parse().context("--data")?;
+    let schedule: LrSchedule = f.schedule.parse().context("--schedule")?;
+    let normalize = parse_normalize(&f.normalize)?;
+    if !f.lr.is_finite() || f.lr < 0.0 {
+        bail!("--lr must be a finite non-negative number, got {}", f.lr);
+    }
+    if f.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    if f.epochs == Some(0) {
+        bail!("--epochs must be at least 1 (use --steps 0 to only initialise)");
+    }
+    let model = zoo_model(&f.model, &f.hidden)?;
+    let mut data = Dataset::load(&source, normalize).context("--data")?;
+    if let Some(p) = f.label_noise {
+        data.add_label_noise(p, f.seed).context("--label-noise")?;
+    }
+    let validation = match f.validation {
+        Some(v) if v > 0.0 => Some(data.split_validation(v, f.seed).context("--validation")?),
+        Some(v) if v < 0.0 || !v.is_finite() => bail!("--validation must be in [0, 1), got {v}"),
+        _ => None,
+    };
+    let mut augment = if f.no_augment { Augment::none() } else { data.augment };
+    if let Some(c) = f.cutout {
+        if f.no_augment {
+            bail!("--cutout conflicts with --no-augment");
+        }
+        augment.cutout = c;
+    }
+    let budget = match (f.epochs, f.steps) {
+        (_, Some(s)) => Budget::Steps(s),
+        (Some(e), None) => Budget::Epochs(e),
+        (None, None) => Budget::Epochs(10),
+    };
+    let config = TrainConfig { optimizer, rho, lr: f.lr, schedule, batch_size: f.batch_size, budget, seed: f.seed, device, augment, shuffle: !f.no_shuffle };
+    Ok(Prepared { model, data, data_name: source.to_string(), validation, config })
+}
+
+fn describe(p: &Prepared, t: &Trainer, label: &str) {
+    let s = &t.compiled().schedule;
+    let d = &p.data;
+    println!(
+        "{label}: {} ({} parameters) on {} ({} train / {} test, {}x{}x{}, {} classes), {} steps of batch {} on {:?}",
+        p.model.name(),
+        s.param_count,
+        d.name,
+        d.train.len(),
+        d.test.len(),
+        d.shape[0],
+        d.shape[1],
+        d.shape[2],
+        d.classes,
+        t.total_steps(),
+        p.config.batch_size,
+        p.config.device
+    );
+    println!("  compiled step: {} kernel launches ({} in the optimizer), peak memory {} bytes", s.launches, s.optimizer_launches, s.peak_memory_bytes);
+}
+
+fn epoch_line(m: &EpochMetrics) -> String {
+    let mut line = format!(
+        "epoch {:>3}  lr {:.4}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}",
+        m.epoch, m.lr, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy
+    );
+    if let (Some(l), Some(a)) = (m.validation_loss, m.validation_accuracy) {
+        line += &format!("  val loss {l:.4} acc {a:.4}");
+    }
+    line + &format!("  {:.1} s", m.seconds)
+}
+
+fn summary(history: &[EpochMetrics]) {
+    println!("\n| epoch | lr | train loss | train acc | test loss | test acc | seconds |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for m in history {
+        println!("| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} |", m.epoch, m.lr, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy, m.seconds);
+    }
+}
+
+/// Runs `t` to the end of its budget, printing each epoch, appending metrics, writing
+/// checkpoints. A non-finite loss stops the run naming the last good checkpoint.
+fn drive(t: &mut Trainer, metrics: Option<&Path>, append: bool, checkpoints: Option<&Path>) -> Result<()> {
+    let mut file = match metrics {
+        Some(p) => Some(
+            std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(p).with_context(|| format!("--metrics: cannot open {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut last_good = checkpoints.and_then(|d| newest_checkpoint(d).ok().flatten());
+    while !t.finished() {
+        let m = match t.train_epoch() {
+            Ok(m) => m,
+            Err(e) => {
+                let keep = match &last_good {
+                    Some(p) => format!("the last good checkpoint is {}", p.display()),
+                    None => "no checkpoint was written".to_string(),
+                };
+                return Err(e.context(keep));
+            }
+        };
+        println!("{}", epoch_line(&m));
+        if let Some(f) = &mut file {
+            writeln!(f, "{}", serde_json::to_string(&m)?).context("--metrics")?;
+        }
+        if let Some(dir) = checkpoints {
+            last_good = Some(t.save_checkpoint(dir)?);
+        }
+    }
+    Ok(())
+}
+
+pub fn train_cmd(args: TrainArgs) -> Result<()> {
+    let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
+    let p = prepare(&args.run, spec, args.opt.rho)?;
+    let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
+    describe(&p, &t, "train");
+    if let Some(init) = &args.init {
+        t.load_state_dict(init).context("--init")?;
+        println!("  initial weights from {}", init.display());
+    }
+    let mut resumed = false;
+    if args.resume {
+        let dir = args.checkpoint_dir.as_deref().expect("clap requires --checkpoint-dir with --resume");
+        match newest_checkpoint(dir)? {
+            Some(ck) => {
+                t.resume(&ck).context("--resume")?;
+                println!("  resumed from {} at step {}", ck.display(), t.steps_done());
+                resumed = true;
+            }
+            None => println!("  no checkpoint in {} yet: starting from step 0", dir.display()),
+        }
+    }
+    drive(&mut t, args.run.metrics.as_deref(), resumed, args.checkpoint_dir.as_deref())?;
+    if !t.history.is_empty() {
+        summary(&t.history);
+    }
+    if let Some(path) = &args.save {
+        t.save_state_dict(path).context("--save")?;
+        println!("weights written to {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn compare_cmd(args: CompareArgs) -> Result<()> {
+    let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
+    let base: BaseOptimizer = spec.base.clone();
+    let sam = match spec.sam.clone() {
+        Some(s) => s,
+        None => plateau::Sam::default(),
+    };
+    let base_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "AdamW" } else { "SGD" };
+    let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
+    let runs = [(base_name, OptimizerSpec { base: base.clone(), sam: None }), (sam_name, OptimizerSpec { base, sam: Some(sam) })];
+    let mut results: Vec<(&str, Vec<EpochMetrics>)> = Vec::new();
+    let p0 = prepare(&args.run, runs[0].1.clone(), args.opt.rho)?;
+    for (name, spec) in runs {
+        let p = Prepared { config: TrainConfig { optimizer: spec, ..p0.config.clone() }, model: p0.model.clone(), data: p0.data.clone(), data_name: p0.data_name.clone(), validation: p0.validation.clone() };
+        let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
+        describe(&p, &t, name);
+        drive(&mut t, None, false, None)?;
+        results.push((name, t.history.clone()));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    println!("\n| epoch | {0} train loss | {1} train loss | {0} test acc | {1} test acc |", a.0, b.0);
+    println!("|---:|---:|---:|---:|---:|");
+    for (x, y) in a.1.iter().zip(&b.1) {
+        println!("| {} | {:.4} | {:.4} | {:.4} | {:.4} |", x.epoch, x.train_loss, y.train_loss, x.test_accuracy, y.test_accuracy);
+    }
+    if let (Some(x), Some(y)) = (a.1.last(), b.1.last()) {
+        let best = |h: &[EpochMetrics]| h.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
+        println!(
+            "\nfinal test accuracy: {} {:.4}, {} {:.4} ({:+.2} points); best: {} {:.4}, {} {:.4}",
+            a.0,
+            x.test_accuracy,
+            b.0,
+            y.test_accuracy,
+            100.0 * (y.test_accuracy - x.test_accuracy),
+            a.0,
+            best(&a.1),
+            b.0,
+            best(&b.1)
+        );
+    }
+    let title = format!("{} on {}: {} vs {} (rho {})", p0.model.name(), p0.data.name, a.0, b.0, args.opt.rho);
+    plateau::plot::compare_png(&args.plot, &title, &[(a.0, &a.1), (b.0, &b.1)]).context("--plot")?;
+    println!("plot written to {}", args.plot.display());
+    Ok(())
+}
+
+pub fn eval_cmd(args: EvalArgs) -> Result<()> {
+    let device: Backend = args.device.parse().context("--device")?;
+    let source: DataSource = args.data.parse().context("--data")?;
+    let file = plateau::checkpoint::Checkpoint::read(&args.checkpoint).context("--checkpoint")?;
+    let model = match (&args.model, file.metadata().get("model")) {
+        (Some(m), _) => zoo_model(m, args.hidden.as_deref().unwrap_or(&[256, 256]))?,
+        (None, Some(name)) => Model::zoo(Model::parse_zoo(name).with_context(|| format!("{}: model `{name}`", args.checkpoint.display()))?),
+        (None, None) => bail!("{} does not name its model: pass --model", args.checkpoint.display()),
+    };
+    let data = Dataset::load(&source, parse_normalize(&args.normalize)?).context("--data")?;
+    let (loss, acc) = plateau::train::evaluate_file(&model, &data, &data.test, &args.checkpoint, args.batch_size, device)?;
+    println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
+    Ok(())
+}
