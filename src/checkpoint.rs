@@ -36,7 +36,7 @@ pub fn write_atomic(path: &Path, tensors: &[TensorEntry], metadata: BTreeMap<Str
         .iter()
         .map(|t| Ok((t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata.into_iter().collect::<HashMap<_, _>>()))?;
+    let bytes = canonical(safetensors::serialize(views, Some(metadata.into_iter().collect::<HashMap<_, _>>()))?)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
@@ -51,6 +51,21 @@ pub fn write_atomic(path: &Path, tensors: &[TensorEntry], metadata: BTreeMap<Str
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
+}
+
+/// The same file with its JSON header's keys sorted (the metadata map is otherwise written
+/// in hash order), so equal contents give equal bytes.
+fn canonical(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("invariant: an 8-byte length")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let mut text = serde_json::to_vec(&header)?;
+    // The data section starts 8-byte aligned; the format pads the header with spaces.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// A safetensors file read into memory.

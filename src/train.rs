@@ -466,6 +466,7 @@ impl<'d> Trainer<'d> {
         let meta = BTreeMap::from([
             ("format".to_string(), "pt".to_string()),
             ("plateau_checkpoint".to_string(), "1".to_string()),
+            ("model".to_string(), self.model.name().to_string()),
             ("step".to_string(), self.step.to_string()),
             ("epoch".to_string(), (self.step / self.steps_per_epoch).to_string()),
             ("run".to_string(), self.identity.to_string()),

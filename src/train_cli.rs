@@ -243,7 +243,7 @@ fn drive(t: &mut Trainer, metrics: Option<&Path>, append: bool, checkpoints: Opt
                     Some(p) => format!("the last good checkpoint is {}", p.display()),
                     None => "no checkpoint was written".to_string(),
                 };
-                return Err(e.context(keep));
+                bail!("{e:#}; {keep}");
             }
         };
         println!("{}", epoch_line(&m));
