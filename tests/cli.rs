@@ -61,14 +61,16 @@ fn trace_in_f64_and_eval_mode() {
 }
 
 #[test]
-fn readme_code_sample_is_the_dsl_example() {
+fn readme_code_samples_are_the_examples() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let example = std::fs::read_to_string(format!("{root}/examples/dsl.rs")).unwrap();
-    let begin = example.find("// README:begin\n").unwrap() + "// README:begin\n".len();
-    let end = example.find("    // README:end").unwrap();
-    let body: String = example[begin..end].lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
-    assert!(readme.contains(&format!("```rust\n{body}```")), "README's DSL sample differs from examples/dsl.rs");
+    for file in ["dsl.rs", "mnist_sam.rs"] {
+        let example = std::fs::read_to_string(format!("{root}/examples/{file}")).unwrap();
+        let begin = example.find("// README:begin\n").unwrap() + "// README:begin\n".len();
+        let end = example.find("    // README:end").unwrap();
+        let body: String = example[begin..end].lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
+        assert!(readme.contains(&format!("```rust\n{body}```")), "README's sample differs from examples/{file}");
+    }
 }
 
 #[test]
