@@ -6,6 +6,7 @@ use plateau::{trace, BaseOptimizer, DType, ModelSpec, OptimizerSpec, Sam, SamNor
 use std::time::Instant;
 use std::path::PathBuf;
 
+mod bench_cli;
 mod train_cli;
 
 #[derive(Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Compare(train_cli::CompareArgs),
     /// Evaluate saved weights or a checkpoint on a dataset's test split.
     Eval(train_cli::EvalArgs),
+    /// Time SGD, SAM and naive (unfused) SAM steps of one model on one device, interleaved.
+    Bench(bench_cli::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cli::train_cmd(args),
         Command::Compare(args) => train_cli::compare_cmd(args),
         Command::Eval(args) => train_cli::eval_cmd(args),
+        Command::Bench(args) => bench_cli::bench_cmd(args),
     }
 }
 

@@ -150,3 +150,24 @@ fn compile_emits_the_cuda_of_every_kernel_without_a_gpu() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr).unwrap().contains("--emit-cuda: cannot create"));
 }
+
+/// `bench --json`: every field the peers print, the deterministic figures asserted (never the
+/// times, which depend on the machine).
+#[test]
+fn bench_reports_times_launches_and_memory_as_json() {
+    let out = plateau(&["bench", "--model", "mlp", "--batch", "8", "--device", "reference", "--warmup", "1", "--rounds", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["sgd_step_ms", "sam_step_ms", "naive_sam_step_ms", "ratio", "naive_ratio"] {
+        let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {j}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(28), Some(49), Some(218)));
+    let (sgd, sam) = (j["peak_memory_bytes_sgd"].as_u64().unwrap(), j["peak_memory_bytes_sam"].as_u64().unwrap());
+    // SAM holds one more parameter-sized buffer (269,322 f32) and two scalars, 16-byte aligned.
+    assert!(sam - sgd <= (4 * 269_322u64).next_multiple_of(16) + 32, "{sam} - {sgd}");
+    let ratio = j["ratio"].as_f64().unwrap();
+    assert!((ratio - j["sam_step_ms"].as_f64().unwrap() / (2.0 * j["sgd_step_ms"].as_f64().unwrap())).abs() < 1e-12);
+    let out = plateau(&["bench", "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(1));
+}

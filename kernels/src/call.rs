@@ -27,7 +27,10 @@ impl KernelCall {
             KernelCall::Map { n, .. } => (*n, BLOCK),
             KernelCall::Reduce { layout, .. } if layout.reduce_len >= CUBE_REDUCE_MIN => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
-            KernelCall::Matmul(s) => (s.m * s.n, BLOCK),
+            KernelCall::Matmul(s) => {
+                let t = crate::macros::MATMUL_TILE;
+                (s.m.div_ceil(t) * s.n.div_ceil(t) * t * t, (t * t) as u32)
+            }
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),

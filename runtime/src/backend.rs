@@ -100,6 +100,27 @@ impl Runner {
         }
     }
 
+    /// Waits until every launched kernel has finished (the reference runs synchronously).
+    pub fn sync(&self) -> Result<(), RuntimeError> {
+        match self {
+            Runner::Reference { .. } => Ok(()),
+            Runner::Wgpu(s) => s.sync(),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => s.sync(),
+        }
+    }
+
+    /// One step with each kernel timed on its own (device backends; the reference has no
+    /// kernels and returns an empty profile).
+    pub fn profile_step(&mut self) -> Result<Vec<f64>, RuntimeError> {
+        match self {
+            Runner::Reference { .. } => Ok(Vec::new()),
+            Runner::Wgpu(s) => s.profile_step(),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => s.profile_step(),
+        }
+    }
+
     /// Whether the program has this leaf.
     pub fn has(&self, kind: &str, name: &str) -> bool {
         match self {

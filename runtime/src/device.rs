@@ -162,6 +162,28 @@ impl<R: Runtime> DeviceStep<R> {
         self.read(id)
     }
 
+    /// Runs one step waiting for each kernel in turn; returns each kernel's wall time in
+    /// milliseconds, in launch order (a profile: the waits make the step itself slower).
+    pub fn profile_step(&mut self) -> Result<Vec<f64>, RuntimeError> {
+        self.sync()?;
+        let mut times = Vec::new();
+        for k in self.compiled.schedule.kernels.clone() {
+            let start = std::time::Instant::now();
+            self.launch(&k.nodes)?;
+            self.sync()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        for o in self.graph.outputs().to_vec() {
+            if let OutputKind::StateUpdate { state } = o.kind {
+                if self.place_of(o.node) != self.place_of(state) {
+                    self.copy(o.node, state);
+                }
+            }
+        }
+        self.sync()?;
+        Ok(times)
+    }
+
     /// Runs one step: every kernel in order, then the state updates that were not computed in
     /// place.
     pub fn step(&mut self) -> Result<(), RuntimeError> {

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""SGD and SAM steps in JAX under `jax.jit`, each step one jitted function (SAM: gradient,
+norm, perturbation, second gradient, SGD update with momentum and weight decay). Prints the
+JSON fields `plateau bench --json` prints.
+
+    python benches/sam_jax.py --model mlp --batch 128
+
+Models (the same definitions as plateau's zoo and benches/sam_torch.py): mlp = 784-256-256-10
+and cnn on 1x28x28, resnet18 with the CIFAR stem on 3x32x32 (BatchNorm in training mode; the
+running statistics are updated from the first pass only, as plateau does).
+"""
+import argparse, json, statistics, time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def he(key, shape, fan_in):
+    return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
+
+
+def linear(key, i, o):
+    return {"w": he(key, (i, o), i), "b": jnp.zeros((o,), jnp.float32)}
+
+
+def conv(key, cin, cout, k, bias=True):
+    p = {"w": he(key, (cout, cin, k, k), cin * k * k)}
+    if bias:
+        p["b"] = jnp.zeros((cout,), jnp.float32)
+    return p
+
+
+def conv2d(p, x, stride=1, pad=1):
+    y = lax.conv_general_dilated(x, p["w"], (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + p["b"][None, :, None, None] if "b" in p else y
+
+
+def maxpool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+
+def bn_init(c):
+    return {"g": jnp.ones((c,)), "b": jnp.zeros((c,))}, {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
+
+
+def bn(p, s, x):
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.var(axis=(0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    y = (x - mean[None, :, None, None]) / jnp.sqrt(var[None, :, None, None] + 1e-5)
+    new = {"mean": 0.9 * s["mean"] + 0.1 * mean, "var": 0.9 * s["var"] + 0.1 * var * n / (n - 1)}
+    return y * p["g"][None, :, None, None] + p["b"][None, :, None, None], new
+
+
+def make(model, key):
+    ks = iter(jax.random.split(key, 64))
+    if model == "mlp":
+        params = {"0": linear(next(ks), 784, 256), "2": linear(next(ks), 256, 256), "4": linear(next(ks), 256, 10)}
+
+        def apply(p, s, x):
+            h = x.reshape(x.shape[0], -1)
+            h = jax.nn.relu(h @ p["0"]["w"] + p["0"]["b"])
+            h = jax.nn.relu(h @ p["2"]["w"] + p["2"]["b"])
+            return h @ p["4"]["w"] + p["4"]["b"], s
+        return params, {}, apply, (1, 28, 28)
+    if model == "cnn":
+        params = {"0": conv(next(ks), 1, 32, 3), "3": conv(next(ks), 32, 64, 3), "7": linear(next(ks), 64 * 7 * 7, 128), "9": linear(next(ks), 128, 10)}
+
+        def apply(p, s, x):
+            h = maxpool(jax.nn.relu(conv2d(p["0"], x)))
+            h = maxpool(jax.nn.relu(conv2d(p["3"], h)))
+            h = jax.nn.relu(h.reshape(h.shape[0], -1) @ p["7"]["w"] + p["7"]["b"])
+            return h @ p["9"]["w"] + p["9"]["b"], s
+        return params, {}, apply, (1, 28, 28)
+    if model == "resnet18":
+        params, state = {"conv1": conv(next(ks), 3, 64, 3, False)}, {}
+        params["bn1"], state["bn1"] = bn_init(64)
+        blocks, cin = [], 64
+        for li, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
+            for bi in range(2):
+                name, st = f"layer{li + 1}.{bi}", stride if bi == 0 else 1
+                params[name + ".conv1"] = conv(next(ks), cin, cout, 3, False)
+                params[name + ".bn1"], state[name + ".bn1"] = bn_init(cout)
+                params[name + ".conv2"] = conv(next(ks), cout, cout, 3, False)
+                params[name + ".bn2"], state[name + ".bn2"] = bn_init(cout)
+                down = st != 1 or cin != cout
+                if down:
+                    params[name + ".down"] = conv(next(ks), cin, cout, 1, False)
+                    params[name + ".downbn"], state[name + ".downbn"] = bn_init(cout)
+                blocks.append((name, st, down))
+                cin = cout
+        params["fc"] = linear(next(ks), 512, 10)
+
+        def apply(p, s, x):
+            new = {}
+
+            def b(name, h):
+                y, new[name] = bn(p[name], s[name], h)
+                return y
+            h = jax.nn.relu(b("bn1", conv2d(p["conv1"], x)))
+            for name, st, down in blocks:
+                o = jax.nn.relu(b(name + ".bn1", conv2d(p[name + ".conv1"], h, st)))
+                o = b(name + ".bn2", conv2d(p[name + ".conv2"], o))
+                sc = b(name + ".downbn", conv2d(p[name + ".down"], h, st, 0)) if down else h
+                h = jax.nn.relu(o + sc)
+            h = h.mean(axis=(2, 3))
+            return h @ p["fc"]["w"] + p["fc"]["b"], new
+        return params, state, apply, (3, 32, 32)
+    raise SystemExit(f"unknown model {model}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rho", type=float, default=0.05)
+    a = ap.parse_args()
+    params, state, apply, shape = make(a.model, jax.random.PRNGKey(0))
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.uniform(k1, (a.batch, *shape))
+    y = jax.random.randint(k2, (a.batch,), 0, 10)
+    lr, mom, wd = 0.01, 0.9, 5e-4
+    tm = jax.tree_util.tree_map
+
+    def loss(p, s):
+        logits, new = apply(p, s, x)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)), new
+
+    def update(p, buf, g):
+        g = tm(lambda g, w: g + wd * w, g, p)
+        buf = tm(lambda b, g: mom * b + g, buf, g)
+        return tm(lambda w, b: w - lr * b, p, buf), buf
+
+    @jax.jit
+    def sgd(p, s, buf):
+        (l, new), g = jax.value_and_grad(loss, has_aux=True)(p, s)
+        p, buf = update(p, buf, g)
+        return p, new, buf, l
+
+    @jax.jit
+    def sam(p, s, buf):
+        (l, new), g = jax.value_and_grad(loss, has_aux=True)(p, s)
+        norm = jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree_util.tree_leaves(g)))
+        adv = tm(lambda w, g: w + a.rho * g / (norm + 1e-12), p, g)
+        g2, _ = jax.grad(loss, has_aux=True)(adv, s)
+        p, buf = update(p, buf, g2)
+        return p, new, buf, l
+
+    runs = {n: [params, state, tm(jnp.zeros_like, params)] for n in ("sgd", "sam")}
+    fns = {"sgd": sgd, "sam": sam}
+    times = {"sgd": [], "sam": []}
+    for r in range(a.warmup + a.rounds):
+        for n in ("sgd", "sam"):
+            t = time.perf_counter()
+            out = fns[n](*runs[n])
+            jax.block_until_ready(out)
+            if r >= a.warmup:
+                times[n].append((time.perf_counter() - t) * 1e3)
+            runs[n] = list(out[:3])
+    dev = jax.devices()[0]
+    peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform == "gpu" else None
+    s, m = statistics.median(times["sgd"]), statistics.median(times["sam"])
+    print(json.dumps({
+        "framework": "jax.jit", "model": a.model, "batch": a.batch, "device": dev.device_kind,
+        "rounds": a.rounds, "sgd_step_ms": s, "sam_step_ms": m, "naive_sam_step_ms": None,
+        "ratio": m / (2 * s), "naive_ratio": None, "launches_sgd": None, "launches_sam": None,
+        "peak_memory_bytes_sgd": None, "peak_memory_bytes_sam": None, "peak_bytes_in_use_process": peak,
+    }))
+
+
+if __name__ == "__main__":
+    main()
