@@ -141,6 +141,12 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     assert!(!c.report.fallback);
     assert!(c.report.iterations <= plateau::compiler::egraph::DEFAULT_LIMITS.iterations);
     assert_eq!(c.schedule.optimizer_launches, 3);
+    // Every kernel binds at most MAX_PROGRAM_OPERANDS buffers (devices limit storage
+    // bindings per kernel); sibling outputs that would exceed it are split into several
+    // multi-output kernels rather than left one kernel each.
+    let widest = c.schedule.kernels.iter().map(|k| k.inputs.len() + k.outputs.len()).max().unwrap();
+    assert!(widest <= plateau::compiler::egraph::MAX_PROGRAM_OPERANDS, "{widest} buffers");
+    assert_eq!(c.schedule.launches, 531);
 }
 
 #[test]

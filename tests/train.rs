@@ -302,3 +302,30 @@ fn mlp_with_sam_reaches_90_percent_on_mnist() {
     eprintln!("MNIST test accuracy after 2 epochs of SAM: {acc:.4}");
     assert!(acc >= 0.90, "test accuracy {acc}");
 }
+
+/// Training on wgpu (lavapipe in CI) follows the reference: the same batches, losses within
+/// f32 noise, weights within 1e-4 relative after 16 steps of SAM.
+#[test]
+fn training_on_wgpu_follows_the_reference() {
+    let data = Dataset::load(&DataSource::Synthetic, None).unwrap();
+    let mut weights = Vec::new();
+    let mut losses = Vec::new();
+    for device in [Backend::Reference, Backend::Wgpu] {
+        let mut c = config(sam(), Budget::Steps(16));
+        c.device = device;
+        let mut t = Trainer::new(&small_mlp(), &c, &data, "synthetic", None).unwrap();
+        t.progress = false;
+        while !t.finished() {
+            t.train_epoch().unwrap();
+        }
+        losses.push(t.history.iter().map(|m| m.train_loss).collect::<Vec<_>>());
+        let sd = t.state_dict().unwrap();
+        weights.push(sd.into_iter().flat_map(|e| e.bytes.chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect::<Vec<_>>()).collect::<Vec<f64>>());
+    }
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!((a - b).abs() < 1e-4, "losses {:?} vs {:?}", losses[0], losses[1]);
+    }
+    let norm = weights[0].iter().map(|v| v * v).sum::<f64>().sqrt();
+    let diff = weights[0].iter().zip(&weights[1]).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    assert!(diff <= 1e-4 * norm, "weights differ by {diff} (norm {norm})");
+}

@@ -47,6 +47,15 @@ impl<R: Runtime> DeviceStep<R> {
             .max()
             .unwrap_or(0)
             .max(1);
+        // A buffer larger than the device can bind fails deep inside the device layer; say
+        // so here, with the sizes.
+        let limit = client.properties().memory.max_page_size;
+        let largest = compiled.schedule.buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).max().unwrap_or(0).max(pool_len as u64 * 4);
+        if largest > limit {
+            return Err(unsupported(format!(
+                "the step needs a {largest}-byte buffer (its pool of temporaries or a leaf) but this device binds at most {limit} bytes at once; use a smaller batch or another device"
+            )));
+        }
         let mut buffers = vec![(client.empty(pool_len * 4), pool_len)];
         let mut place = Vec::new();
         for b in &compiled.schedule.buffers {

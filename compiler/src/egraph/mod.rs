@@ -8,7 +8,7 @@ mod lang;
 mod rules;
 
 pub use cost::{slice_is_contiguous, Cost};
-pub use rules::MAX_PROGRAM_INSTRS;
+pub use rules::{MAX_PROGRAM_INSTRS, MAX_PROGRAM_OPERANDS};
 
 /// Every rewrite rule as (name, algebra), in the order they run.
 pub fn rule_table() -> Vec<(&'static str, &'static str)> {

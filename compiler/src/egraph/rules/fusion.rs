@@ -12,6 +12,16 @@ use std::collections::{BTreeMap, HashSet};
 /// spill and its compile time grows, while launches saved are already few.
 pub const MAX_PROGRAM_INSTRS: usize = 64;
 
+/// Most buffers (operands plus outputs) a fused program may bind: every one is a storage
+/// binding of its kernel, and Vulkan devices guarantee few (lavapipe allows 32 per stage,
+/// one of which cubecl keeps for its metadata).
+pub const MAX_PROGRAM_OPERANDS: usize = 28;
+
+/// Whether a program of this size may be built.
+fn fits(p: &Program, operands: usize) -> bool {
+    p.instrs.len() <= MAX_PROGRAM_INSTRS && operands + p.outputs.len() <= MAX_PROGRAM_OPERANDS
+}
+
 pub(super) fn rules() -> Vec<Rule> {
     vec![
         // map(f, map(g, x)) -> map(f . g, x): the producer runs inside the consumer.
@@ -64,7 +74,7 @@ fn compose_views(view: &Shape, k: &Shape, inner: &[Shape]) -> Option<Vec<Shape>>
 
 fn finish(kernel: &Kernel, program: &Program, operands: &[Id]) -> Option<(EOp, Vec<Id>)> {
     let (p, ops) = program.canonical(operands);
-    (p.instrs.len() <= MAX_PROGRAM_INSTRS).then(|| (rebuild(kernel, p), ops))
+    fits(&p, ops.len()).then(|| (rebuild(kernel, p), ops))
 }
 
 /// Per-pass facts about the e-graph that the fusion rules consult for every consumer.
@@ -130,7 +140,8 @@ fn inline_producers(eg: &EG, want_reduce: bool) -> Vec<(Id, Change)> {
             let Some((q, producer)) = most_fused(eg, &index, child) else { continue };
             let Some(views) = compose_views(&p.views[slot], &kt.shape, &q.views) else { continue };
             let (np, nops) = p.inline(&ops, slot as u32, &q, 0, &producer.children, &views);
-            if np.canonical(&nops).0.instrs.len() <= MAX_PROGRAM_INSTRS {
+            let (cp, cops) = np.canonical(&nops);
+            if fits(&cp, cops.len()) {
                 (p, ops, inlined) = (np, nops, true);
             }
         }
@@ -252,18 +263,33 @@ pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
         if parts.len() != members.len() {
             continue;
         }
-        let refs: Vec<(&Program, &[Id])> = parts.iter().map(|(p, c, _)| (p, c.as_slice())).collect();
-        let (merged, ops) = Program::merge(&refs);
-        let (merged, ops) = merged.canonical(&ops);
-        let types: Vec<TensorType> = parts.iter().map(|(_, _, t)| t.clone()).collect();
-        let multi_op = eg.analysis.intern(EOp::Multi { program: merged, types });
-        let multi = eg.add(ENode { op: multi_op, children: ops });
-        for (i, &m) in members.iter().enumerate() {
-            let proj = eg.analysis.intern(EOp::Proj(i as u32));
-            let p = eg.add(ENode { op: proj, children: vec![multi] });
-            eg.union(m, p);
+        // Members in order, as many per kernel as fit the operand and instruction limits.
+        let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
+        for i in 0..parts.len() {
+            let current = chunks.last_mut().expect("invariant: at least one chunk");
+            current.push(i);
+            let refs: Vec<(&Program, &[Id])> = current.iter().map(|&j| (&parts[j].0, parts[j].1.as_slice())).collect();
+            let (merged, ops) = Program::merge(&refs);
+            let (merged, ops) = merged.canonical(&ops);
+            if current.len() > 1 && !fits(&merged, ops.len()) {
+                current.pop();
+                chunks.push(vec![i]);
+            }
         }
-        added += 1;
+        for chunk in chunks.into_iter().filter(|c| c.len() > 1) {
+            let refs: Vec<(&Program, &[Id])> = chunk.iter().map(|&j| (&parts[j].0, parts[j].1.as_slice())).collect();
+            let (merged, ops) = Program::merge(&refs);
+            let (merged, ops) = merged.canonical(&ops);
+            let types: Vec<TensorType> = chunk.iter().map(|&j| parts[j].2.clone()).collect();
+            let multi_op = eg.analysis.intern(EOp::Multi { program: merged, types });
+            let multi = eg.add(ENode { op: multi_op, children: ops });
+            for (i, &j) in chunk.iter().enumerate() {
+                let proj = eg.analysis.intern(EOp::Proj(i as u32));
+                let p = eg.add(ENode { op: proj, children: vec![multi] });
+                eg.union(members[j], p);
+            }
+            added += 1;
+        }
     }
     eg.rebuild();
     added

@@ -6,7 +6,7 @@ mod fusion;
 mod optimizer;
 
 pub(crate) use fusion::sibling_outputs;
-pub use fusion::MAX_PROGRAM_INSTRS;
+pub use fusion::{MAX_PROGRAM_INSTRS, MAX_PROGRAM_OPERANDS};
 
 use super::lang::{EOp, EG};
 use egg::Id;
