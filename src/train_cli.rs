@@ -292,10 +292,7 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
 pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
     let base: BaseOptimizer = spec.base.clone();
-    let sam = match spec.sam.clone() {
-        Some(s) => s,
-        None => plateau::Sam::default(),
-    };
+    let sam = spec.sam.clone().unwrap_or_default();
     let base_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "AdamW" } else { "SGD" };
     let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
     let runs = [(base_name, OptimizerSpec { base: base.clone(), sam: None }), (sam_name, OptimizerSpec { base, sam: Some(sam) })];

@@ -139,7 +139,7 @@ fn cifar_binary_loader_reads_records_and_rejects_cut_files() {
         r
     };
     for i in 1..=5 {
-        let body: Vec<u8> = (0..4).flat_map(|k| rec((k + i) % 10, 51 * (k as u8))).collect();
+        let body: Vec<u8> = (0..4).flat_map(|k| rec((k + i) % 10, 51 * k)).collect();
         std::fs::write(tmp.path().join(format!("data_batch_{i}.bin")), body).unwrap();
     }
     std::fs::write(tmp.path().join("test_batch.bin"), [rec(3, 255), rec(9, 0)].concat()).unwrap();

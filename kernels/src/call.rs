@@ -34,7 +34,8 @@ impl KernelCall {
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
-            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } => (s.o * s.c * s.kh * s.kw * GRAD_WEIGHT_UNITS, GRAD_WEIGHT_UNITS as u32),
+            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } if grad_weight_per_cube(s) => (s.o * s.c * s.kh * s.kw * GRAD_WEIGHT_UNITS, GRAD_WEIGHT_UNITS as u32),
+            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } => (s.o * s.c * s.kh * s.kw, BLOCK),
             KernelCall::Window { kind, spec: s } => match kind {
                 WindowKind::Conv2d => (s.n * s.o * s.ho * s.wo, BLOCK),
                 WindowKind::MaxPool2d | WindowKind::MaxPool2dGather | WindowKind::AvgPool2d => (s.n * s.c * s.ho * s.wo, BLOCK),
@@ -90,7 +91,8 @@ impl KernelCall {
                 match kind {
                     WindowKind::Conv2d => conv2d::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::Conv2dGradInput => conv2d_grad_input::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
-                    WindowKind::Conv2dGradWeight => conv2d_grad_weight::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::Conv2dGradWeight if grad_weight_per_cube(&spec) => conv2d_grad_weight::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::Conv2dGradWeight => conv2d_grad_weight_unit::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::MaxPool2d => max_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
                     WindowKind::MaxPool2dGather => max_pool2d_gather::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::MaxPool2dGrad => max_pool2d_grad::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
@@ -175,7 +177,8 @@ impl KernelCall {
                     match kind {
                         WindowKind::Conv2d => conv2d::expand(&mut b.scope, x, y, o, spec),
                         WindowKind::Conv2dGradInput => conv2d_grad_input::expand(&mut b.scope, x, y, o, spec),
-                        WindowKind::Conv2dGradWeight => conv2d_grad_weight::expand(&mut b.scope, x, y, o, spec),
+                        WindowKind::Conv2dGradWeight if grad_weight_per_cube(&spec) => conv2d_grad_weight::expand(&mut b.scope, x, y, o, spec),
+                        WindowKind::Conv2dGradWeight => conv2d_grad_weight_unit::expand(&mut b.scope, x, y, o, spec),
                         WindowKind::MaxPool2dGather => max_pool2d_gather::expand(&mut b.scope, x, y, o, spec),
                         _ => max_pool2d_grad::expand(&mut b.scope, x, y, o, spec),
                     }

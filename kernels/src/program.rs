@@ -106,10 +106,10 @@ impl Access {
     /// vectors, a splat when it is constant across each vector, `None` otherwise.
     fn vectorized(&self, w: usize) -> Option<Access> {
         if self.identity {
-            return (self.offset % w == 0).then(|| Access { offset: self.offset / w, ..self.clone() });
+            return self.offset.is_multiple_of(w).then(|| Access { offset: self.offset / w, ..self.clone() });
         }
         let inner = self.axes.iter().position(|a| a.0 == 1);
-        let outer_ok = |a: &(usize, usize, usize)| a.0 % w == 0;
+        let outer_ok = |a: &(usize, usize, usize)| a.0.is_multiple_of(w);
         match inner {
             None if self.axes.iter().all(outer_ok) => {
                 let axes = self.axes.iter().map(|&(d, e, s)| (d / w, e, s)).collect();
@@ -117,8 +117,8 @@ impl Access {
             }
             Some(i) => {
                 let (_, e, s) = self.axes[i];
-                let others_ok = self.axes.iter().enumerate().all(|(j, a)| j == i || (outer_ok(a) && a.2 % w == 0));
-                if s != 1 || e % w != 0 || self.offset % w != 0 || !others_ok {
+                let others_ok = self.axes.iter().enumerate().all(|(j, a)| j == i || (outer_ok(a) && a.2.is_multiple_of(w)));
+                if s != 1 || !e.is_multiple_of(w) || !self.offset.is_multiple_of(w) || !others_ok {
                     return None;
                 }
                 let axes = self.axes.iter().enumerate().map(|(j, &(d, e, s))| if j == i { (1, e / w, 1) } else { (d / w, e, s / w) }).collect();
@@ -133,7 +133,7 @@ impl KernelProgram {
     /// The program over `n` positions in `w`-wide vectors, when every operand and output
     /// allows it (`n` and every output offset are multiples of `w`, every read vectorizes).
     pub fn vectorized(&self, n: usize, w: usize) -> Option<KernelProgram> {
-        if w <= 1 || n % w != 0 || self.width != 1 || self.output_offsets.iter().any(|o| o % w != 0) {
+        if w <= 1 || !n.is_multiple_of(w) || self.width != 1 || self.output_offsets.iter().any(|o| !o.is_multiple_of(w)) {
             return None;
         }
         let mut access = Vec::with_capacity(self.access.len());

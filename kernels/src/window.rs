@@ -130,6 +130,41 @@ pub fn conv2d_grad_weight(x: &Array<f32>, gy: &Array<f32>, gw: &mut Array<f32>, 
     }
 }
 
+/// Below this many terms per weight element, one unit computes one element (a cube per
+/// element would spend its time in barriers).
+pub const GRAD_WEIGHT_CUBE_MIN: usize = 1024;
+
+/// Whether the weight gradient of `s` uses a cube per element.
+pub fn grad_weight_per_cube(s: &WindowSpec) -> bool {
+    s.n * s.ho * s.wo >= GRAD_WEIGHT_CUBE_MIN
+}
+
+/// The same sum as [`conv2d_grad_weight`], one unit per weight element (short sums).
+#[cube(launch)]
+pub fn conv2d_grad_weight_unit(x: &Array<f32>, gy: &Array<f32>, gw: &mut Array<f32>, #[comptime] s: WindowSpec) {
+    let pos = ABSOLUTE_POS;
+    if pos < comptime!(s.o * s.c * s.kh * s.kw) {
+        let j = pos % comptime!(s.kw);
+        let i = (pos / comptime!(s.kw)) % comptime!(s.kh);
+        let c = (pos / comptime!(s.kw * s.kh)) % comptime!(s.c);
+        let o = pos / comptime!(s.kw * s.kh * s.c);
+        let mut acc = 0.0f32;
+        for t in 0..comptime!(s.n * s.ho * s.wo) {
+            let ox = t % comptime!(s.wo);
+            let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
+            let n = t / comptime!(s.wo * s.ho);
+            let yy = oy * comptime!(s.sh) + i;
+            let xx = ox * comptime!(s.sw) + j;
+            if yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
+                let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
+                let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
+                acc += gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
+            }
+        }
+        gw[comptime!(s.offsets.2) + pos] = acc;
+    }
+}
+
 /// The flat input index (within image-channel plane `nc`) of window (oy, ox)'s first maximum.
 #[cube]
 fn window_argmax(x: &Array<f32>, nc: usize, oy: usize, ox: usize, #[comptime] s: WindowSpec) -> usize {

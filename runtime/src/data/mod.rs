@@ -137,7 +137,7 @@ impl Dataset {
             DataSource::Cifar100(dir) => cifar::load(dir, true)?,
         };
         if let Some((mean, std)) = normalize {
-            if !(std > 0.0) || !mean.is_finite() || !std.is_finite() {
+            if std.is_nan() || std <= 0.0 || !mean.is_finite() || !std.is_finite() {
                 return Err(DataError::Spec(format!("--normalize needs a finite mean and a positive std, got {mean},{std}")));
             }
             for v in d.train.images.iter_mut().chain(d.test.images.iter_mut()) {
