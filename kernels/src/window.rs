@@ -89,6 +89,25 @@ pub fn conv2d_grad_input(gy: &Array<f32>, wt: &Array<f32>, gx: &mut Array<f32>, 
 /// loop each unit runs short.
 pub const GRAD_WEIGHT_UNITS: usize = 256;
 
+/// Term `t` (over batch and output positions) of the weight gradient's sum for weight
+/// element `(o, c, i, j)`: `gy[n,o,oy,ox] * x[n,c,oy*sh+i-ph,ox*sw+j-pw]`, 0 in the padding.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn grad_weight_term(x: &Array<f32>, gy: &Array<f32>, o: usize, c: usize, i: usize, j: usize, t: usize, #[comptime] s: WindowSpec) -> f32 {
+    let ox = t % comptime!(s.wo);
+    let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
+    let n = t / comptime!(s.wo * s.ho);
+    let yy = oy * comptime!(s.sh) + i;
+    let xx = ox * comptime!(s.sw) + j;
+    let mut v = 0.0f32;
+    if yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
+        let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
+        let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
+        v = gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
+    }
+    v
+}
+
 /// `gw[o,c,i,j] = sum_{n,oy,ox} gy[n,o,oy,ox] * x[n,c,oy*sh+i-ph,ox*sw+j-pw]`, one cube per
 /// weight element.
 #[cube(launch)]
@@ -102,15 +121,8 @@ pub fn conv2d_grad_weight(x: &Array<f32>, gy: &Array<f32>, gw: &mut Array<f32>, 
     let mut acc = 0.0f32;
     let mut t = tid;
     while t < comptime!(s.n * s.ho * s.wo) {
-        let ox = t % comptime!(s.wo);
-        let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
-        let n = t / comptime!(s.wo * s.ho);
-        let yy = oy * comptime!(s.sh) + i;
-        let xx = ox * comptime!(s.sw) + j;
-        if o < comptime!(s.o) && yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
-            let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
-            let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
-            acc += gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
+        if o < comptime!(s.o) {
+            acc += grad_weight_term(x, gy, o, c, i, j, t, s);
         }
         t += comptime!(GRAD_WEIGHT_UNITS);
     }
@@ -150,16 +162,7 @@ pub fn conv2d_grad_weight_unit(x: &Array<f32>, gy: &Array<f32>, gw: &mut Array<f
         let o = pos / comptime!(s.kw * s.kh * s.c);
         let mut acc = 0.0f32;
         for t in 0..comptime!(s.n * s.ho * s.wo) {
-            let ox = t % comptime!(s.wo);
-            let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
-            let n = t / comptime!(s.wo * s.ho);
-            let yy = oy * comptime!(s.sh) + i;
-            let xx = ox * comptime!(s.sw) + j;
-            if yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
-                let xi = ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw));
-                let gi = ((n * comptime!(s.o) + o) * comptime!(s.ho) + oy) * comptime!(s.wo) + ox;
-                acc += gy[comptime!(s.offsets.1) + gi] * x[comptime!(s.offsets.0) + xi];
-            }
+            acc += grad_weight_term(x, gy, o, c, i, j, t, s);
         }
         gw[comptime!(s.offsets.2) + pos] = acc;
     }

@@ -54,16 +54,23 @@ impl Builder {
             .collect()
     }
 
-    /// The model's loss at parameters `w` on `(x, labels)`, and its gradient with respect to
-    /// `wrt` (the arena vector `w` itself for second-order SAM) or, by default, to `w`'s
-    /// views, gathered into an arena vector.
-    #[allow(clippy::too_many_arguments)]
-    fn pass(&mut self, model: &LossModel, w: NodeId, x: NodeId, labels: NodeId, fwd: Phase, bwd: Phase, wrt: Option<NodeId>) -> Result<Pass, IrError> {
+    /// Imports `model` with its parameters read from views of the arena vector `w` and its
+    /// inputs bound to `x` and `labels`; returns the views and the node map.
+    fn import_model(&mut self, model: &LossModel, w: NodeId, x: NodeId, labels: NodeId) -> Result<(Vec<NodeId>, HashMap<NodeId, NodeId>), IrError> {
         let views = self.views(w)?;
         let mut subst: HashMap<NodeId, NodeId> = model.params.iter().copied().zip(views.iter().copied()).collect();
         subst.insert(model.input, x);
         subst.insert(model.labels, labels);
         let map = self.g.import(&model.graph, &subst)?;
+        Ok((views, map))
+    }
+
+    /// The model's loss at parameters `w` on `(x, labels)`, and its gradient with respect to
+    /// `wrt` (the arena vector `w` itself for second-order SAM) or, by default, to `w`'s
+    /// views, gathered into an arena vector.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(&mut self, model: &LossModel, w: NodeId, x: NodeId, labels: NodeId, fwd: Phase, bwd: Phase, wrt: Option<NodeId>) -> Result<Pass, IrError> {
+        let (views, map) = self.import_model(model, w, x, labels)?;
         let loss = map[&model.loss];
         let accuracy = map[&model.accuracy];
         let updates = model
@@ -184,30 +191,35 @@ impl Builder {
     }
 }
 
+/// The arena over `model`'s parameters, in their order; `op` names the caller in errors.
+fn model_arena(model: &LossModel, op: &str) -> Result<Arena, IrError> {
+    let src = &model.graph;
+    let names: Vec<(String, Shape)> = model
+        .params
+        .iter()
+        .map(|&p| match &src.node(p).op {
+            Op::Param { name } => Ok((name.clone(), src.shape(p).clone())),
+            other => Err(IrError::Invalid { op: op.into(), reason: format!("{other} is not a parameter") }),
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Err(IrError::Invalid { op: op.into(), reason: "the model has no parameters".into() });
+    }
+    Ok(Arena::new(names.iter().map(|(n, s)| (n.as_str(), s))))
+}
+
 /// Builds the evaluation program of `model` (traced in evaluation mode) over the same
 /// parameter arena as its training step: a forward pass at the arena `params` with outputs
 /// `loss` and `accuracy`, and no updates. BatchNorm reads its running statistics.
 pub fn build_eval_step(model: &LossModel) -> Result<Step, IrError> {
     let src = &model.graph;
     let dtype = src.dtype(model.loss);
-    let names: Vec<(String, Shape)> = model
-        .params
-        .iter()
-        .map(|&p| match &src.node(p).op {
-            Op::Param { name } => Ok((name.clone(), src.shape(p).clone())),
-            other => Err(IrError::Invalid { op: "build_eval_step".into(), reason: format!("{other} is not a parameter") }),
-        })
-        .collect::<Result<_, _>>()?;
-    let arena = Arena::new(names.iter().map(|(n, s)| (n.as_str(), s)));
+    let arena = model_arena(model, "build_eval_step")?;
     let mut b = Builder { g: Graph::new(), arena, phases: BTreeMap::new() };
     let w = b.g.leaf(Op::Param { name: "params".into() }, dtype, [b.arena.len])?;
     let x = b.g.leaf(src.node(model.input).op.clone(), src.dtype(model.input), src.shape(model.input).clone())?;
     let labels = b.g.leaf(src.node(model.labels).op.clone(), src.dtype(model.labels), src.shape(model.labels).clone())?;
-    let views = b.views(w)?;
-    let mut subst: HashMap<NodeId, NodeId> = model.params.iter().copied().zip(views).collect();
-    subst.insert(model.input, x);
-    subst.insert(model.labels, labels);
-    let map = b.g.import(src, &subst)?;
+    let (_, map) = b.import_model(model, w, x, labels)?;
     b.tag(Phase::Forward);
     let mut g = b.g;
     g.add_output("loss", map[&model.loss], OutputKind::Value)?;
@@ -221,18 +233,7 @@ pub fn build_step(model: &LossModel, micro: Option<&LossModel>, spec: &Optimizer
     let invalid = |reason: String| IrError::Invalid { op: "build_step".into(), reason };
     let src = &model.graph;
     let dtype = src.dtype(model.loss);
-    let names: Vec<(String, Shape)> = model
-        .params
-        .iter()
-        .map(|&p| match &src.node(p).op {
-            Op::Param { name } => Ok((name.clone(), src.shape(p).clone())),
-            other => Err(invalid(format!("{other} is not a parameter"))),
-        })
-        .collect::<Result<_, _>>()?;
-    if names.is_empty() {
-        return Err(invalid("the model has no parameters".into()));
-    }
-    let arena = Arena::new(names.iter().map(|(n, s)| (n.as_str(), s)));
+    let arena = model_arena(model, "build_step")?;
     let mut b = Builder { g: Graph::new(), arena, phases: BTreeMap::new() };
     let p = b.arena.len;
 
