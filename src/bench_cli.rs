@@ -57,10 +57,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.rounds == 0 {
         bail!("--batch and --rounds must be positive");
     }
-    let input = match model {
-        ModelSpec::ResNet18 | ModelSpec::Wrn16 { .. } => vec![3, 32, 32],
-        _ => vec![1, 28, 28],
-    };
+    let input = crate::default_input(&model);
     let opts = TraceOptions { batch_size: args.batch, input_shape: input.clone(), ..TraceOptions::default() };
     let base = BaseOptimizer::sgd(0.9, 5e-4);
     let mut plan = vec![("sgd", OptimizerSpec { base: base.clone(), sam: None }, false), ("sam", OptimizerSpec { base: base.clone(), sam: Some(Sam::default()) }, false)];

@@ -44,9 +44,21 @@ pub fn initial_state(model: &TracedModel, step: &Step, seed: u64) -> Result<Bind
 /// Traces `model`, builds its training step under `spec` (the naive per-tensor program when
 /// `naive` is set) and compiles it (fusing when `rewrite` is set).
 pub fn compile(model: &ModelSpec, opts: &TraceOptions, spec: &OptimizerSpec, naive: bool, rewrite: bool) -> anyhow::Result<(TracedModel, Step, Compiled)> {
-    let traced = trace(model, opts)?;
+    compile_with(&|o: &TraceOptions| Ok(trace(model, o)?), opts, spec, naive, rewrite)
+}
+
+/// [`compile`] for a model given as a function that traces it at any options (the m-sharpness
+/// micro-batch needs a second trace).
+pub fn compile_with(
+    trace_at: &dyn Fn(&TraceOptions) -> anyhow::Result<TracedModel>,
+    opts: &TraceOptions,
+    spec: &OptimizerSpec,
+    naive: bool,
+    rewrite: bool,
+) -> anyhow::Result<(TracedModel, Step, Compiled)> {
+    let traced = trace_at(opts)?;
     let micro = match spec.sam.as_ref().and_then(|s| s.micro_batch) {
-        Some(m) => Some(trace(model, &TraceOptions { batch_size: m, ..opts.clone() })?.loss_model()),
+        Some(m) => Some(trace_at(&TraceOptions { batch_size: m, ..opts.clone() })?.loss_model()),
         None => None,
     };
     let lm = traced.loss_model();

@@ -186,6 +186,15 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The example shape a model takes unless `--input` says otherwise: 3x32x32 for the
+/// ResNets, 1x28x28 for the MLP and the CNN.
+pub(crate) fn default_input(spec: &ModelSpec) -> Vec<usize> {
+    match spec {
+        ModelSpec::ResNet18 | ModelSpec::Wrn16 { .. } => vec![3, 32, 32],
+        _ => vec![1, 28, 28],
+    }
+}
+
 /// The model and trace options the common flags describe.
 fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
     let ModelArgs { model, hidden, batch_size, input, classes } = args;
@@ -200,11 +209,7 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
     if batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let default_input = match spec {
-        ModelSpec::ResNet18 | ModelSpec::Wrn16 { .. } => vec![3, 32, 32],
-        _ => vec![1, 28, 28],
-    };
-    let opts = TraceOptions { batch_size, input_shape: input.clone().unwrap_or(default_input), classes, ..TraceOptions::default() };
+    let opts = TraceOptions { batch_size, input_shape: input.clone().unwrap_or_else(|| default_input(&spec)), classes, ..TraceOptions::default() };
     Ok((spec, opts))
 }
 

@@ -6,7 +6,7 @@
 //! produces the weights of the uninterrupted run, bit for bit, on the same backend.
 
 use crate::checkpoint::{self, Checkpoint, TensorEntry};
-use crate::{build_eval_step, compile_step, initial_state, trace, Compiled, DType, ModelSpec, OptimizerSpec, Step, Tensor, TraceOptions, TracedModel};
+use crate::{build_eval_step, compile_step, initial_state, trace, Compiled, DType, ModelSpec, OptimizerSpec, Tensor, TraceOptions, TracedModel};
 use anyhow::{bail, Context, Result};
 use plateau_compiler::step::Arena;
 use plateau_runtime::data::{batch, epoch_order, Augment, Dataset, Split};
@@ -185,17 +185,6 @@ pub struct Trainer<'d> {
     pub progress: bool,
 }
 
-fn compile_traced(model: &Model, opts: &TraceOptions, spec: &OptimizerSpec) -> Result<(TracedModel, Step, Compiled)> {
-    let traced = model.trace(opts)?;
-    let micro = match spec.sam.as_ref().and_then(|s| s.micro_batch) {
-        Some(m) => Some(model.trace(&TraceOptions { batch_size: m, ..opts.clone() })?.loss_model()),
-        None => None,
-    };
-    let step = crate::build_step(&traced.loss_model(), micro.as_ref(), spec)?;
-    let compiled = compile_step(&step, true)?;
-    Ok((traced, step, compiled))
-}
-
 fn scalar(v: f64) -> Tensor {
     Tensor::scalar(DType::F32, v)
 }
@@ -222,7 +211,7 @@ impl<'d> Trainer<'d> {
             Budget::Steps(s) => s,
         };
         let opts = TraceOptions { batch_size: c.batch_size, input_shape: data.shape.to_vec(), classes: data.classes, ..TraceOptions::default() };
-        let (traced, step, compiled) = compile_traced(model, &opts, &c.optimizer).with_context(|| format!("compiling {}", model.name()))?;
+        let (traced, step, compiled) = crate::compile_with(&|o: &TraceOptions| model.trace(o), &opts, &c.optimizer, false, true).with_context(|| format!("compiling {}", model.name()))?;
         let mut b = initial_state(&traced, &step, c.seed)?;
         let (x, y) = batch(&data.train, data.shape, &(0..c.batch_size).collect::<Vec<_>>(), None);
         b.set("input", "x", Tensor::from_f32(traced.graph.shape(traced.input).clone(), &x)?);
@@ -338,9 +327,14 @@ impl<'d> Trainer<'d> {
             bar.finish_and_clear();
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = self.evaluate(&self.data.test.clone())?;
-        let validation = match self.validation.clone() {
-            Some(v) => Some(self.evaluate(&v)?),
+        let data = self.data;
+        let (test_loss, test_accuracy) = self.evaluate(&data.test)?;
+        let validation = match self.validation.take() {
+            Some(v) => {
+                let r = self.evaluate(&v);
+                self.validation = Some(v);
+                Some(r?)
+            }
             None => None,
         };
         let m = EpochMetrics {

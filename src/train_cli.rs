@@ -297,11 +297,11 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
     let runs = [(base_name, OptimizerSpec { base: base.clone(), sam: None }), (sam_name, OptimizerSpec { base, sam: Some(sam) })];
     let mut results: Vec<(&str, Vec<EpochMetrics>)> = Vec::new();
-    let p0 = prepare(&args.run, runs[0].1.clone(), args.opt.rho)?;
+    let mut p0 = prepare(&args.run, runs[0].1.clone(), args.opt.rho)?;
     for (name, spec) in runs {
-        let p = Prepared { config: TrainConfig { optimizer: spec, ..p0.config.clone() }, model: p0.model.clone(), data: p0.data.clone(), data_name: p0.data_name.clone(), validation: p0.validation.clone() };
-        let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
-        describe(&p, &t, name);
+        p0.config.optimizer = spec;
+        let mut t = Trainer::new(&p0.model, &p0.config, &p0.data, &p0.data_name, p0.validation.clone())?;
+        describe(&p0, &t, name);
         drive(&mut t, None, false, None)?;
         results.push((name, t.history.clone()));
     }

@@ -182,13 +182,7 @@ impl<R: Runtime> DeviceStep<R> {
             self.sync()?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        for o in self.graph.outputs().to_vec() {
-            if let OutputKind::StateUpdate { state } = o.kind {
-                if self.place_of(o.node) != self.place_of(state) {
-                    self.copy(o.node, state);
-                }
-            }
-        }
+        self.copy_back();
         self.sync()?;
         Ok(times)
     }
@@ -199,14 +193,19 @@ impl<R: Runtime> DeviceStep<R> {
         for k in self.compiled.schedule.kernels.clone() {
             self.launch(&k.nodes)?;
         }
-        for o in self.graph.outputs().to_vec() {
+        self.copy_back();
+        Ok(())
+    }
+
+    /// Copies the state updates that were not computed in place into their states.
+    fn copy_back(&self) {
+        for o in self.graph.outputs() {
             if let OutputKind::StateUpdate { state } = o.kind {
                 if self.place_of(o.node) != self.place_of(state) {
                     self.copy(o.node, state);
                 }
             }
         }
-        Ok(())
     }
 
     fn copy(&self, from: NodeId, to: NodeId) {
