@@ -282,24 +282,108 @@ fn unfused_and_second_order_cnn_steps_on_wgpu_match_the_reference() {
     check_device_step("cnn second-order sam", &plateau::ModelSpec::Cnn, OptimizerSpec { base, sam: Some(Sam { second_order: true, ..Sam::default() }) });
 }
 
+/// Runs the kernel computing `node` through the lowering, each operand (`inputs`, in operand
+/// order) and the output placed at an odd element offset after NaN garbage; returns the output.
+fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> {
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::lower;
+    let client = client();
+    let ops = g.operands(node);
+    let place = |id: plateau::NodeId| if id == node { 5 } else { 3 + 4 * ops.iter().position(|&o| o == id).unwrap() };
+    let l = lower(g, &[node], &place).unwrap();
+    let n = l.output_len[0];
+    let out = client.empty((n + 5) * 4);
+    // The kernel's arguments in its own order (the lowering may reorder the operands).
+    let args: Vec<_> = l
+        .inputs
+        .iter()
+        .map(|id| {
+            let i = ops.iter().position(|o| o == id).unwrap();
+            let mut padded = vec![f32::NAN; 3 + 4 * i];
+            padded.extend_from_slice(inputs[i]);
+            // SAFETY: the handle holds the stated number of f32 values.
+            unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
+        })
+        .collect();
+    // SAFETY: as above.
+    let o = unsafe { ArrayArg::from_raw_parts(out.clone(), n + 5) };
+    l.call.launch(&client, args, vec![o]);
+    download(&client, out, n + 5).unwrap()[5..].to_vec()
+}
+
+/// `got` against `want` relative to the largest magnitude (sums are ordered differently).
+fn assert_close_scaled(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().map(|v| v.abs()).fold(1f32, f32::max);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 2e-5 * scale, "{what}: element {i}: {a} vs {b}");
+    }
+}
+
+/// The GEMM kernel as a matmul: every transpose, sizes on and off the tile and register block
+/// boundaries (blocks of 1, 2 and 4), operands at offsets.
+#[test]
+fn matmuls_match_the_reference_at_every_size() {
+    for (i, &(m, k, n)) in [(1, 1, 1), (3, 5, 2), (17, 33, 16), (70, 19, 130), (64, 128, 64), (129, 40, 31)].iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut g = Graph::new();
+            let (sa, sb) = (if ta { [k, m] } else { [m, k] }, if tb { [n, k] } else { [k, n] });
+            let a = g.leaf(Op::Input { name: "a".into() }, DType::F32, sa).unwrap();
+            let b = g.leaf(Op::Input { name: "b".into() }, DType::F32, sb).unwrap();
+            let y = g.add(Op::MatMul { ta, tb }, &[a, b]).unwrap();
+            let (da, db) = (random(m * k, 40 + i as u64), random(k * n, 50 + i as u64));
+            let mut bind = Bindings::new();
+            bind.set("input", "a", Tensor::from_f32(sa.to_vec(), &da).unwrap());
+            bind.set("input", "b", Tensor::from_f32(sb.to_vec(), &db).unwrap());
+            let want = evaluate(&g, &bind, &[y]).unwrap()[0].to_f32();
+            assert_close_scaled(&format!("{m}x{k}x{n} ta={ta} tb={tb}"), &run_lowered(&g, y, &[&da, &db]), &want);
+        }
+    }
+}
+
+/// The convolution and its two gradients as implicit GEMMs: strides, padding, 1x1 and
+/// rectangular kernels, odd sizes, operands at offsets.
+#[test]
+fn convolutions_match_the_reference() {
+    use plateau::compiler::ir::Conv2dAttrs;
+    // (batch, in channels, h, w, out channels, kernel, stride, padding)
+    let cases = [
+        (2, 3, 7, 6, 5, [3, 3], [1, 1], [1, 1]),
+        (3, 4, 9, 8, 6, [3, 3], [2, 2], [1, 1]),
+        (2, 5, 6, 6, 70, [1, 1], [2, 2], [0, 0]),
+        (1, 2, 8, 7, 3, [3, 2], [2, 1], [1, 0]),
+        (4, 33, 5, 5, 40, [3, 3], [1, 1], [1, 1]),
+    ];
+    for (i, &(n, c, h, w, o, kernel, stride, padding)) in cases.iter().enumerate() {
+        let attrs = Conv2dAttrs { stride, padding };
+        let mut g = Graph::new();
+        let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, [n, c, h, w]).unwrap();
+        let wt = g.leaf(Op::Input { name: "w".into() }, DType::F32, [o, c, kernel[0], kernel[1]]).unwrap();
+        let y = g.add(Op::Conv2d(attrs), &[x, wt]).unwrap();
+        let ys = g.shape(y).0.clone();
+        let gy = g.leaf(Op::Input { name: "gy".into() }, DType::F32, ys.clone()).unwrap();
+        let gx = g.add(Op::Conv2dGradInput { attrs, input_hw: [h, w] }, &[gy, wt]).unwrap();
+        let gw = g.add(Op::Conv2dGradWeight { attrs, kernel }, &[x, gy]).unwrap();
+        let (dx, dw) = (random(n * c * h * w, 60 + i as u64), random(o * c * kernel[0] * kernel[1], 70 + i as u64));
+        let dgy = random(ys.iter().product(), 80 + i as u64);
+        let mut bind = Bindings::new();
+        bind.set("input", "x", Tensor::from_f32(vec![n, c, h, w], &dx).unwrap());
+        bind.set("input", "w", Tensor::from_f32(vec![o, c, kernel[0], kernel[1]], &dw).unwrap());
+        bind.set("input", "gy", Tensor::from_f32(ys.clone(), &dgy).unwrap());
+        let want = evaluate(&g, &bind, &[y, gx, gw]).unwrap();
+        assert_close_scaled(&format!("conv {i}"), &run_lowered(&g, y, &[&dx, &dw]), &want[0].to_f32());
+        assert_close_scaled(&format!("conv grad input {i}"), &run_lowered(&g, gx, &[&dgy, &dw]), &want[1].to_f32());
+        assert_close_scaled(&format!("conv grad weight {i}"), &run_lowered(&g, gw, &[&dx, &dgy]), &want[2].to_f32());
+    }
+}
+
 /// A weight gradient summing over more than 65,536 positions per output (batch 128 at 28x28).
 #[test]
 fn long_accumulations_are_not_truncated() {
-    use plateau::kernels::cubecl::prelude::*;
-    use plateau::kernels::host::{download, upload};
-    use plateau::kernels::window::{conv2d_grad_weight, WindowSpec};
-    let client = client();
     let (n, h) = (128usize, 28usize);
     let x = random(n * h * h, 21);
     let gy = random(n * 2 * h * h, 22);
-    let s = WindowSpec { n, c: 1, h, w: h, o: 2, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1, ho: h, wo: h, offsets: (0, 0, 0) };
-    let out = client.empty(18 * 4);
-    // SAFETY: the handles hold the stated number of f32 values.
-    let (a, b, o) = unsafe {
-        (ArrayArg::from_raw_parts(upload(&client, &x), x.len()), ArrayArg::from_raw_parts(upload(&client, &gy), gy.len()), ArrayArg::from_raw_parts(out.clone(), 18))
-    };
-    conv2d_grad_weight::launch::<WgpuRuntime>(&client, CubeCount::Static(18, 1, 1), CubeDim::new_1d(256), a, b, o, s);
-    let got = download(&client, out, 18).unwrap();
     let mut g = Graph::new();
     let xi = g.leaf(Op::Input { name: "x".into() }, DType::F32, [n, 1, h, h]).unwrap();
     let gi = g.leaf(Op::Input { name: "gy".into() }, DType::F32, [n, 2, h, h]).unwrap();
@@ -309,6 +393,7 @@ fn long_accumulations_are_not_truncated() {
     bind.set("input", "x", plateau::Tensor::from_f32(vec![n, 1, h, h], &x).unwrap());
     bind.set("input", "gy", plateau::Tensor::from_f32(vec![n, 2, h, h], &gy).unwrap());
     let want = evaluate(&g, &bind, &[y]).unwrap()[0].to_f32();
+    let got = run_lowered(&g, y, &[&x, &gy]);
     let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-3 * scale.max(1.0), "{got:?} vs {want:?}");
@@ -408,3 +493,4 @@ fn kernel_compile_failures_are_errors() {
     let err = fused_map_on(&client, &p, &Shape(vec![8]), &[&random(8, 1)]).unwrap_err();
     assert!(err.contains("compil"), "{err}");
 }
+

@@ -5,7 +5,8 @@ use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
-use crate::macros::{dropout_mask, matmul, one_hot, pad};
+use crate::gemm::{gemm, GEMM_SIDE};
+use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
@@ -27,17 +28,11 @@ impl KernelCall {
             KernelCall::Map { n, .. } => (*n, BLOCK),
             KernelCall::Reduce { layout, .. } if layout.reduce_len >= CUBE_REDUCE_MIN => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
-            KernelCall::Matmul(s) => {
-                let t = crate::macros::MATMUL_TILE;
-                (s.m.div_ceil(t) * s.n.div_ceil(t) * t * t, (t * t) as u32)
-            }
+            KernelCall::Gemm(s) => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
-            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } if grad_weight_per_cube(s) => (s.o * s.c * s.kh * s.kw * GRAD_WEIGHT_UNITS, GRAD_WEIGHT_UNITS as u32),
-            KernelCall::Window { kind: WindowKind::Conv2dGradWeight, spec: s } => (s.o * s.c * s.kh * s.kw, BLOCK),
             KernelCall::Window { kind, spec: s } => match kind {
-                WindowKind::Conv2d => (s.n * s.o * s.ho * s.wo, BLOCK),
                 WindowKind::MaxPool2d | WindowKind::MaxPool2dGather | WindowKind::AvgPool2d => (s.n * s.c * s.ho * s.wo, BLOCK),
                 _ => (s.n * s.c * s.h * s.w, BLOCK),
             },
@@ -75,9 +70,9 @@ impl KernelCall {
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
                 launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
             }
-            KernelCall::Matmul(s) => {
+            KernelCall::Gemm(s) => {
                 let (a, b) = (next_in(), next_in());
-                matmul::launch::<R>(client, count, dim, a, b, outs.next().expect("one output"), s);
+                gemm::launch::<R>(client, count, dim, a, b, outs.next().expect("one output"), s);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
@@ -89,10 +84,6 @@ impl KernelCall {
             KernelCall::Window { kind, spec } => {
                 let o = outs.next().expect("one output");
                 match kind {
-                    WindowKind::Conv2d => conv2d::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
-                    WindowKind::Conv2dGradInput => conv2d_grad_input::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
-                    WindowKind::Conv2dGradWeight if grad_weight_per_cube(&spec) => conv2d_grad_weight::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
-                    WindowKind::Conv2dGradWeight => conv2d_grad_weight_unit::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::MaxPool2d => max_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
                     WindowKind::MaxPool2dGather => max_pool2d_gather::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::MaxPool2dGrad => max_pool2d_grad::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
@@ -141,10 +132,10 @@ impl KernelCall {
                     (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
                 }
             }
-            KernelCall::Matmul(s) => {
+            KernelCall::Gemm(s) => {
                 let (x, y) = (input(&mut b), input(&mut b));
                 let o = output(&mut b);
-                matmul::expand(&mut b.scope, x, y, o, s);
+                gemm::expand(&mut b.scope, x, y, o, s);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 let x = input(&mut b);
@@ -175,10 +166,6 @@ impl KernelCall {
                     let (x, y) = (input(&mut b), input(&mut b));
                     let o = output(&mut b);
                     match kind {
-                        WindowKind::Conv2d => conv2d::expand(&mut b.scope, x, y, o, spec),
-                        WindowKind::Conv2dGradInput => conv2d_grad_input::expand(&mut b.scope, x, y, o, spec),
-                        WindowKind::Conv2dGradWeight if grad_weight_per_cube(&spec) => conv2d_grad_weight::expand(&mut b.scope, x, y, o, spec),
-                        WindowKind::Conv2dGradWeight => conv2d_grad_weight_unit::expand(&mut b.scope, x, y, o, spec),
                         WindowKind::MaxPool2dGather => max_pool2d_gather::expand(&mut b.scope, x, y, o, spec),
                         _ => max_pool2d_grad::expand(&mut b.scope, x, y, o, spec),
                     }

@@ -5,6 +5,7 @@
 pub mod call;
 pub mod elementwise;
 pub mod emit;
+pub mod gemm;
 pub mod host;
 pub mod lower;
 pub mod macros;

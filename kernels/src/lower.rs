@@ -2,7 +2,8 @@
 //! kernel to run and its comptime arguments. The device executor launches calls; the
 //! device-free emitter compiles them to CUDA C++. Operands are addressed by element offset.
 
-use crate::macros::{MatmulSpec, PadSpec};
+use crate::gemm::GemmSpec;
+use crate::macros::PadSpec;
 use crate::program::{access, Access, KernelProgram, VECTOR_WIDTH};
 use crate::reduce::ReduceLayout;
 use crate::window::WindowSpec;
@@ -12,9 +13,6 @@ use plateau_compiler::{Graph, NodeId, Shape};
 /// The sliding-window kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
-    Conv2d,
-    Conv2dGradInput,
-    Conv2dGradWeight,
     MaxPool2d,
     MaxPool2dGrad,
     MaxPool2dGather,
@@ -28,7 +26,8 @@ pub enum KernelCall {
     /// `fused_map` over `n` positions, each a vector of `prog.width` elements.
     Map { prog: KernelProgram, n: usize },
     Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram },
-    Matmul(MatmulSpec),
+    /// The matmul and the convolutions (implicit GEMMs).
+    Gemm(GemmSpec),
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
     Pad(PadSpec),
     DropoutMask { n: usize, p_bits: u32, seed: u32, offsets: (usize, usize) },
@@ -92,8 +91,8 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
         Op::MatMul { ta, tb } => {
             let a = g.shape(operands[0]);
             let k = if ta { a.0[0] } else { a.0[1] };
-            let spec = MatmulSpec { m: out_shape.0[0], k, n: out_shape.0[1], ta, tb, a_offset: in_off[0], b_offset: in_off[1], out_offset: offset(first) };
-            single(KernelCall::Matmul(spec), operands)
+            let spec = GemmSpec::matmul(out_shape.0[0], k, out_shape.0[1], ta, tb, (in_off[0], in_off[1], offset(first)));
+            single(KernelCall::Gemm(spec), operands)
         }
         Op::OneHot { classes } => {
             let rows = g.shape(operands[0]).0[0];
@@ -134,18 +133,19 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
             let dims = |id: NodeId| g.shape(id).0.clone();
             let out = out_shape.0.clone();
             let off = |i: usize| in_off.get(i).copied().unwrap_or(0);
+            // `None`: a convolution, lowered to a GEMM by `conv`.
             let (kind, x, o, k, stride, pad, ohw) = match &op {
                 Op::Conv2d(a) => {
                     let w = dims(operands[1]);
-                    (WindowKind::Conv2d, dims(operands[0]), w[0], [w[2], w[3]], a.stride, a.padding, [out[2], out[3]])
+                    (None, dims(operands[0]), w[0], [w[2], w[3]], a.stride, a.padding, [out[2], out[3]])
                 }
                 Op::Conv2dGradInput { attrs, .. } => {
                     let (gy, w) = (dims(operands[0]), dims(operands[1]));
-                    (WindowKind::Conv2dGradInput, out.clone(), w[0], [w[2], w[3]], attrs.stride, attrs.padding, [gy[2], gy[3]])
+                    (None, out.clone(), w[0], [w[2], w[3]], attrs.stride, attrs.padding, [gy[2], gy[3]])
                 }
                 Op::Conv2dGradWeight { attrs, kernel } => {
                     let gy = dims(operands[1]);
-                    (WindowKind::Conv2dGradWeight, dims(operands[0]), gy[1], *kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+                    (None, dims(operands[0]), gy[1], *kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
                 }
                 Op::MaxPool2d(a) | Op::AvgPool2d(a) | Op::MaxPool2dGather(a) => {
                     let xs = dims(operands[0]);
@@ -154,21 +154,21 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
                         Op::AvgPool2d(_) => WindowKind::AvgPool2d,
                         _ => WindowKind::MaxPool2dGather,
                     };
-                    (kind, xs.clone(), xs[1], a.kernel, a.stride, a.padding, [out[2], out[3]])
+                    (Some(kind), xs.clone(), xs[1], a.kernel, a.stride, a.padding, [out[2], out[3]])
                 }
                 Op::MaxPool2dGrad(a) => {
                     let (xs, gy) = (dims(operands[0]), dims(operands[1]));
-                    (WindowKind::MaxPool2dGrad, xs.clone(), xs[1], a.kernel, a.stride, a.padding, [gy[2], gy[3]])
+                    (Some(WindowKind::MaxPool2dGrad), xs.clone(), xs[1], a.kernel, a.stride, a.padding, [gy[2], gy[3]])
                 }
                 Op::AvgPool2dGrad { attrs, .. } => {
                     let gy = dims(operands[0]);
-                    (WindowKind::AvgPool2dGrad, out.clone(), out[1], attrs.kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
+                    (Some(WindowKind::AvgPool2dGrad), out.clone(), out[1], attrs.kernel, attrs.stride, attrs.padding, [gy[2], gy[3]])
                 }
                 _ => unreachable!("matched above"),
             };
             let offsets = match kind {
-                WindowKind::AvgPool2dGrad => (0, off(0), offset(first)),
-                WindowKind::MaxPool2d | WindowKind::AvgPool2d => (off(0), off(0), offset(first)),
+                Some(WindowKind::AvgPool2dGrad) => (0, off(0), offset(first)),
+                Some(WindowKind::MaxPool2d | WindowKind::AvgPool2d) => (off(0), off(0), offset(first)),
                 _ => (off(0), off(1), offset(first)),
             };
             let spec = WindowSpec {
@@ -187,7 +187,14 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
                 wo: ohw[1],
                 offsets,
             };
-            single(KernelCall::Window { kind, spec }, operands)
+            // The convolutions' GEMMs multiply the second operand (weight, or output
+            // gradient) by a gather of the first, so they take the operands swapped.
+            match (kind, &op) {
+                (Some(kind), _) => single(KernelCall::Window { kind, spec }, operands),
+                (None, Op::Conv2d(_)) => single(KernelCall::Gemm(GemmSpec::conv2d(&spec)), vec![operands[1], operands[0]]),
+                (None, Op::Conv2dGradInput { .. }) => single(KernelCall::Gemm(GemmSpec::conv2d_grad_input(&spec)), vec![operands[1], operands[0]]),
+                _ => single(KernelCall::Gemm(GemmSpec::conv2d_grad_weight(&spec)), vec![operands[1], operands[0]]),
+            }
         }
         other => return Err(format!("no kernel lowers `{}` yet", other.mnemonic())),
     })

@@ -1,64 +1,6 @@
-//! Macro-op kernels: matmul with transposed operands (tiled through shared memory), one-hot,
-//! zero padding, dropout masks.
+//! Small macro-op kernels: one-hot, zero padding, dropout masks (the matmul is in `gemm`).
 
 use cubecl::prelude::*;
-
-/// Shapes, transposes and element offsets of `out[m,n] = op(a)[m,k] x op(b)[k,n]`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub struct MatmulSpec {
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-    pub ta: bool,
-    pub tb: bool,
-    pub a_offset: usize,
-    pub b_offset: usize,
-    pub out_offset: usize,
-}
-
-/// Side of the square output tile one cube computes; the cube has `MATMUL_TILE^2` units.
-pub const MATMUL_TILE: usize = 16;
-
-/// `out = op(a) x op(b)`: cube `t` computes output tile `t` (row-major over the tiles), each
-/// unit one element; the k dimension is walked a tile at a time through shared memory.
-#[cube(launch)]
-pub fn matmul(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: MatmulSpec) {
-    let tiles_n = comptime!(s.n.div_ceil(MATMUL_TILE));
-    let tile = CUBE_POS;
-    let ty = UNIT_POS as usize / MATMUL_TILE;
-    let tx = UNIT_POS as usize % MATMUL_TILE;
-    let i = (tile / tiles_n) * MATMUL_TILE + ty;
-    let j = (tile % tiles_n) * MATMUL_TILE + tx;
-    // Row-major strides of a[m,k] (or a[k,m] when transposed) and b[k,n] (or b[n,k]).
-    let (ai, ak) = comptime!(if s.ta { (1usize, s.m) } else { (s.k, 1usize) });
-    let (bk, bj) = comptime!(if s.tb { (1usize, s.k) } else { (s.n, 1usize) });
-    let mut sa = SharedMemory::<f32>::new(MATMUL_TILE * MATMUL_TILE);
-    let mut sb = SharedMemory::<f32>::new(MATMUL_TILE * MATMUL_TILE);
-    let mut acc = 0.0f32;
-    for t in 0..comptime!(s.k.div_ceil(MATMUL_TILE)) {
-        let ka = t * MATMUL_TILE + tx;
-        let mut va = 0.0f32;
-        if i < comptime!(s.m) && ka < comptime!(s.k) {
-            va = a[comptime!(s.a_offset) + i * ai + ka * ak];
-        }
-        sa[ty * MATMUL_TILE + tx] = va;
-        let kb = t * MATMUL_TILE + ty;
-        let mut vb = 0.0f32;
-        if kb < comptime!(s.k) && j < comptime!(s.n) {
-            vb = b[comptime!(s.b_offset) + kb * bk + j * bj];
-        }
-        sb[ty * MATMUL_TILE + tx] = vb;
-        sync_cube();
-        #[unroll]
-        for p in 0..MATMUL_TILE {
-            acc += sa[ty * MATMUL_TILE + p] * sb[p * MATMUL_TILE + tx];
-        }
-        sync_cube();
-    }
-    if i < comptime!(s.m) && j < comptime!(s.n) {
-        out[comptime!(s.out_offset) + i * comptime!(s.n) + j] = acc;
-    }
-}
 
 /// `out[i, c] = (labels[i] == c)` as 1.0 / 0.0; labels are stored as f32.
 #[cube(launch)]

@@ -1,0 +1,292 @@
+//! One register-blocked GEMM kernel for the matmul and the three convolutions.
+//!
+//! `out[r, c] = sum_k A[r, k] * B[k, c]`, where `A`, `B` and `out` are not plain matrices but
+//! addressing schemes over the flat buffers:
+//! - [`Gather::Strided`]: element `(i, j)` at `offset + split(i) + split(j)`, each index split
+//!   into (quotient, remainder) by a divisor with a stride each. This covers row-major and
+//!   transposed matrices, NCHW activations viewed as `[channel, batch * position]`, and the
+//!   convolution weight viewed as `[in_channel, (out_channel, tap)]`.
+//! - [`Gather::Im2col`]: the input of a convolution as its im2col matrix, never materialized:
+//!   element `(q, t)` with `q = (c, i, j)` a channel and kernel tap and `t = (n, oy, ox)` an
+//!   output position is `x[n, c, oy*sh+i-ph, ox*sw+j-pw]`, 0 in the padding.
+//! - [`Gather::ConvTranspose`]: the output gradient seen by the input gradient: element
+//!   `(q, t)` with `q = (o, i, j)` and `t = (n, h, w)` is `gy[n, o, (h+ph-i)/sh, (w+pw-j)/sw]`
+//!   where that is a whole output position, else 0.
+//!
+//! So the convolution is `y[o, (n,p)] = W[o, (c,i,j)] x im2col(x)`, its input gradient
+//! `gx[c, (n,h,w)] = W'[c, (o,i,j)] x gather(gy)` and its weight gradient
+//! `gw[o, (c,i,j)] = gy[o, (n,p)] x im2col(x)^T`: implicit GEMMs.
+//!
+//! Each cube of `16 x 16` units computes a `16*rm x 16*rn` output tile, each unit an
+//! `rm x rn` block in registers (rows `ty + 16*a`, columns `tx + 16*b`); the k dimension is
+//! walked 16 at a time through shared memory. Larger blocks mean fewer barriers and
+//! shared-memory reads per multiply-add; [`GemmSpec::new`] picks them from the shape.
+
+use crate::window::WindowSpec;
+use cubecl::prelude::*;
+
+/// Units along each side of a cube (the cube has `GEMM_SIDE^2` units) and the k-depth of one
+/// shared-memory stage.
+pub const GEMM_SIDE: usize = 16;
+/// The largest register block side.
+pub const GEMM_MAX_BLOCK: usize = 4;
+
+/// One index of a [`Gather::Strided`] operand: `(i / div) * hi + (i % div) * lo`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Split {
+    pub div: usize,
+    pub hi: usize,
+    pub lo: usize,
+}
+
+impl Split {
+    /// A plain stride.
+    pub fn stride(s: usize) -> Split {
+        Split { div: 1, hi: s, lo: 0 }
+    }
+    /// Whether consecutive indices are consecutive elements.
+    fn unit(&self) -> bool {
+        if self.div == 1 { self.hi == 1 } else { self.lo == 1 }
+    }
+}
+
+/// How an operand's `(row, column)` maps to its buffer.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Gather {
+    Strided { offset: usize, row: Split, col: Split },
+    /// The im2col matrix of the convolution input (offset `w.offsets.0`); rows are
+    /// `(c, i, j)` unless `transposed`, when rows are `(n, oy, ox)`.
+    Im2col { w: WindowSpec, transposed: bool },
+    /// The output gradient as the input gradient reads it (offset `w.offsets.0`).
+    ConvTranspose { w: WindowSpec },
+}
+
+impl Gather {
+    /// Whether consecutive rows (`true`) or consecutive columns (`false`) sit closer in
+    /// memory: loads walk that index fastest.
+    fn rows_contiguous(&self) -> bool {
+        match self {
+            Gather::Strided { row, .. } => row.unit(),
+            Gather::Im2col { transposed, .. } => *transposed,
+            Gather::ConvTranspose { .. } => false,
+        }
+    }
+}
+
+/// Shapes, block sizes and addressing of one GEMM.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Register block: each unit computes `rm x rn` outputs.
+    pub rm: usize,
+    pub rn: usize,
+    pub a: Gather,
+    pub b: Gather,
+    /// The output, `Strided` (the only scheme that is written).
+    pub out_offset: usize,
+    pub out_row: Split,
+    pub out_col: Split,
+    /// Load order of each stage: A's tile walks its rows fastest; B's tile its k-rows fastest.
+    pub a_rows_fast: bool,
+    pub b_rows_fast: bool,
+}
+
+/// The register block side for a dimension of `len`: 4 from 64 up, 2 from 32, else 1.
+fn block(len: usize) -> usize {
+    if len >= 4 * GEMM_SIDE { 4 } else if len >= 2 * GEMM_SIDE { 2 } else { 1 }
+}
+
+impl GemmSpec {
+    /// A GEMM of `out[m, n] = A[m, k] x B[k, n]` with blocks chosen from the shape.
+    pub fn new(m: usize, n: usize, k: usize, a: Gather, b: Gather, out_offset: usize, out_row: Split, out_col: Split) -> GemmSpec {
+        GemmSpec { m, n, k, rm: block(m), rn: block(n), a, b, out_offset, out_row, out_col, a_rows_fast: a.rows_contiguous(), b_rows_fast: b.rows_contiguous() }
+    }
+
+    /// Rows and columns of one cube's output tile.
+    pub fn tile(&self) -> (usize, usize) {
+        (GEMM_SIDE * self.rm, GEMM_SIDE * self.rn)
+    }
+
+    /// Cubes the launch needs (one per output tile).
+    pub fn cubes(&self) -> usize {
+        let (bm, bn) = self.tile();
+        self.m.div_ceil(bm) * self.n.div_ceil(bn)
+    }
+
+    /// `out = op(a) x op(b)` for row-major `a` (`[m, k]`, or `[k, m]` when `ta`) and `b`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(m: usize, k: usize, n: usize, ta: bool, tb: bool, offsets: (usize, usize, usize)) -> GemmSpec {
+        let (ar, ac) = if ta { (1, m) } else { (k, 1) };
+        let (br, bc) = if tb { (1, k) } else { (n, 1) };
+        let a = Gather::Strided { offset: offsets.0, row: Split::stride(ar), col: Split::stride(ac) };
+        let b = Gather::Strided { offset: offsets.1, row: Split::stride(br), col: Split::stride(bc) };
+        GemmSpec::new(m, n, k, a, b, offsets.2, Split::stride(n), Split::stride(1))
+    }
+
+    /// The convolution `y = conv(x, w)` (offsets: x, w, y).
+    pub fn conv2d(s: &WindowSpec) -> GemmSpec {
+        let (taps, p) = (s.kh * s.kw, s.ho * s.wo);
+        let a = Gather::Strided { offset: s.offsets.1, row: Split::stride(s.c * taps), col: Split::stride(1) };
+        let b = Gather::Im2col { w: *s, transposed: false };
+        GemmSpec::new(s.o, s.n * p, s.c * taps, a, b, s.offsets.2, Split::stride(p), Split { div: p, hi: s.o * p, lo: 1 })
+    }
+
+    /// The input gradient `gx` of a convolution (offsets: gy, w, gx).
+    pub fn conv2d_grad_input(s: &WindowSpec) -> GemmSpec {
+        let (taps, hw) = (s.kh * s.kw, s.h * s.w);
+        let a = Gather::Strided { offset: s.offsets.1, row: Split::stride(taps), col: Split { div: taps, hi: s.c * taps, lo: 1 } };
+        let b = Gather::ConvTranspose { w: *s };
+        GemmSpec::new(s.c, s.n * hw, s.o * taps, a, b, s.offsets.2, Split::stride(hw), Split { div: hw, hi: s.c * hw, lo: 1 })
+    }
+
+    /// The weight gradient `gw` of a convolution (offsets: x, gy, gw).
+    pub fn conv2d_grad_weight(s: &WindowSpec) -> GemmSpec {
+        let (taps, p) = (s.kh * s.kw, s.ho * s.wo);
+        let a = Gather::Strided { offset: s.offsets.1, row: Split::stride(p), col: Split { div: p, hi: s.o * p, lo: 1 } };
+        let b = Gather::Im2col { w: *s, transposed: true };
+        GemmSpec::new(s.o, s.c * taps, s.n * p, a, b, s.offsets.2, Split::stride(s.c * taps), Split::stride(1))
+    }
+}
+
+#[cube]
+fn split_index(i: usize, #[comptime] s: Split) -> usize {
+    if comptime!(s.div == 1) { i * comptime!(s.hi) } else { (i / comptime!(s.div)) * comptime!(s.hi) + (i % comptime!(s.div)) * comptime!(s.lo) }
+}
+
+/// `x[n, c, oy*sh+i-ph, ox*sw+j-pw]` for `q = (c, i, j)` and `t = (n, oy, ox)`; 0 in the padding.
+#[cube]
+fn im2col(x: &Array<f32>, q: usize, t: usize, #[comptime] s: WindowSpec) -> f32 {
+    let j = q % comptime!(s.kw);
+    let i = (q / comptime!(s.kw)) % comptime!(s.kh);
+    let c = q / comptime!(s.kw * s.kh);
+    let ox = t % comptime!(s.wo);
+    let oy = (t / comptime!(s.wo)) % comptime!(s.ho);
+    let n = t / comptime!(s.wo * s.ho);
+    let yy = oy * comptime!(s.sh) + i;
+    let xx = ox * comptime!(s.sw) + j;
+    let mut v = 0.0f32;
+    if yy >= comptime!(s.ph) && xx >= comptime!(s.pw) && yy < comptime!(s.h + s.ph) && xx < comptime!(s.w + s.pw) {
+        v = x[comptime!(s.offsets.0) + ((n * comptime!(s.c) + c) * comptime!(s.h) + (yy - comptime!(s.ph))) * comptime!(s.w) + (xx - comptime!(s.pw))];
+    }
+    v
+}
+
+/// `gy[n, o, (h+ph-i)/sh, (w+pw-j)/sw]` for `q = (o, i, j)` and `t = (n, h, w)` where that is
+/// a whole output position, else 0.
+#[cube]
+fn conv_transpose(gy: &Array<f32>, q: usize, t: usize, #[comptime] s: WindowSpec) -> f32 {
+    let j = q % comptime!(s.kw);
+    let i = (q / comptime!(s.kw)) % comptime!(s.kh);
+    let o = q / comptime!(s.kw * s.kh);
+    let xw = t % comptime!(s.w);
+    let xh = (t / comptime!(s.w)) % comptime!(s.h);
+    let n = t / comptime!(s.w * s.h);
+    let ty = xh + comptime!(s.ph);
+    let tx = xw + comptime!(s.pw);
+    let mut v = 0.0f32;
+    if ty >= i && tx >= j {
+        let dy = ty - i;
+        let dx = tx - j;
+        if dy % comptime!(s.sh) == 0 && dx % comptime!(s.sw) == 0 && dy / comptime!(s.sh) < comptime!(s.ho) && dx / comptime!(s.sw) < comptime!(s.wo) {
+            v = gy[comptime!(s.offsets.0) + ((n * comptime!(s.o) + o) * comptime!(s.ho) + dy / comptime!(s.sh)) * comptime!(s.wo) + dx / comptime!(s.sw)];
+        }
+    }
+    v
+}
+
+/// Element `(r, c)` of an operand (the caller keeps both inside the operand).
+#[cube]
+fn gather(buf: &Array<f32>, r: usize, c: usize, #[comptime] g: Gather) -> f32 {
+    match comptime!(g) {
+        Gather::Strided { offset, row, col } => buf[comptime!(offset) + split_index(r, row) + split_index(c, col)],
+        Gather::Im2col { w, transposed } => {
+            if comptime!(transposed) { im2col(buf, c, r, w) } else { im2col(buf, r, c, w) }
+        }
+        Gather::ConvTranspose { w } => conv_transpose(buf, r, c, w),
+    }
+}
+
+/// `out = A x B` (see the module documentation); cube `t` computes output tile `t`, row-major
+/// over the tiles.
+#[cube(launch)]
+pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
+    let bm = comptime!(GEMM_SIDE * s.rm);
+    let bn = comptime!(GEMM_SIDE * s.rn);
+    let tile = CUBE_POS;
+    let row0 = (tile / comptime!(s.n.div_ceil(GEMM_SIDE * s.rn))) * bm;
+    let col0 = (tile % comptime!(s.n.div_ceil(GEMM_SIDE * s.rn))) * bn;
+    let unit = UNIT_POS as usize;
+    let ty = unit / comptime!(GEMM_SIDE);
+    let tx = unit % comptime!(GEMM_SIDE);
+    // Stage layouts: sa[p][r] and sb[p][c], each row padded by one element so that loads
+    // walking p do not hit one bank.
+    let sa_row = comptime!(GEMM_SIDE * s.rm + 1);
+    let sb_row = comptime!(GEMM_SIDE * s.rn + 1);
+    let mut sa = SharedMemory::<f32>::new(comptime!(GEMM_SIDE * (GEMM_SIDE * s.rm + 1)));
+    let mut sb = SharedMemory::<f32>::new(comptime!(GEMM_SIDE * (GEMM_SIDE * s.rn + 1)));
+    let mut acc = Array::<f32>::new(comptime!(s.rm * s.rn));
+    #[unroll]
+    for e in 0..comptime!(s.rm * s.rn) {
+        acc[e] = 0.0;
+    }
+    let mut ra = Array::<f32>::new(comptime!(s.rm));
+    let mut rb = Array::<f32>::new(comptime!(s.rn));
+    for t in 0..comptime!(s.k.div_ceil(GEMM_SIDE)) {
+        let k0 = t * comptime!(GEMM_SIDE);
+        // A's tile: bm x 16 elements, rm per unit.
+        #[unroll]
+        for l in 0..comptime!(s.rm) {
+            let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
+            let (r, p) = if comptime!(s.a_rows_fast) { (e % bm, e / bm) } else { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) };
+            let mut v = 0.0f32;
+            if row0 + r < comptime!(s.m) && k0 + p < comptime!(s.k) {
+                v = gather(a, row0 + r, k0 + p, comptime!(s.a));
+            }
+            sa[p * sa_row + r] = v;
+        }
+        // B's tile: 16 x bn elements, rn per unit.
+        #[unroll]
+        for l in 0..comptime!(s.rn) {
+            let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
+            let (c, p) = if comptime!(s.b_rows_fast) { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) } else { (e % bn, e / bn) };
+            let mut v = 0.0f32;
+            if k0 + p < comptime!(s.k) && col0 + c < comptime!(s.n) {
+                v = gather(b, k0 + p, col0 + c, comptime!(s.b));
+            }
+            sb[p * sb_row + c] = v;
+        }
+        sync_cube();
+        #[unroll]
+        for p in 0..GEMM_SIDE {
+            #[unroll]
+            for i in 0..comptime!(s.rm) {
+                ra[i] = sa[p * sa_row + ty + comptime!(i * GEMM_SIDE)];
+            }
+            #[unroll]
+            for j in 0..comptime!(s.rn) {
+                rb[j] = sb[p * sb_row + tx + comptime!(j * GEMM_SIDE)];
+            }
+            #[unroll]
+            for i in 0..comptime!(s.rm) {
+                #[unroll]
+                for j in 0..comptime!(s.rn) {
+                    acc[comptime!(i * s.rn + j)] += ra[i] * rb[j];
+                }
+            }
+        }
+        sync_cube();
+    }
+    #[unroll]
+    for i in 0..comptime!(s.rm) {
+        #[unroll]
+        for j in 0..comptime!(s.rn) {
+            let r = row0 + ty + comptime!(i * GEMM_SIDE);
+            let c = col0 + tx + comptime!(j * GEMM_SIDE);
+            if r < comptime!(s.m) && c < comptime!(s.n) {
+                out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc[comptime!(i * s.rn + j)];
+            }
+        }
+    }
+}
