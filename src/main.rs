@@ -359,7 +359,7 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
     let mut sources = Vec::new();
     for k in &s.kernels {
         let name = format!("k{}_{}", k.id, k.name);
-        let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, &k.nodes, &|n| s.locations[&n].1, &name)
+        let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, &k.nodes, &|n| s.locations[&n].1, s.workspace_offset(k), &name)
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
         sources.push((name, src));
     }

@@ -218,14 +218,19 @@ fn check_device_step(name: &str, model: &plateau::ModelSpec, spec: plateau::Opti
 }
 
 fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool) {
+    check_device_step_at(name, model, spec, rewrite, 8, 6);
+}
+
+/// As above, at batch `batch` of `side x side` images; returns the number of split GEMMs.
+fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool, batch: usize, side: usize) -> usize {
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, run_step, TraceOptions};
-    let o = TraceOptions { batch_size: 8, input_shape: vec![1, 6, 6], ..TraceOptions::default() };
+    let o = TraceOptions { batch_size: batch, input_shape: vec![1, side, side], ..TraceOptions::default() };
     let (traced, step, compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
     let mut b = initial_state(&traced, &step, 3).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    b.set("input", "x", Tensor::from_f32(vec![8, 1, 6, 6], &random(288, 12)).unwrap());
-    b.set("input", "labels", Tensor::labels(&(0..8).map(|_| r.random_range(0..10)).collect::<Vec<i32>>()));
+    b.set("input", "x", Tensor::from_f32(vec![batch, 1, side, side], &random(batch * side * side, 12)).unwrap());
+    b.set("input", "labels", Tensor::labels(&(0..batch).map(|_| r.random_range(0..10)).collect::<Vec<i32>>()));
     b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.05));
     b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
     b.set("scalar", "step", Tensor::scalar(DType::F32, 0.0));
@@ -251,6 +256,7 @@ fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau:
     let diff: f64 = want.iter().zip(&got).map(|(a, c)| ((a - c) as f64).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
     assert!(diff <= 1e-4 * norm, "{name}: parameters differ by {} (relative)", diff / norm);
+    compiled.schedule.kernels.iter().filter(|k| k.workspace.is_some()).count()
 }
 
 fn check_model_on_device(model: plateau::ModelSpec) {
@@ -272,6 +278,17 @@ fn cnn_steps_on_wgpu_match_the_reference() {
 }
 
 
+/// Split GEMMs (the convolution weight gradients sum over 64 x 64 positions) with their
+/// workspaces in the pool, in a whole step.
+#[test]
+fn split_gemm_steps_on_wgpu_match_the_reference() {
+    use plateau::{BaseOptimizer, OptimizerSpec, Sam};
+    let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
+    let splits = check_device_step_at("cnn sam at batch 64", &plateau::ModelSpec::Cnn, spec, true, 64, 8);
+    // Both convolution weight gradients, in each of SAM's two passes.
+    assert_eq!(splits, 4);
+}
+
 /// Unfused, every op is its own kernel (broadcasts and transposes as copies); second-order
 /// SAM adds the max-pooling gather of the double backward.
 #[test]
@@ -291,9 +308,12 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
     let client = client();
     let ops = g.operands(node);
     let place = |id: plateau::NodeId| if id == node { 5 } else { 3 + 4 * ops.iter().position(|&o| o == id).unwrap() };
-    let l = lower(g, &[node], &place).unwrap();
+    // A split GEMM's workspace: its own buffer, at an odd offset too.
+    let l = lower(g, &[node], &place, Some(9)).unwrap();
     let n = l.output_len[0];
     let out = client.empty((n + 5) * 4);
+    let ws_len = 9 + l.workspace_len;
+    let ws = client.empty(ws_len * 4);
     // The kernel's arguments in its own order (the lowering may reorder the operands).
     let args: Vec<_> = l
         .inputs
@@ -307,8 +327,12 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
         })
         .collect();
     // SAFETY: as above.
-    let o = unsafe { ArrayArg::from_raw_parts(out.clone(), n + 5) };
-    l.call.launch(&client, args, vec![o]);
+    let mut outs = vec![unsafe { ArrayArg::from_raw_parts(out.clone(), n + 5) }];
+    if l.workspace_len > 0 {
+        // SAFETY: as above.
+        outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+    }
+    l.call.launch(&client, args, outs);
     download(&client, out, n + 5).unwrap()[5..].to_vec()
 }
 
@@ -325,7 +349,8 @@ fn assert_close_scaled(what: &str, got: &[f32], want: &[f32]) {
 /// boundaries (blocks of 1, 2 and 4), operands at offsets.
 #[test]
 fn matmuls_match_the_reference_at_every_size() {
-    for (i, &(m, k, n)) in [(1, 1, 1), (3, 5, 2), (17, 33, 16), (70, 19, 130), (64, 128, 64), (129, 40, 31)].iter().enumerate() {
+    // The last two are split along k (5 and 2 slices, the last slice shorter).
+    for (i, &(m, k, n)) in [(1, 1, 1), (3, 5, 2), (17, 33, 16), (70, 19, 130), (64, 128, 64), (129, 40, 31), (5, 3000, 7), (20, 1100, 40)].iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut g = Graph::new();
             let (sa, sb) = (if ta { [k, m] } else { [m, k] }, if tb { [n, k] } else { [k, n] });
@@ -338,6 +363,8 @@ fn matmuls_match_the_reference_at_every_size() {
             bind.set("input", "b", Tensor::from_f32(sb.to_vec(), &db).unwrap());
             let want = evaluate(&g, &bind, &[y]).unwrap()[0].to_f32();
             assert_close_scaled(&format!("{m}x{k}x{n} ta={ta} tb={tb}"), &run_lowered(&g, y, &[&da, &db]), &want);
+            let split = plateau::compiler::schedule::gemm::split_of(&g, y);
+            assert_eq!(split, [1, 1, 1, 1, 1, 1, 5, 2][i], "{m}x{k}x{n}");
         }
     }
 }
@@ -354,6 +381,8 @@ fn convolutions_match_the_reference() {
         (2, 5, 6, 6, 70, [1, 1], [2, 2], [0, 0]),
         (1, 2, 8, 7, 3, [3, 2], [2, 1], [1, 0]),
         (4, 33, 5, 5, 40, [3, 3], [1, 1], [1, 1]),
+        // The weight gradient sums 2,048 terms on one tile: split into 4 slices.
+        (8, 3, 16, 16, 4, [3, 3], [1, 1], [1, 1]),
     ];
     for (i, &(n, c, h, w, o, kernel, stride, padding)) in cases.iter().enumerate() {
         let attrs = Conv2dAttrs { stride, padding };
@@ -375,6 +404,7 @@ fn convolutions_match_the_reference() {
         assert_close_scaled(&format!("conv {i}"), &run_lowered(&g, y, &[&dx, &dw]), &want[0].to_f32());
         assert_close_scaled(&format!("conv grad input {i}"), &run_lowered(&g, gx, &[&dgy, &dw]), &want[1].to_f32());
         assert_close_scaled(&format!("conv grad weight {i}"), &run_lowered(&g, gw, &[&dx, &dgy]), &want[2].to_f32());
+        assert_eq!(plateau::compiler::schedule::gemm::split_of(&g, gw), if i == 5 { 4 } else { 1 });
     }
 }
 
@@ -438,7 +468,7 @@ fn average_pooling_matches_the_reference() {
     b.set("input", "x", plateau::Tensor::from_f32(vec![2, 3, 7, 6], &data).unwrap());
     let want = evaluate(&g, &b, &[y, gx]).unwrap();
     let run = |node, input: &[f32]| {
-        let l = lower(&g, &[node], &|_| 0).unwrap();
+        let l = lower(&g, &[node], &|_| 0, None).unwrap();
         let n = l.output_len[0];
         let out = client.empty(n * 4);
         // SAFETY: the handles hold the stated number of f32 values.
@@ -466,7 +496,7 @@ fn elementwise_kernels_vectorize_where_sizes_allow() {
         let s = &c.schedule;
         let (mut maps, mut vectorized) = (0, 0);
         for k in &s.kernels {
-            if let KernelCall::Map { prog, .. } = lower(&c.fused, &k.nodes, &|n| s.locations[&n].1).unwrap().call {
+            if let KernelCall::Map { prog, .. } = lower(&c.fused, &k.nodes, &|n| s.locations[&n].1, s.workspace_offset(k)).unwrap().call {
                 maps += 1;
                 vectorized += usize::from(prog.width == 4);
             }

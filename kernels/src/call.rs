@@ -5,7 +5,7 @@ use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
-use crate::gemm::{gemm, GEMM_SIDE};
+use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
 use crate::window::*;
@@ -39,7 +39,9 @@ impl KernelCall {
         }
     }
 
-    /// Launches the call; `inputs` and `outputs` are the arrays in argument order.
+    /// Launches the call; `inputs` and `outputs` are the arrays in argument order. A split
+    /// GEMM takes its workspace buffer twice after its output (written by the slices, then
+    /// read by their sum).
     pub fn launch<R: Runtime>(&self, client: &ComputeClient<R>, inputs: Vec<ArrayArg<R>>, outputs: Vec<ArrayArg<R>>) {
         let (units, block) = self.units();
         if units == 0 {
@@ -69,6 +71,15 @@ impl KernelCall {
             KernelCall::Reduce { op, layout, prog } => {
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
                 launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
+            }
+            KernelCall::Gemm(s) if s.split > 1 => {
+                let (a, b) = (next_in(), next_in());
+                let out = outs.next().expect("one output");
+                let ws = outs.next().expect("a split GEMM's workspace");
+                let ws_again = outs.next().expect("a split GEMM's workspace, again");
+                gemm::launch::<R>(client, count, dim, a, b, ws, s);
+                let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
+                gemm_reduce::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), ws_again, out, s);
             }
             KernelCall::Gemm(s) => {
                 let (a, b) = (next_in(), next_in());
@@ -136,6 +147,16 @@ impl KernelCall {
                 let (x, y) = (input(&mut b), input(&mut b));
                 let o = output(&mut b);
                 gemm::expand(&mut b.scope, x, y, o, s);
+                if s.split > 1 {
+                    // The second launch, the sum of the slices, follows as its own kernel.
+                    let first = Self::compile_cuda(b, block, name)?;
+                    let mut b = KernelBuilder::default();
+                    addr.register(&mut b.scope);
+                    let ws = input(&mut b);
+                    let o = output(&mut b);
+                    gemm_reduce::expand(&mut b.scope, ws, o, s);
+                    return Ok(format!("{first}\n{}", Self::compile_cuda(b, BLOCK, &format!("{name}_sum"))?));
+                }
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 let x = input(&mut b);
@@ -172,6 +193,12 @@ impl KernelCall {
                 }
             },
         }
+        Self::compile_cuda(b, block, name)
+    }
+
+    /// The CUDA C++ of an expanded kernel.
+    fn compile_cuda(b: KernelBuilder, block: u32, name: &str) -> Result<String, String> {
+        let addr = AddressType::U32;
         let def = b.build(KernelSettings::default().cube_dim(CubeDim::new_1d(block)).address_type(addr).kernel_name(name));
         let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &CompilationOptions::default(), ExecutionMode::Checked, addr.unsigned_type())
             .map_err(|e| format!("{e:?}"))?;

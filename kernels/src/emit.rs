@@ -11,7 +11,8 @@ pub fn fused_map_cuda(program: &Program, space: &Shape, name: &str) -> Result<St
 }
 
 /// The CUDA C++ source of the kernel computing `nodes` of a fused graph; `offset` gives each
-/// node's element offset in its buffer (from the schedule's memory plan).
-pub fn kernel_cuda(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, name: &str) -> Result<String, String> {
-    lower(g, nodes, offset)?.call.cuda_source(name)
+/// node's element offset in its buffer and `workspace` a split GEMM's workspace offset (from
+/// the schedule's memory plan). A split GEMM is two kernels, the second named `{name}_sum`.
+pub fn kernel_cuda(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>, name: &str) -> Result<String, String> {
+    lower(g, nodes, offset, workspace)?.call.cuda_source(name)
 }

@@ -20,16 +20,17 @@
 //! Each cube of `16 x 16` units computes a `16*rm x 16*rn` output tile, each unit an
 //! `rm x rn` block in registers (rows `ty + 16*a`, columns `tx + 16*b`); the k dimension is
 //! walked 16 at a time through shared memory. Larger blocks mean fewer barriers and
-//! shared-memory reads per multiply-add; [`GemmSpec::new`] picks them from the shape.
+//! shared-memory reads per multiply-add. A GEMM with few tiles and a long k range is split
+//! into k slices, each written to a workspace, then summed by [`gemm_reduce`]. Block sizes
+//! and splits follow `plateau_compiler::schedule::gemm`, which the memory plan also uses.
 
 use crate::window::WindowSpec;
 use cubecl::prelude::*;
+use plateau_compiler::schedule::gemm::{gemm_block, gemm_split};
 
 /// Units along each side of a cube (the cube has `GEMM_SIDE^2` units) and the k-depth of one
 /// shared-memory stage.
-pub const GEMM_SIDE: usize = 16;
-/// The largest register block side.
-pub const GEMM_MAX_BLOCK: usize = 4;
+pub use plateau_compiler::schedule::gemm::GEMM_SIDE;
 
 /// One index of a [`Gather::Strided`] operand: `(i / div) * hi + (i % div) * lo`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -91,17 +92,36 @@ pub struct GemmSpec {
     /// Load order of each stage: A's tile walks its rows fastest; B's tile its k-rows fastest.
     pub a_rows_fast: bool,
     pub b_rows_fast: bool,
-}
-
-/// The register block side for a dimension of `len`: 4 from 64 up, 2 from 32, else 1.
-fn block(len: usize) -> usize {
-    if len >= 4 * GEMM_SIDE { 4 } else if len >= 2 * GEMM_SIDE { 2 } else { 1 }
+    /// K slices (1: none). Slice `s` writes its `m x n` partial product row-major at
+    /// `workspace + s * m * n` of the workspace buffer.
+    pub split: usize,
+    pub workspace: usize,
 }
 
 impl GemmSpec {
     /// A GEMM of `out[m, n] = A[m, k] x B[k, n]` with blocks chosen from the shape.
     pub fn new(m: usize, n: usize, k: usize, a: Gather, b: Gather, out_offset: usize, out_row: Split, out_col: Split) -> GemmSpec {
-        GemmSpec { m, n, k, rm: block(m), rn: block(n), a, b, out_offset, out_row, out_col, a_rows_fast: a.rows_contiguous(), b_rows_fast: b.rows_contiguous() }
+        GemmSpec {
+            m,
+            n,
+            k,
+            rm: gemm_block(m),
+            rn: gemm_block(n),
+            a,
+            b,
+            out_offset,
+            out_row,
+            out_col,
+            a_rows_fast: a.rows_contiguous(),
+            b_rows_fast: b.rows_contiguous(),
+            split: gemm_split(m, n, k),
+            workspace: 0,
+        }
+    }
+
+    /// Elements of the workspace after its offset (0 when not split).
+    pub fn workspace_len(&self) -> usize {
+        if self.split > 1 { self.split * self.m * self.n } else { 0 }
     }
 
     /// Rows and columns of one cube's output tile.
@@ -109,10 +129,10 @@ impl GemmSpec {
         (GEMM_SIDE * self.rm, GEMM_SIDE * self.rn)
     }
 
-    /// Cubes the launch needs (one per output tile).
+    /// Cubes the GEMM launch needs (one per output tile and k slice).
     pub fn cubes(&self) -> usize {
         let (bm, bn) = self.tile();
-        self.m.div_ceil(bm) * self.n.div_ceil(bn)
+        self.m.div_ceil(bm) * self.n.div_ceil(bn) * self.split
     }
 
     /// `out = op(a) x op(b)` for row-major `a` (`[m, k]`, or `[k, m]` when `ta`) and `b`.
@@ -208,15 +228,22 @@ fn gather(buf: &Array<f32>, r: usize, c: usize, #[comptime] g: Gather) -> f32 {
     }
 }
 
-/// `out = A x B` (see the module documentation); cube `t` computes output tile `t`, row-major
-/// over the tiles.
+/// `out = A x B` (see the module documentation); cube `slice * tiles + t` computes output
+/// tile `t` (row-major over the tiles) over k slice `slice`. Split, `out` is the workspace.
 #[cube(launch)]
 pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
     let bm = comptime!(GEMM_SIDE * s.rm);
     let bn = comptime!(GEMM_SIDE * s.rn);
-    let tile = CUBE_POS;
+    let tiles = comptime!(s.m.div_ceil(GEMM_SIDE * s.rm) * s.n.div_ceil(GEMM_SIDE * s.rn));
+    let slice = CUBE_POS / tiles;
+    let tile = CUBE_POS % tiles;
     let row0 = (tile / comptime!(s.n.div_ceil(GEMM_SIDE * s.rn))) * bm;
     let col0 = (tile % comptime!(s.n.div_ceil(GEMM_SIDE * s.rn))) * bn;
+    // This cube's stages of k: all of them, or its slice's.
+    let stages = comptime!(s.k.div_ceil(GEMM_SIDE));
+    let per_slice = comptime!(s.k.div_ceil(GEMM_SIDE).div_ceil(s.split));
+    let t_begin = min(slice * per_slice, stages);
+    let t_end = min(t_begin + per_slice, stages);
     let unit = UNIT_POS as usize;
     let ty = unit / comptime!(GEMM_SIDE);
     let tx = unit % comptime!(GEMM_SIDE);
@@ -233,7 +260,7 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
     }
     let mut ra = Array::<f32>::new(comptime!(s.rm));
     let mut rb = Array::<f32>::new(comptime!(s.rn));
-    for t in 0..comptime!(s.k.div_ceil(GEMM_SIDE)) {
+    for t in t_begin..t_end {
         let k0 = t * comptime!(GEMM_SIDE);
         // A's tile: bm x 16 elements, rm per unit.
         #[unroll]
@@ -284,9 +311,28 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
         for j in 0..comptime!(s.rn) {
             let r = row0 + ty + comptime!(i * GEMM_SIDE);
             let c = col0 + tx + comptime!(j * GEMM_SIDE);
-            if r < comptime!(s.m) && c < comptime!(s.n) {
-                out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc[comptime!(i * s.rn + j)];
+            if r < comptime!(s.m) && c < comptime!(s.n) && slice < comptime!(s.split) {
+                if comptime!(s.split > 1) {
+                    out[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + r * comptime!(s.n) + c] = acc[comptime!(i * s.rn + j)];
+                } else {
+                    out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc[comptime!(i * s.rn + j)];
+                }
             }
         }
+    }
+}
+
+/// The sum of a split GEMM's k slices, in slice order: one unit per output element.
+#[cube(launch)]
+pub fn gemm_reduce(ws: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
+    let pos = ABSOLUTE_POS;
+    if pos < comptime!(s.m * s.n) {
+        let mut acc = 0.0f32;
+        for slice in 0..comptime!(s.split) {
+            acc += ws[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + pos];
+        }
+        let r = pos / comptime!(s.n);
+        let c = pos % comptime!(s.n);
+        out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc;
     }
 }

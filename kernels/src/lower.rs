@@ -54,6 +54,9 @@ pub struct Lowered {
     pub outputs: Vec<Option<NodeId>>,
     /// Element count of each output.
     pub output_len: Vec<usize>,
+    /// Elements a split GEMM needs in its workspace after its offset (0: none). The caller
+    /// passes the workspace buffer twice more after the output (see `KernelCall::launch`).
+    pub workspace_len: usize,
 }
 
 fn identity(space: &Shape) -> Program {
@@ -61,13 +64,27 @@ fn identity(space: &Shape) -> Program {
 }
 
 /// Lowers the kernel computing `nodes` (one node, or every output node of a multi-output
-/// program); `offset` gives each node's element offset in its buffer.
-pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {
+/// program); `offset` gives each node's element offset in its buffer, `workspace` the element
+/// offset of a split GEMM's workspace (the schedule's `Kernel::workspace`).
+pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
+    let mut l = lower_call(g, nodes, offset)?;
+    if let KernelCall::Gemm(spec) = &mut l.call {
+        l.workspace_len = spec.workspace_len();
+        match workspace {
+            Some(w) => spec.workspace = w,
+            None if spec.split > 1 => return Err(format!("the split GEMM computing {} was given no workspace", nodes[0])),
+            None => {}
+        }
+    }
+    Ok(l)
+}
+
+fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {
     let first = nodes[0];
     let operands = g.operands(first);
     let in_off: Vec<usize> = operands.iter().map(|&o| offset(o)).collect();
     let out_shape = g.shape(first).clone();
-    let single = |call: KernelCall, inputs: Vec<NodeId>| Lowered { call, inputs, outputs: vec![Some(first)], output_len: vec![out_shape.numel()] };
+    let single = |call: KernelCall, inputs: Vec<NodeId>| Lowered { call, inputs, outputs: vec![Some(first)], output_len: vec![out_shape.numel()], workspace_len: 0 };
     let copy = |acc: Access| {
         let mut prog = KernelProgram::new(&identity(&out_shape), &out_shape).with_offsets(&[0], &[offset(first)]);
         prog.access[0] = acc;
@@ -81,7 +98,7 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> R
             let out_off: Vec<usize> = outputs.iter().map(|o| o.map(offset).unwrap_or(0)).collect();
             let prog = KernelProgram::new(&program, &ty.shape).with_offsets(&in_off, &out_off);
             let n = ty.shape.numel();
-            Lowered { call: KernelCall::map(prog, n), inputs: operands, output_len: vec![n; outputs.len()], outputs }
+            Lowered { call: KernelCall::map(prog, n), inputs: operands, output_len: vec![n; outputs.len()], outputs, workspace_len: 0 }
         }
         Op::FusedReduce { program, op, axes, space } => {
             let layout = ReduceLayout::new(&space.shape, &axes);

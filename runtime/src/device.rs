@@ -176,9 +176,9 @@ impl<R: Runtime> DeviceStep<R> {
     pub fn profile_step(&mut self) -> Result<Vec<f64>, RuntimeError> {
         self.sync()?;
         let mut times = Vec::new();
-        for k in self.compiled.schedule.kernels.clone() {
+        for k in 0..self.compiled.schedule.kernels.len() {
             let start = std::time::Instant::now();
-            self.launch(&k.nodes)?;
+            self.launch(k)?;
             self.sync()?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -190,8 +190,8 @@ impl<R: Runtime> DeviceStep<R> {
     /// Runs one step: every kernel in order, then the state updates that were not computed in
     /// place.
     pub fn step(&mut self) -> Result<(), RuntimeError> {
-        for k in self.compiled.schedule.kernels.clone() {
-            self.launch(&k.nodes)?;
+        for k in 0..self.compiled.schedule.kernels.len() {
+            self.launch(k)?;
         }
         self.copy_back();
         Ok(())
@@ -219,12 +219,15 @@ impl<R: Runtime> DeviceStep<R> {
         KernelCall::map(prog, shape.numel()).launch(&self.client, vec![i], vec![o]);
     }
 
-    fn launch(&mut self, nodes: &[NodeId]) -> Result<(), RuntimeError> {
-        let lowered = lower(&self.graph, nodes, &|n| self.place_of(n).1).map_err(unsupported)?;
+    /// Launches kernel `k` of the schedule.
+    fn launch(&self, k: usize) -> Result<(), RuntimeError> {
+        let kernel = &self.compiled.schedule.kernels[k];
+        let workspace = kernel.workspace.map(|b| self.place[b]);
+        let lowered = lower(&self.graph, &kernel.nodes, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
         // SAFETY: every handle holds the number of f32 values it is declared with.
         let arg = |(h, len, _): (Handle, usize, usize)| unsafe { ArrayArg::from_raw_parts(h, len) };
         let inputs = lowered.inputs.iter().map(|&n| arg(self.loc(n))).collect();
-        let outputs = lowered
+        let mut outputs: Vec<_> = lowered
             .outputs
             .iter()
             .zip(&lowered.output_len)
@@ -234,6 +237,11 @@ impl<R: Runtime> DeviceStep<R> {
                 None => arg((self.client.empty(len.max(1) * 4), len.max(1), 0)),
             })
             .collect();
+        if let Some((b, _)) = workspace {
+            let (h, len) = &self.buffers[b];
+            outputs.push(arg((h.clone(), *len, 0)));
+            outputs.push(arg((h.clone(), *len, 0)));
+        }
         lowered.call.launch(&self.client, inputs, outputs);
         Ok(())
     }

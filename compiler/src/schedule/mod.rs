@@ -1,6 +1,7 @@
 //! The schedule: the fused program as an ordered list of kernel launches over buffers, each
 //! kernel tagged with its phase, with a liveness-based memory plan.
 
+pub mod gemm;
 mod plan;
 
 use crate::egraph::{Fused, Report};
@@ -28,9 +29,20 @@ pub struct Kernel {
     pub outputs: Vec<String>,
     /// Bytes read plus bytes written.
     pub bytes: u64,
+    /// K slices of a split GEMM (1: not split; see [`gemm`]). A split kernel is two launches.
+    pub split: usize,
+    /// The buffer of a split GEMM's partial products.
+    pub workspace: Option<usize>,
     /// The fused-graph nodes this kernel computes.
     #[serde(skip)]
     pub nodes: Vec<NodeId>,
+}
+
+impl Kernel {
+    /// Device launches: one, or two for a split GEMM (the slices, then their sum).
+    pub fn launches(&self) -> usize {
+        if self.split > 1 { 2 } else { 1 }
+    }
 }
 
 /// A compiled step: kernels in launch order and the memory they use.
@@ -110,10 +122,15 @@ pub fn schedule(step: &Step, fused: Fused) -> Compiled {
             inputs: vec![],
             outputs: vec![],
             bytes: 0,
+            split: gemm::split_of(g, id),
+            workspace: None,
             nodes: vec![id],
         });
     }
     let plan = plan::plan(g, &kernels, &kernel_of);
+    for (k, &b) in &plan.workspace {
+        kernels[*k].workspace = Some(b);
+    }
     for k in kernels.iter_mut() {
         let mut inputs: Vec<NodeId> = Vec::new();
         for &n in &k.nodes {
@@ -127,10 +144,12 @@ pub fn schedule(step: &Step, fused: Fused) -> Compiled {
         k.outputs = k.nodes.iter().map(|&n| plan.location(n)).collect();
         let size = |n: &NodeId| (g.shape(*n).numel() * g.dtype(*n).size_bytes()) as u64;
         k.bytes = inputs.iter().map(size).sum::<u64>() + k.nodes.iter().map(size).sum::<u64>();
+        // A split GEMM writes its partial products and reads them back.
+        k.bytes += k.workspace.map_or(0, |b| 2 * plan.buffers[b].bytes);
     }
     let schedule = Schedule {
-        launches: kernels.len(),
-        optimizer_launches: kernels.iter().filter(|k| k.phase.is_optimizer()).count(),
+        launches: kernels.iter().map(Kernel::launches).sum(),
+        optimizer_launches: kernels.iter().filter(|k| k.phase.is_optimizer()).map(Kernel::launches).sum(),
         bytes_moved: kernels.iter().map(|k| k.bytes).sum(),
         peak_memory_bytes: plan.peak_bytes,
         param_count: step.arena.len,
@@ -146,9 +165,17 @@ impl Schedule {
     pub fn launches_by_phase(&self) -> BTreeMap<Phase, usize> {
         let mut m = BTreeMap::new();
         for k in &self.kernels {
-            *m.entry(k.phase).or_default() += 1;
+            *m.entry(k.phase).or_default() += k.launches();
         }
         m
+    }
+
+    /// The element offset in the pool of kernel `k`'s workspace (a split GEMM's).
+    pub fn workspace_offset(&self, k: &Kernel) -> Option<usize> {
+        k.workspace.map(|b| match self.buffers[b].kind {
+            BufferKind::Temp { offset, .. } => offset as usize / 4,
+            BufferKind::Persistent(_) => 0,
+        })
     }
 
     /// The kernels of one phase.
@@ -170,7 +197,11 @@ impl fmt::Display for Schedule {
             let _ = writeln!(s, "  {b}");
         }
         for k in &self.kernels {
-            let _ = writeln!(s, "k{} [{}] {}({}) -> {}", k.id, k.phase, k.name, k.inputs.join(", "), k.outputs.join(", "));
+            let split = match k.workspace {
+                Some(b) => format!(" split {} (workspace b{b})", k.split),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "k{} [{}] {}({}) -> {}{split}", k.id, k.phase, k.name, k.inputs.join(", "), k.outputs.join(", "));
             for line in &k.body {
                 let _ = writeln!(s, "      {line}");
             }

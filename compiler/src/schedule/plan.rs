@@ -2,7 +2,8 @@
 //! kernel results live in a pool from their producer to their last reader. Views (reshapes,
 //! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
 //! kernel may write over an operand that dies with it, and a state's new value overwrites
-//! the state once nothing reads the old one.
+//! the state once nothing reads the old one. A split GEMM gets a workspace for its partial
+//! products, live only during its kernel.
 
 use super::{is_value_output, Kernel};
 use crate::ir::{leaf_kind, leaf_name, Graph, NodeId, Op, OutputKind};
@@ -42,6 +43,8 @@ pub(super) struct Plan {
     pub buffers: Vec<Buffer>,
     /// (buffer, element offset) of every node.
     pub loc: HashMap<NodeId, (usize, usize)>,
+    /// The workspace buffer of each split-GEMM kernel.
+    pub workspace: BTreeMap<usize, usize>,
     pub peak_bytes: u64,
 }
 
@@ -187,6 +190,16 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
     }
 
+    // A split GEMM's partial products live only while its kernel runs.
+    let mut workspace = BTreeMap::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        let len = kernel.nodes.iter().map(|&n| super::gemm::workspace_len(g, n)).max().unwrap_or(0);
+        if len > 0 {
+            let b = new_buffer(&mut buffers, &mut first, &mut last, (len * g.dtype(kernel.nodes[0]).size_bytes()) as u64, BufferKind::Temp { offset: 0, from: k, to: k }, k);
+            workspace.insert(k, b);
+        }
+    }
+
     // Offline placement, greedy by size (sizes rounded up to `POOL_ALIGN`): largest buffers first, each at the lowest offset
     // that no already-placed buffer with an overlapping lifetime occupies. Lifetimes are
     // inclusive: a buffer read by kernel k cannot share memory with one written by kernel k.
@@ -212,5 +225,5 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
-    Plan { buffers, loc, peak_bytes: persistent + pool_peak }
+    Plan { buffers, loc, workspace, peak_bytes: persistent + pool_peak }
 }

@@ -1,0 +1,90 @@
+//! How the matmul and the convolutions run: as GEMMs `out[m, n] = A[m, k] x B[k, n]` (the
+//! convolutions implicitly, through im2col gathers; see `plateau_kernels::gemm`). The rules
+//! here are shape arithmetic shared by the schedule (launches and workspace memory) and the
+//! lowering (the kernel's comptime shape), so that both always agree.
+//!
+//! - **Register blocks.** A cube of `16 x 16` units computes a `16*rm x 16*rn` output tile;
+//!   `rm` is 4 when `m >= 64`, 2 when `m >= 32`, else 1 (the same for `rn` and `n`).
+//! - **Split-K.** A cube walks its whole k range serially, 16 at a time, with two barriers
+//!   per stage. A GEMM with few output tiles and a long k range (a convolution's weight
+//!   gradient sums over batch x positions: 25,088 terms for the CNN's second layer at batch
+//!   128, on 5 tiles) would leave a GPU nearly idle and run thousands of stages in a row. So
+//!   when the output has fewer than [`SPLIT_TARGET_CUBES`] tiles, k is cut into `split`
+//!   slices of at least [`SPLIT_MIN_K`] each, enough for about that many cubes. Each slice
+//!   writes its partial product to a workspace (`split * m * n` f32, placed by the memory
+//!   plan, live only during the kernel), and a second launch sums the slices in a fixed order
+//!   (deterministic, no atomics). Such a kernel counts as two launches.
+
+use crate::ir::{Graph, NodeId, Op};
+
+/// Units along each side of a GEMM cube.
+pub const GEMM_SIDE: usize = 16;
+/// Split-K aims for about this many cubes (an H100 has 132 SMs).
+pub const SPLIT_TARGET_CUBES: usize = 128;
+/// Split-K never makes a slice shorter than this many k terms (32 stages of 16).
+pub const SPLIT_MIN_K: usize = 512;
+
+/// The register block side for a dimension of `len`.
+pub fn gemm_block(len: usize) -> usize {
+    if len >= 4 * GEMM_SIDE {
+        4
+    } else if len >= 2 * GEMM_SIDE {
+        2
+    } else {
+        1
+    }
+}
+
+/// Output tiles (cubes per k slice) of an `m x n` GEMM.
+pub fn gemm_tiles(m: usize, n: usize) -> usize {
+    m.div_ceil(GEMM_SIDE * gemm_block(m)) * n.div_ceil(GEMM_SIDE * gemm_block(n))
+}
+
+/// The number of k slices of an `m x n x k` GEMM (1: no split).
+pub fn gemm_split(m: usize, n: usize, k: usize) -> usize {
+    let tiles = gemm_tiles(m, n);
+    if tiles >= SPLIT_TARGET_CUBES {
+        return 1;
+    }
+    SPLIT_TARGET_CUBES.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
+}
+
+/// `(m, n, k)` of the GEMM computing node `id`, if it runs as one.
+pub fn gemm_dims(g: &Graph, id: NodeId) -> Option<(usize, usize, usize)> {
+    let ops = g.operands(id);
+    let dims = |i: usize| &g.shape(ops[i]).0;
+    let out = &g.shape(id).0;
+    Some(match &g.node(id).op {
+        Op::MatMul { ta, .. } => (out[0], out[1], if *ta { dims(0)[0] } else { dims(0)[1] }),
+        // y[n, o, p] = w[o, (c, i, j)] x im2col(x)
+        Op::Conv2d(_) => {
+            let w = dims(1);
+            (w[0], out[0] * out[2] * out[3], w[1] * w[2] * w[3])
+        }
+        // gx[n, c, h, w] = w'[c, (o, i, j)] x gather(gy)
+        Op::Conv2dGradInput { .. } => {
+            let w = dims(1);
+            (w[1], out[0] * out[2] * out[3], w[0] * w[2] * w[3])
+        }
+        // gw[o, (c, i, j)] = gy[o, (n, p)] x im2col(x)^T
+        Op::Conv2dGradWeight { .. } => {
+            let gy = dims(1);
+            (out[0], out[1] * out[2] * out[3], gy[0] * gy[2] * gy[3])
+        }
+        _ => return None,
+    })
+}
+
+/// The split of the GEMM computing `id` (1 for any other node).
+pub fn split_of(g: &Graph, id: NodeId) -> usize {
+    gemm_dims(g, id).map_or(1, |(m, n, k)| gemm_split(m, n, k))
+}
+
+/// Workspace elements (f32) the kernel computing `id` needs: `split * m * n` for a split GEMM,
+/// else 0.
+pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
+    match gemm_dims(g, id) {
+        Some((m, n, k)) if gemm_split(m, n, k) > 1 => gemm_split(m, n, k) * m * n,
+        _ => 0,
+    }
+}
