@@ -1,29 +1,56 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, for a machine with a CUDA GPU, PyTorch and JAX but no Rust:
-# build here first with
+# Every GPU check in one go, for a machine with a CUDA GPU and PyTorch (JAX if present) but
+# no Rust. Build here first with
 #   cargo build --release --features cuda && mkdir -p bin-gpu && cp target/release/plateau bin-gpu/
 # then run this script there from the repository root (bin-gpu/ travels with it).
-# Writes everything to ${OUT:-gpu-out}/ : the device name, the CUDA parity run, and the
+# Writes everything to ${OUT:-gpu-out}/ : the device name, the CUDA parity runs, and the
 # benchmark JSON of plateau, PyTorch eager, torch.compile and JAX on the same card.
+#
+# The checks run most important first and share one time budget (${BUDGET:-420} seconds):
+# a check that would start with too little time left is skipped and listed in skipped.txt,
+# so the script always finishes, with what it measured, inside the budget.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 P=bin-gpu/plateau
+deadline=$(( $(date +%s) + ${BUDGET:-420} ))
+
+# check NAME SECONDS CMD...: runs CMD with at most SECONDS (less if the budget is nearly
+# spent), appending stdout to $out/NAME and stderr to $out/NAME.err, timing it in times.txt.
+check() {
+  local name=$1 limit=$2; shift 2
+  local left=$(( deadline - $(date +%s) ))
+  if (( left < 15 )); then
+    echo "$name: $*" >> "$out/skipped.txt"
+    return
+  fi
+  (( limit > left )) && limit=$left
+  local start=$(date +%s)
+  timeout "$limit" "$@" >> "$out/$name" 2>> "$out/$name.err"
+  echo "$name rc=$? $(( $(date +%s) - start ))s: $*" >> "$out/times.txt"
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
-# Parity: the same losses on the reference and on CUDA (one SAM step of the CNN and the MLP).
-for m in cnn mlp; do
+# Parity: the same losses on the reference and on CUDA.
+for m in mlp cnn; do
   for d in reference cuda; do
-    timeout 120 $P run --model $m --optimizer sam --steps 3 --batch-size 32 --device $d > "$out/run-$m-$d.txt" 2>&1
+    check "run-$m-$d.txt" 60 $P run --model $m --optimizer sam --steps 3 --batch-size 32 --device $d
   done
 done
-timeout 120 $P train --device cuda --epochs 2 --hidden 64 > "$out/train-cuda.txt" 2>&1
-timeout 60 $P train --device reference --epochs 2 --hidden 64 > "$out/train-reference.txt" 2>&1
-# Benchmarks: plateau and the peers, same models and batches, one card.
+# The issue's GPU target first: plateau's SGD and SAM steps against PyTorch eager.
+for m in mlp cnn; do
+  check bench.jsonl 90 $P bench --model $m --device cuda --rounds 30 --json
+  check bench.jsonl 90 python benches/sam_torch.py --model $m --device cuda --rounds 30
+done
+for m in mlp cnn; do
+  check "profile-$m.txt" 60 $P bench --model $m --device cuda --rounds 3 --no-naive --profile
+done
+check train-cuda.txt 60 $P train --device cuda --epochs 2 --hidden 64
+check bench.jsonl 150 $P bench --model resnet18 --device cuda --rounds 10 --no-naive --json
+check bench.jsonl 90 python benches/sam_torch.py --model resnet18 --device cuda --rounds 10
+check profile-resnet18.txt 120 $P bench --model resnet18 --device cuda --rounds 2 --warmup 1 --no-naive --profile
 for m in mlp cnn resnet18; do
-  timeout 240 $P bench --model $m --device cuda --rounds 30 --json >> "$out/bench.jsonl" 2>> "$out/bench.err"
-  timeout 240 $P bench --model $m --device cuda --rounds 3 --no-naive --profile >> "$out/profile.txt" 2>&1
-  timeout 240 python benches/sam_torch.py --model $m --device cuda --rounds 30 >> "$out/bench.jsonl" 2>> "$out/bench.err"
-  timeout 300 python benches/sam_torch.py --model $m --device cuda --rounds 30 --compile >> "$out/bench.jsonl" 2>> "$out/bench.err"
-  timeout 240 python benches/sam_jax.py --model $m --rounds 30 >> "$out/bench.jsonl" 2>> "$out/bench.err"
+  check bench.jsonl 120 python benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
+  check bench.jsonl 90 python benches/sam_jax.py --model $m --rounds 30
 done
 echo "done: $(ls "$out")"

@@ -137,12 +137,23 @@ fn compile_emits_the_cuda_of_every_kernel_without_a_gpu() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let files: Vec<_> = std::fs::read_dir(&cu).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(files.len() as u64, v["launches"].as_u64().unwrap());
+    let kernels = v["kernels"].as_array().unwrap();
+    assert_eq!(files.len(), kernels.len());
+    // A split GEMM's file holds both its launches: the k slices and their sum.
+    let mut launches = 0;
     for f in &files {
         let src = std::fs::read_to_string(f).unwrap();
         let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
-        assert!(src.contains("__global__") && src.contains(&stem), "{}", f.display());
+        assert!(src.contains(&stem), "{}", f.display());
+        launches += src.matches("__global__").count() as u64;
+        assert_eq!(src.contains(&format!("{stem}_sum")), src.matches("__global__").count() == 2, "{}", f.display());
     }
+    assert_eq!(launches, v["launches"].as_u64().unwrap());
+    // At batch 8, in each of SAM's two passes: the first linear layer (8 x 128 outputs, 3,136
+    // terms: 6 slices), the second convolution's weight gradient (5 tiles, 1,568 terms: 3)
+    // and the first's (1 tile, 6,272 terms: 12).
+    let split: Vec<u64> = kernels.iter().filter_map(|k| k["workspace"].as_u64().map(|_| k["split"].as_u64().unwrap())).collect();
+    assert_eq!(split, [6, 3, 12, 6, 3, 12]);
     assert!(files.iter().any(|f| f.to_str().unwrap().ends_with("_conv2d_grad_weight.cu")));
     let blocked = dir.path().join("file");
     std::fs::write(&blocked, "x").unwrap();

@@ -10,7 +10,7 @@ use plateau_compiler::{Compiled, DType, Graph, NodeId};
 use plateau_kernels::cubecl::prelude::*;
 use plateau_kernels::cubecl::server::Handle;
 use plateau_kernels::host::{check, download};
-use plateau_kernels::lower::{lower, KernelCall};
+use plateau_kernels::lower::{lower, KernelCall, Lowered};
 use plateau_kernels::KernelProgram;
 
 /// A compiled step resident on a device.
@@ -22,6 +22,9 @@ pub struct DeviceStep<R: Runtime> {
     buffers: Vec<(Handle, usize)>,
     /// For each buffer of the plan: (device buffer, element offset of its start).
     place: Vec<(usize, usize)>,
+    /// Each kernel of the schedule, lowered once (offsets are fixed by the plan), with the
+    /// (device buffer, element offset) of its workspace if it is a split GEMM.
+    lowered: Vec<(Lowered, Option<(usize, usize)>)>,
 }
 
 fn unsupported(what: impl Into<String>) -> RuntimeError {
@@ -68,7 +71,11 @@ impl<R: Runtime> DeviceStep<R> {
                 }
             }
         }
-        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place };
+        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place, lowered: Vec::new() };
+        // Lower every kernel now: a kernel no device kernel implements is an error before any
+        // launch, and a step's launches only bind buffers.
+        let lowered = (0..compiled.schedule.kernels.len()).map(|k| step.lower_kernel(k)).collect::<Result<_, _>>()?;
+        step.lowered = lowered;
         for id in step.graph.node_ids().collect::<Vec<_>>() {
             if let Op::Const { value } = step.graph.node(id).op {
                 step.write(id, &[value as f32]);
@@ -178,7 +185,7 @@ impl<R: Runtime> DeviceStep<R> {
         let mut times = Vec::new();
         for k in 0..self.compiled.schedule.kernels.len() {
             let start = std::time::Instant::now();
-            self.launch(k)?;
+            self.launch(k);
             self.sync()?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -191,7 +198,7 @@ impl<R: Runtime> DeviceStep<R> {
     /// place.
     pub fn step(&mut self) -> Result<(), RuntimeError> {
         for k in 0..self.compiled.schedule.kernels.len() {
-            self.launch(k)?;
+            self.launch(k);
         }
         self.copy_back();
         Ok(())
@@ -219,11 +226,16 @@ impl<R: Runtime> DeviceStep<R> {
         KernelCall::map(prog, shape.numel()).launch(&self.client, vec![i], vec![o]);
     }
 
-    /// Launches kernel `k` of the schedule.
-    fn launch(&self, k: usize) -> Result<(), RuntimeError> {
+    fn lower_kernel(&self, k: usize) -> Result<(Lowered, Option<(usize, usize)>), RuntimeError> {
         let kernel = &self.compiled.schedule.kernels[k];
         let workspace = kernel.workspace.map(|b| self.place[b]);
         let lowered = lower(&self.graph, &kernel.nodes, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
+        Ok((lowered, workspace))
+    }
+
+    /// Launches kernel `k` of the schedule.
+    fn launch(&self, k: usize) {
+        let (lowered, workspace) = &self.lowered[k];
         // SAFETY: every handle holds the number of f32 values it is declared with.
         let arg = |(h, len, _): (Handle, usize, usize)| unsafe { ArrayArg::from_raw_parts(h, len) };
         let inputs = lowered.inputs.iter().map(|&n| arg(self.loc(n))).collect();
@@ -237,13 +249,12 @@ impl<R: Runtime> DeviceStep<R> {
                 None => arg((self.client.empty(len.max(1) * 4), len.max(1), 0)),
             })
             .collect();
-        if let Some((b, _)) = workspace {
+        if let Some((b, _)) = *workspace {
             let (h, len) = &self.buffers[b];
             outputs.push(arg((h.clone(), *len, 0)));
             outputs.push(arg((h.clone(), *len, 0)));
         }
         lowered.call.launch(&self.client, inputs, outputs);
-        Ok(())
     }
 }
 
