@@ -147,7 +147,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
             let mut by_name: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
             for (k, t) in kernels.iter().zip(&times) {
                 let e = by_name.entry(k.name.as_str()).or_default();
-                e.0 += 1;
+                e.0 += k.launches();
                 e.1 += t;
             }
             let total: f64 = times.iter().sum();

@@ -88,3 +88,24 @@ pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_and_splits_follow_the_shape() {
+        assert_eq!([1, 31, 32, 63, 64, 4096].map(gemm_block), [1, 1, 2, 2, 4, 4]);
+        // The CNN at batch 128: the second convolution's weight gradient (64 x 288 outputs on
+        // 5 tiles, 25,088 terms) takes 26 slices to make about 128 cubes; the first's (32 x 9,
+        // one tile, 100,352 terms) 128.
+        assert_eq!(gemm_tiles(64, 288), 5);
+        assert_eq!(gemm_split(64, 288, 25_088), 26);
+        assert_eq!(gemm_split(32, 9, 100_352), 128);
+        // Too short a sum to split (784 terms make one slice of at least 512), or enough tiles.
+        assert_eq!(gemm_split(128, 256, 784), 1);
+        assert_eq!(gemm_split(512, 4608, 2048), 1);
+        // Few tiles, a sum of 3,136: slices of at least 512 cap the split at 6.
+        assert_eq!(gemm_split(8, 128, 3136), 6);
+    }
+}
