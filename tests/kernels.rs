@@ -218,15 +218,20 @@ fn check_device_step(name: &str, model: &plateau::ModelSpec, spec: plateau::Opti
 }
 
 fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool) {
-    check_device_step_at(name, model, spec, rewrite, 8, 6);
+    check_device_step_at(name, model, spec, rewrite, 8, 6, None);
 }
 
-/// As above, at batch `batch` of `side x side` images; returns the number of split GEMMs.
-fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool, batch: usize, side: usize) -> usize {
+/// As above, at batch `batch` of `side x side` images, and with `paged = Some(bytes)` the pool
+/// laid out in pages of that size on a device binding at most that much per buffer; returns
+/// the number of split GEMMs and of pool buffers.
+fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool, batch: usize, side: usize, paged: Option<u64>) -> (usize, usize) {
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, run_step, TraceOptions};
     let o = TraceOptions { batch_size: batch, input_shape: vec![1, side, side], ..TraceOptions::default() };
-    let (traced, step, compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
+    let (traced, step, mut compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
+    if let Some(page) = paged {
+        compiled = plateau::compiler::schedule::compile_step_paged(&step, rewrite, page).unwrap();
+    }
     let mut b = initial_state(&traced, &step, 3).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     b.set("input", "x", Tensor::from_f32(vec![batch, 1, side, side], &random(batch * side * side, 12)).unwrap());
@@ -234,7 +239,10 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.05));
     b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
     b.set("scalar", "step", Tensor::scalar(DType::F32, 0.0));
-    let mut dev = DeviceStep::new(client(), &compiled).unwrap();
+    let mut dev = match paged {
+        Some(limit) => DeviceStep::with_binding_limit(client(), &compiled, limit).unwrap(),
+        None => DeviceStep::new(client(), &compiled).unwrap(),
+    };
     assert_eq!(dev.device_bytes(), compiled.schedule.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
     for (kind, leaf) in leaves(&compiled.fused) {
         dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
@@ -256,7 +264,7 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     let diff: f64 = want.iter().zip(&got).map(|(a, c)| ((a - c) as f64).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
     assert!(diff <= 1e-4 * norm, "{name}: parameters differ by {} (relative)", diff / norm);
-    compiled.schedule.kernels.iter().filter(|k| k.workspace.is_some()).count()
+    (compiled.schedule.kernels.iter().filter(|k| k.workspace.is_some()).count(), dev.pool_buffers())
 }
 
 fn check_model_on_device(model: plateau::ModelSpec) {
@@ -284,9 +292,26 @@ fn cnn_steps_on_wgpu_match_the_reference() {
 fn split_gemm_steps_on_wgpu_match_the_reference() {
     use plateau::{BaseOptimizer, OptimizerSpec, Sam};
     let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
-    let splits = check_device_step_at("cnn sam at batch 64", &plateau::ModelSpec::Cnn, spec, true, 64, 8);
+    let (splits, pages) = check_device_step_at("cnn sam at batch 64", &plateau::ModelSpec::Cnn, spec, true, 64, 8, None);
     // Both convolution weight gradients, in each of SAM's two passes.
-    assert_eq!(splits, 4);
+    assert_eq!((splits, pages), (4, 1));
+}
+
+/// A pool larger than the device binds at once, held as one buffer per page: no temporary
+/// crosses a page, and the step is the reference's.
+#[test]
+fn paged_pools_match_the_reference() {
+    use plateau::{BaseOptimizer, OptimizerSpec, Sam};
+    let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
+    let (_, pages) = check_device_step_at("cnn sam in 128 KiB pages", &plateau::ModelSpec::Cnn, spec.clone(), true, 8, 6, Some(128 << 10));
+    assert_eq!(pages, 3);
+    // A buffer larger than the device binds (here the 113,704-byte parameter arena against
+    // 16 KiB) is refused before anything runs, named, with both sizes.
+    let o = plateau::TraceOptions { batch_size: 8, input_shape: vec![1, 6, 6], ..plateau::TraceOptions::default() };
+    let (_, step, _) = plateau::compile(&plateau::ModelSpec::Cnn, &o, &spec, false, true).unwrap();
+    let compiled = plateau::compiler::schedule::compile_step_paged(&step, true, 16 << 10).unwrap();
+    let err = plateau::runtime::device::DeviceStep::with_binding_limit(client(), &compiled, 16 << 10).err().expect("refused").to_string();
+    assert!(err.contains("113704-byte buffer (`param:params`)") && err.contains("binds at most 16384 bytes"), "{err}");
 }
 
 /// Unfused, every op is its own kernel (broadcasts and transposes as copies); second-order

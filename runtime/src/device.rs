@@ -1,6 +1,7 @@
 //! Executing a compiled step on a cubecl device: the memory plan's temporaries in one pool at
-//! their planned offsets (device memory is the plan's peak), a buffer per persistent leaf,
-//! kernels launched in schedule order, values read back only when asked.
+//! their planned offsets (one buffer, or one per page of the plan's layout when the device
+//! cannot bind the whole pool; device memory is the plan's peak either way), a buffer per
+//! persistent leaf, kernels launched in schedule order, values read back only when asked.
 
 use crate::error::RuntimeError;
 use crate::reference::Tensor;
@@ -18,13 +19,16 @@ pub struct DeviceStep<R: Runtime> {
     client: ComputeClient<R>,
     graph: Graph,
     compiled: Compiled,
-    /// Device buffers: the pool of temporaries first, then one per persistent leaf.
+    /// Device buffers: the pool of temporaries first (one buffer per page), then one per
+    /// persistent leaf.
     buffers: Vec<(Handle, usize)>,
     /// For each buffer of the plan: (device buffer, element offset of its start).
     place: Vec<(usize, usize)>,
     /// Each kernel of the schedule, lowered once (offsets are fixed by the plan), with the
     /// (device buffer, element offset) of its workspace if it is a split GEMM.
     lowered: Vec<(Lowered, Option<(usize, usize)>)>,
+    /// Buffers holding the pool (1 unless the device cannot bind it whole).
+    pages: usize,
 }
 
 fn unsupported(what: impl Into<String>) -> RuntimeError {
@@ -34,36 +38,61 @@ fn unsupported(what: impl Into<String>) -> RuntimeError {
 impl<R: Runtime> DeviceStep<R> {
     /// Allocates every buffer of the plan and uploads the constants.
     pub fn new(client: ComputeClient<R>, compiled: &Compiled) -> Result<Self, RuntimeError> {
+        let limit = client.properties().memory.max_page_size;
+        Self::with_binding_limit(client, compiled, limit)
+    }
+
+    /// As [`DeviceStep::new`], binding at most `limit` bytes per buffer: a pool larger than
+    /// that is held as one buffer per page of the plan's layout.
+    pub fn with_binding_limit(client: ComputeClient<R>, compiled: &Compiled, limit: u64) -> Result<Self, RuntimeError> {
         let graph = compiled.fused.clone();
         if let Some(id) = graph.node_ids().find(|&id| graph.dtype(id) == DType::F64) {
             return Err(unsupported(format!("f64 values on a device ({id})")));
         }
-        // One pool for every temporary, at the plan's offsets; one buffer per persistent leaf.
-        let pool_len = compiled
-            .schedule
+        // The temporaries in one pool at the plan's offsets; one buffer per persistent leaf.
+        let s = &compiled.schedule;
+        let pool_bytes = s
             .buffers
             .iter()
             .filter_map(|b| match b.kind {
-                BufferKind::Temp { offset, .. } => Some((offset + b.bytes) as usize / 4),
+                BufferKind::Temp { offset, .. } => Some(offset + b.bytes),
                 BufferKind::Persistent(_) => None,
             })
             .max()
             .unwrap_or(0)
-            .max(1);
+            .max(4);
+        // The whole pool in one buffer when the device can bind it, else a buffer per page.
+        let page = if pool_bytes <= limit { pool_bytes.next_multiple_of(4) } else { s.page_bytes };
         // A buffer larger than the device can bind fails deep inside the device layer; say
         // so here, with the sizes.
-        let limit = client.properties().memory.max_page_size;
-        let largest = compiled.schedule.buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).max().unwrap_or(0).max(pool_len as u64 * 4);
-        if largest > limit {
-            return Err(unsupported(format!(
-                "the step needs a {largest}-byte buffer (its pool of temporaries or a leaf) but this device binds at most {limit} bytes at once; use a smaller batch or another device"
-            )));
+        let too_big = |bytes: u64, what: &str| {
+            unsupported(format!(
+                "the step needs a {bytes}-byte buffer ({what}) but this device binds at most {limit} bytes at once; use a smaller batch or another device"
+            ))
+        };
+        if page > limit {
+            return Err(too_big(page, "a page of the pool of temporaries"));
         }
-        let mut buffers = vec![(client.empty(pool_len * 4), pool_len)];
+        if let Some(b) = s.buffers.iter().find(|b| b.bytes > limit) {
+            let what = match &b.kind {
+                BufferKind::Persistent(leaf) => format!("`{leaf}`"),
+                BufferKind::Temp { from, .. } => format!("a temporary of kernel k{from}"),
+            };
+            return Err(too_big(b.bytes, &what));
+        }
+        let pages = pool_bytes.div_ceil(page) as usize;
+        let page_len = |p: usize| ((pool_bytes - p as u64 * page).min(page) / 4).max(1) as usize;
+        let mut buffers: Vec<(Handle, usize)> = (0..pages).map(|p| (client.empty(page_len(p) * 4), page_len(p))).collect();
         let mut place = Vec::new();
-        for b in &compiled.schedule.buffers {
+        for b in &s.buffers {
             match b.kind {
-                BufferKind::Temp { offset, .. } => place.push((0, offset as usize / 4)),
+                BufferKind::Temp { offset, .. } => {
+                    let p = offset / page;
+                    if b.bytes > 0 && (offset + b.bytes - 1) / page != p {
+                        return Err(too_big(b.bytes, "a temporary larger than a page of the pool"));
+                    }
+                    place.push((p as usize, ((offset - p * page) / 4) as usize));
+                }
                 BufferKind::Persistent(_) => {
                     let len = (b.bytes as usize / 4).max(1);
                     place.push((buffers.len(), 0));
@@ -71,7 +100,7 @@ impl<R: Runtime> DeviceStep<R> {
                 }
             }
         }
-        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place, lowered: Vec::new() };
+        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place, lowered: Vec::new(), pages };
         // Lower every kernel now: a kernel no device kernel implements is an error before any
         // launch, and a step's launches only bind buffers.
         let lowered = (0..compiled.schedule.kernels.len()).map(|k| step.lower_kernel(k)).collect::<Result<_, _>>()?;
@@ -82,6 +111,11 @@ impl<R: Runtime> DeviceStep<R> {
             }
         }
         Ok(step)
+    }
+
+    /// Buffers holding the pool of temporaries: 1, or one per page of the plan's layout.
+    pub fn pool_buffers(&self) -> usize {
+        self.pages
     }
 
     /// Bytes held on the device: the pool of temporaries plus the persistent leaves.

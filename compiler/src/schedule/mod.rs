@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
-pub use plan::{Buffer, BufferKind, POOL_ALIGN};
+pub use plan::{Buffer, BufferKind, POOL_ALIGN, POOL_PAGE};
 
 /// One kernel launch.
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +54,8 @@ pub struct Schedule {
     pub bytes_moved: u64,
     pub peak_memory_bytes: u64,
     pub param_count: usize,
+    /// Page size of the pool layout: no temporary smaller than a page crosses a multiple of it.
+    pub page_bytes: u64,
     pub kernels: Vec<Kernel>,
     pub buffers: Vec<Buffer>,
     /// Where every fused-graph node lives: (buffer, element offset).
@@ -86,8 +88,9 @@ pub fn is_kernel(g: &Graph, id: NodeId) -> bool {
 }
 
 /// Lays out the kernels of a fused step: one launch per kernel node (one per group for
-/// multi-output programs), in the fused graph's topological order.
-pub fn schedule(step: &Step, fused: Fused) -> Compiled {
+/// multi-output programs), in the fused graph's topological order; the pool in pages of
+/// `page` bytes.
+pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
     let g = &fused.graph;
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut group_kernel: BTreeMap<u32, usize> = BTreeMap::new();
@@ -127,7 +130,7 @@ pub fn schedule(step: &Step, fused: Fused) -> Compiled {
             nodes: vec![id],
         });
     }
-    let plan = plan::plan(g, &kernels, &kernel_of);
+    let plan = plan::plan(g, &kernels, &kernel_of, page);
     for (k, &b) in &plan.workspace {
         kernels[*k].workspace = Some(b);
     }
@@ -153,6 +156,7 @@ pub fn schedule(step: &Step, fused: Fused) -> Compiled {
         bytes_moved: kernels.iter().map(|k| k.bytes).sum(),
         peak_memory_bytes: plan.peak_bytes,
         param_count: step.arena.len,
+        page_bytes: plan.page,
         kernels,
         locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
         buffers: plan.buffers,
@@ -217,6 +221,11 @@ pub(crate) fn is_value_output(g: &Graph, id: NodeId) -> bool {
 
 /// Fuses and schedules `step`; with `rewrite` off the program stays one op per kernel.
 pub fn compile_step(step: &Step, rewrite: bool) -> Result<Compiled, crate::IrError> {
+    compile_step_paged(step, rewrite, POOL_PAGE)
+}
+
+/// [`compile_step`] with the pool laid out in pages of `page` bytes instead of [`POOL_PAGE`].
+pub fn compile_step_paged(step: &Step, rewrite: bool, page: u64) -> Result<Compiled, crate::IrError> {
     let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
-    Ok(schedule(step, fused))
+    Ok(schedule(step, fused, page.max(POOL_ALIGN).next_multiple_of(POOL_ALIGN)))
 }

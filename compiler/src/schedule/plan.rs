@@ -3,7 +3,8 @@
 //! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
 //! kernel may write over an operand that dies with it, and a state's new value overwrites
 //! the state once nothing reads the old one. A split GEMM gets a workspace for its partial
-//! products, live only during its kernel.
+//! products, live only during its kernel. The pool is laid out in pages (`POOL_PAGE`) that
+//! no page-sized temporary straddles, so a device can hold it as one buffer per page.
 
 use super::{is_value_output, Kernel};
 use crate::ir::{leaf_kind, leaf_name, Graph, NodeId, Op, OutputKind};
@@ -13,6 +14,11 @@ use std::fmt;
 
 /// Alignment of every placement in the temporary pool, in bytes (one four-f32 vector).
 pub const POOL_ALIGN: u64 = 16;
+
+/// The pool is laid out in pages of this many bytes: no temporary that fits in a page
+/// straddles a page boundary, so a device that cannot bind the whole pool at once (wgpu
+/// guarantees 128 MiB per storage binding) can hold it as one buffer per page.
+pub const POOL_PAGE: u64 = 128 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum BufferKind {
@@ -46,6 +52,7 @@ pub(super) struct Plan {
     /// The workspace buffer of each split-GEMM kernel.
     pub workspace: BTreeMap<usize, usize>,
     pub peak_bytes: u64,
+    pub page: u64,
 }
 
 impl Plan {
@@ -62,7 +69,7 @@ fn bytes(g: &Graph, n: NodeId) -> u64 {
     (g.shape(n).numel() * g.dtype(n).size_bytes()) as u64
 }
 
-pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>) -> Plan {
+pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>, page: u64) -> Plan {
     let end = kernels.len();
     // The kernel that first needs each node's storage: its producer, or for a view the
     // producer of what it views.
@@ -210,20 +217,25 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     for b in order {
         // Every placement starts on a 16-byte boundary, so kernels can move four f32 at once.
         let size = buffers[b].bytes.max(1).next_multiple_of(POOL_ALIGN);
-        let mut conflicts: Vec<(u64, u64)> =
+        let conflicts: Vec<(u64, u64)> =
             placed.iter().filter(|&&(_, _, f, l)| f <= last[b] && first[b] <= l).map(|&(o, s, _, _)| (o, s)).collect();
-        conflicts.sort();
+        // The lowest offset where the buffer overlaps no live buffer (and, if it fits in a
+        // page, crosses no page boundary): from 0, jump past every overlap (no position
+        // before the end of an overlapping buffer can be free), or to the next page.
         let mut offset = 0u64;
-        for (o, s) in conflicts {
-            if o >= offset + size {
-                break;
+        loop {
+            if size <= page && offset / page != (offset + size - 1) / page {
+                offset = (offset / page + 1) * page;
             }
-            offset = offset.max(o + s);
+            match conflicts.iter().filter(|&&(o, s)| o < offset + size && offset < o + s).map(|&(o, s)| o + s).max() {
+                Some(end) => offset = end,
+                None => break,
+            }
         }
         placed.push((offset, size, first[b], last[b]));
         pool_peak = pool_peak.max(offset + buffers[b].bytes);
         buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
-    Plan { buffers, loc, workspace, peak_bytes: persistent + pool_peak }
+    Plan { buffers, loc, workspace, peak_bytes: persistent + pool_peak, page }
 }
