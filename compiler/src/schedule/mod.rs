@@ -192,9 +192,11 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::new();
+        let split = self.kernels.iter().filter(|k| k.split > 1).count();
+        let kernels = if split > 0 { format!(" in {} kernels ({split} split GEMMs)", self.kernels.len()) } else { String::new() };
         let _ = writeln!(
             s,
-            "schedule: {} launches ({} optimizer), {} bytes moved, peak memory {} bytes, {} parameters",
+            "schedule: {} launches ({} optimizer){kernels}, {} bytes moved, peak memory {} bytes, {} parameters",
             self.launches, self.optimizer_launches, self.bytes_moved, self.peak_memory_bytes, self.param_count
         );
         for b in &self.buffers {
