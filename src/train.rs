@@ -141,8 +141,8 @@ impl TrainConfig {
     }
 }
 
-/// One epoch's figures (one line of `--metrics`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One epoch's figures (one line of `--metrics`; read back from a checkpoint's history).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub step: usize,
@@ -328,10 +328,11 @@ impl<'d> Trainer<'d> {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let data = self.data;
-        let (test_loss, test_accuracy) = self.evaluate(&data.test)?;
+        self.sync_eval()?;
+        let (test_loss, test_accuracy) = self.evaluate_synced(&data.test)?;
         let validation = match self.validation.take() {
             Some(v) => {
-                let r = self.evaluate(&v);
+                let r = self.evaluate_synced(&v);
                 self.validation = Some(v);
                 Some(r?)
             }
@@ -367,8 +368,12 @@ impl<'d> Trainer<'d> {
 
     /// Mean loss and accuracy over `split` with the current weights (evaluation mode).
     pub fn evaluate(&mut self, split: &Split) -> Result<(f64, f64)> {
-        let bs = self.config.batch_size;
-        // The evaluation programs read the current parameters and BatchNorm statistics.
+        self.sync_eval()?;
+        self.evaluate_synced(split)
+    }
+
+    /// Copies the current parameters and BatchNorm statistics into the evaluation programs.
+    fn sync_eval(&mut self) -> Result<()> {
         let mut leaves = vec![("param", "params".to_string())];
         leaves.extend(self.traced.states.iter().map(|s| ("state", s.name.clone())));
         let values: Vec<(&str, String, Tensor)> = leaves.into_iter().map(|(k, n)| Ok((k, n.clone(), self.runner.get(k, &n)?))).collect::<Result<_>>()?;
@@ -377,6 +382,12 @@ impl<'d> Trainer<'d> {
                 r.set(k, n, v)?;
             }
         }
+        Ok(())
+    }
+
+    /// [`Trainer::evaluate`] with the evaluation programs already holding the weights.
+    fn evaluate_synced(&mut self, split: &Split) -> Result<(f64, f64)> {
+        let bs = self.config.batch_size;
         let (mut loss, mut acc) = (0.0, 0.0);
         let n = split.len();
         let mut at = 0;
@@ -418,7 +429,11 @@ impl<'d> Trainer<'d> {
     /// Loads parameters and BatchNorm statistics from a `state_dict` (`--init`): every name
     /// must be present with its shape; nothing is changed unless all are.
     pub fn load_state_dict(&mut self, path: &Path) -> Result<()> {
-        let file = Checkpoint::read(path)?;
+        self.load_state_dict_from(&Checkpoint::read(path)?, path)
+    }
+
+    /// [`Trainer::load_state_dict`] from a file already read (`path` names it in errors).
+    pub fn load_state_dict_from(&mut self, file: &Checkpoint, path: &Path) -> Result<()> {
         let mut arena = vec![0f32; self.arena.len];
         let mut expected: Vec<(String, Vec<usize>)> = self.arena.slots.iter().map(|s| (s.name.clone(), s.shape.0.clone())).collect();
         expected.extend(self.traced.states.iter().map(|s| (s.name.clone(), s.shape.0.clone())));
@@ -492,7 +507,7 @@ impl<'d> Trainer<'d> {
             bail!("{}: written by a different run ({})", path.display(), differ.join("; "));
         }
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{}: no step in the metadata", path.display()))?;
-        let history: Vec<EpochMetricsIn> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or("[]"))?;
+        let history: Vec<EpochMetrics> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or("[]"))?;
         let mut opt = Vec::new();
         for st in self.config.optimizer.base.state_names() {
             let mut v = vec![0f32; self.arena.len];
@@ -502,45 +517,13 @@ impl<'d> Trainer<'d> {
             }
             opt.push((st, Tensor::from_f32([self.arena.len], &v)?));
         }
-        self.load_state_dict(path)?;
+        self.load_state_dict_from(&file, path)?;
         for (st, t) in opt {
             self.runner.set("state", st, &t)?;
         }
         self.step = step;
-        self.history = history.into_iter().map(EpochMetrics::from).collect();
+        self.history = history;
         Ok(())
-    }
-}
-
-/// `EpochMetrics` as read back from a checkpoint.
-#[derive(serde::Deserialize)]
-struct EpochMetricsIn {
-    epoch: usize,
-    step: usize,
-    lr: f64,
-    train_loss: f64,
-    train_accuracy: f64,
-    test_loss: f64,
-    test_accuracy: f64,
-    validation_loss: Option<f64>,
-    validation_accuracy: Option<f64>,
-    seconds: f64,
-}
-
-impl From<EpochMetricsIn> for EpochMetrics {
-    fn from(m: EpochMetricsIn) -> Self {
-        EpochMetrics {
-            epoch: m.epoch,
-            step: m.step,
-            lr: m.lr,
-            train_loss: m.train_loss,
-            train_accuracy: m.train_accuracy,
-            test_loss: m.test_loss,
-            test_accuracy: m.test_accuracy,
-            validation_loss: m.validation_loss,
-            validation_accuracy: m.validation_accuracy,
-            seconds: m.seconds,
-        }
     }
 }
 
@@ -574,6 +557,11 @@ pub fn newest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
 /// Evaluation mode for a bare state_dict or checkpoint file: loads it into `model` and
 /// returns the mean loss and accuracy on `split`.
 pub fn evaluate_file(model: &Model, data: &Dataset, split: &Split, path: &Path, batch_size: usize, device: Backend) -> Result<(f64, f64)> {
+    evaluate_checkpoint(model, data, split, &Checkpoint::read(path)?, path, batch_size, device)
+}
+
+/// [`evaluate_file`] for a file already read (`path` names it in errors).
+pub fn evaluate_checkpoint(model: &Model, data: &Dataset, split: &Split, file: &Checkpoint, path: &Path, batch_size: usize, device: Backend) -> Result<(f64, f64)> {
     let config = TrainConfig {
         optimizer: OptimizerSpec { base: crate::BaseOptimizer::sgd(0.0, 0.0), sam: None },
         rho: 0.0,
@@ -587,6 +575,6 @@ pub fn evaluate_file(model: &Model, data: &Dataset, split: &Split, path: &Path, 
         shuffle: false,
     };
     let mut t = Trainer::new(model, &config, data, "", None)?;
-    t.load_state_dict(path)?;
+    t.load_state_dict_from(file, path)?;
     t.evaluate(split)
 }

@@ -342,7 +342,7 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
         (None, None) => bail!("{} does not name its model: pass --model", args.checkpoint.display()),
     };
     let data = Dataset::load(&source, parse_normalize(&args.normalize)?).context("--data")?;
-    let (loss, acc) = plateau::train::evaluate_file(&model, &data, &data.test, &args.checkpoint, args.batch_size, device)?;
+    let (loss, acc) = plateau::train::evaluate_checkpoint(&model, &data, &data.test, &file, &args.checkpoint, args.batch_size, device)?;
     println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
     Ok(())
 }

@@ -121,16 +121,6 @@ impl Runner {
         }
     }
 
-    /// Whether the program has this leaf.
-    pub fn has(&self, kind: &str, name: &str) -> bool {
-        match self {
-            Runner::Reference { graph, .. } => graph.find_leaf(kind, name).is_some(),
-            Runner::Wgpu(s) => s.graph().find_leaf(kind, name).is_some(),
-            #[cfg(feature = "cuda")]
-            Runner::Cuda(s) => s.graph().find_leaf(kind, name).is_some(),
-        }
-    }
-
     /// Runs one step and returns the named value outputs (read back from the device).
     pub fn step(&mut self, read: &[&str]) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
         match self {
