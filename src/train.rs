@@ -302,8 +302,7 @@ impl<'d> Trainer<'d> {
             let idx = &order[b * c.batch_size..(b + 1) * c.batch_size];
             let aug = (!c.augment.is_none()).then_some((&c.augment, c.seed, epoch as u64, b as u64));
             let (x, y) = batch(&self.data.train, self.data.shape, idx, aug);
-            let xs = self.traced.graph.shape(self.traced.input).clone();
-            self.runner.set("input", "x", &Tensor::from_f32(xs, &x)?)?;
+            self.runner.set_f32("input", "x", &x)?;
             self.runner.set("input", "labels", &Tensor::labels(&y))?;
             lr = c.schedule.lr(c.lr, self.step, self.total_steps);
             self.runner.set("scalar", "lr", &scalar(lr))?;
@@ -396,9 +395,7 @@ impl<'d> Trainer<'d> {
             let idx: Vec<usize> = (at..at + size).collect();
             let (x, y) = batch(split, self.data.shape, &idx, None);
             let r = self.eval.runners.get_mut(&size).expect("invariant: a program for every batch size a split needs");
-            let mut xs = vec![size];
-            xs.extend(self.data.shape);
-            r.set("input", "x", &Tensor::from_f32(xs, &x)?)?;
+            r.set_f32("input", "x", &x)?;
             r.set("input", "labels", &Tensor::labels(&y))?;
             let out = r.step(&["loss", "accuracy"])?;
             loss += out["loss"].item() * size as f64;

@@ -549,3 +549,16 @@ fn kernel_compile_failures_are_errors() {
     assert!(err.contains("compil"), "{err}");
 }
 
+
+/// A batch uploaded from a slice must have the leaf's element count; the error names the leaf.
+#[test]
+fn slices_of_the_wrong_length_are_refused() {
+    use plateau::runtime::device::DeviceStep;
+    let o = plateau::TraceOptions { batch_size: 4, input_shape: vec![1, 6, 6], ..plateau::TraceOptions::default() };
+    let spec = plateau::OptimizerSpec { base: plateau::BaseOptimizer::sgd(0.9, 0.0), sam: None };
+    let (_, _, compiled) = plateau::compile(&plateau::ModelSpec::Mlp { hidden: vec![8] }, &o, &spec, false, true).unwrap();
+    let mut dev = DeviceStep::new(client(), &compiled).unwrap();
+    dev.set_f32("input", "x", &random(144, 3)).unwrap();
+    let err = dev.set_f32("input", "x", &random(143, 3)).unwrap_err().to_string();
+    assert_eq!(err, "leaf `x` expects f32[4,1,6,6], got f32[143]");
+}

@@ -88,6 +88,26 @@ impl Runner {
         }
     }
 
+    /// Sets an f32 leaf from a slice of its values (a new batch): devices upload the slice
+    /// as it is.
+    pub fn set_f32(&mut self, kind: &str, name: &str, data: &[f32]) -> Result<(), RuntimeError> {
+        let present = |r: Result<(), RuntimeError>| match r {
+            Err(RuntimeError::MissingBinding { .. }) => Ok(()),
+            other => other,
+        };
+        match self {
+            Runner::Reference { graph, bindings } => {
+                if let Some(id) = graph.find_leaf(kind, name) {
+                    bindings.set(kind, name, Tensor::from_f32(graph.shape(id).clone(), data)?);
+                }
+                Ok(())
+            }
+            Runner::Wgpu(s) => present(s.set_f32(kind, name, data)),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => present(s.set_f32(kind, name, data)),
+        }
+    }
+
     /// Reads a leaf's current value (parameters and state after the steps run so far).
     pub fn get(&self, kind: &str, name: &str) -> Result<Tensor, RuntimeError> {
         match self {

@@ -188,6 +188,19 @@ impl<R: Runtime> DeviceStep<R> {
         Ok(())
     }
 
+    /// Uploads the values of an f32 leaf straight from a slice (a batch each step, with no
+    /// intermediate tensor); the count must be the leaf's.
+    pub fn set_f32(&mut self, kind: &str, name: &str, data: &[f32]) -> Result<(), RuntimeError> {
+        let id = self.leaf(kind, name)?;
+        let ty = self.graph.ty(id).clone();
+        if ty.dtype != DType::F32 || data.len() != ty.shape.numel() {
+            let got = plateau_compiler::TensorType { dtype: DType::F32, shape: plateau_compiler::Shape(vec![data.len()]) };
+            return Err(RuntimeError::BindingMismatch { kind: "leaf", name: name.into(), expected: ty, got });
+        }
+        self.write(id, data);
+        Ok(())
+    }
+
     /// Reads a node's value back.
     fn read(&self, id: NodeId) -> Result<Tensor, RuntimeError> {
         let (b, off) = self.place_of(id);
