@@ -64,22 +64,12 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     if !args.no_naive {
         plan.push(("naive_sam", OptimizerSpec { base, sam: Some(Sam::default()) }, true));
     }
-    // One fixed random batch for every variant.
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut xs = vec![args.batch];
-    xs.extend(&input);
-    let pixels: Vec<f64> = (0..xs.iter().product::<usize>()).map(|_| rng.random_range(0.0..1.0)).collect();
-    let labels: Vec<i32> = (0..args.batch).map(|_| rng.random_range(0..opts.classes as i32)).collect();
     let mut variants = Vec::new();
     for (name, spec, naive) in plan {
         let (traced, step, compiled) = plateau::compile(&model, &opts, &spec, naive, !naive)?;
         let mut b = plateau::initial_state(&traced, &step, 0)?;
-        b.set("input", "x", Tensor::new(DType::F32, xs.clone(), pixels.clone())?);
-        b.set("input", "labels", Tensor::labels(&labels));
-        b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.01));
-        b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
-        b.set("scalar", "step", Tensor::scalar(DType::F32, 0.0));
+        // One fixed random batch (seed 0) for every variant.
+        crate::bind_random_batch(&mut b, &traced, opts.classes, 0, 0.01, 0.05)?;
         let runner = Runner::new(backend, &compiled, &b).context("--device")?;
         variants.push(Variant { name, compiled, runner, times: Vec::new() });
     }

@@ -319,6 +319,22 @@ fn trace_cmd(args: TraceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Binds one random batch (pixels in [0, 1), labels below `classes`, drawn from `seed`), the
+/// learning rate, rho and step 0: the step inputs of `run` and `bench`.
+fn bind_random_batch(b: &mut plateau::Bindings, traced: &plateau::TracedModel, classes: usize, seed: u64, lr: f64, rho: f64) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let x = traced.graph.shape(traced.input).clone();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let pixels: Vec<f64> = (0..x.numel()).map(|_| rng.random_range(0.0..1.0)).collect();
+    let labels: Vec<i32> = (0..x.0[0]).map(|_| rng.random_range(0..classes as i32)).collect();
+    b.set("input", "x", plateau::Tensor::new(DType::F32, x, pixels)?);
+    b.set("input", "labels", plateau::Tensor::labels(&labels));
+    b.set("scalar", "lr", plateau::Tensor::scalar(DType::F32, lr));
+    b.set("scalar", "rho", plateau::Tensor::scalar(DType::F32, rho));
+    b.set("scalar", "step", plateau::Tensor::scalar(DType::F32, 0.0));
+    Ok(())
+}
+
 fn run_cmd(args: RunArgs) -> Result<()> {
     use plateau::runtime::{Backend, Runner};
     let backend: Backend = args.device.parse().context("--device")?;
@@ -329,16 +345,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     }
     let (traced, step, compiled) = plateau::compile(&model, &opts, &spec, false, true)?;
     let mut b = plateau::initial_state(&traced, &step, args.seed)?;
-    let x = traced.graph.shape(traced.input).clone();
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let pixels: Vec<f64> = (0..x.numel()).map(|_| rng.random_range(0.0..1.0)).collect();
-    let labels: Vec<i32> = (0..opts.batch_size).map(|_| rng.random_range(0..opts.classes as i32)).collect();
-    b.set("input", "x", plateau::Tensor::new(DType::F32, x, pixels)?);
-    b.set("input", "labels", plateau::Tensor::labels(&labels));
-    b.set("scalar", "lr", plateau::Tensor::scalar(DType::F32, args.lr));
-    b.set("scalar", "rho", plateau::Tensor::scalar(DType::F32, args.opt.rho));
-    b.set("scalar", "step", plateau::Tensor::scalar(DType::F32, 0.0));
+    bind_random_batch(&mut b, &traced, opts.classes, args.seed, args.lr, args.opt.rho)?;
     let mut runner = Runner::new(backend, &compiled, &b).context("--device")?;
     for i in 0..args.steps {
         runner.set("scalar", "step", &plateau::Tensor::scalar(DType::F32, i as f64))?;
