@@ -359,7 +359,8 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes `k<id>_<name>.cu` for every kernel; all sources are generated before any file is
+/// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
+/// of a split GEMM), each a whole translation unit as NVRTC compiles it; all sources are generated before any file is
 /// written, so a kernel that cannot be emitted leaves the directory untouched.
 fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
     let s = &compiled.schedule;
@@ -368,7 +369,7 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
         let name = format!("k{}_{}", k.id, k.name);
         let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, &k.nodes, &|n| s.locations[&n].1, s.workspace_offset(k), &name)
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
-        sources.push((name, src));
+        sources.extend(src);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
     for (name, src) in sources {

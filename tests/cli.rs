@@ -138,22 +138,30 @@ fn compile_emits_the_cuda_of_every_kernel_without_a_gpu() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let files: Vec<_> = std::fs::read_dir(&cu).unwrap().map(|e| e.unwrap().path()).collect();
     let kernels = v["kernels"].as_array().unwrap();
-    assert_eq!(files.len(), kernels.len());
-    // A split GEMM's file holds both its launches: the k slices and their sum.
-    let mut launches = 0;
+    // One file per launch, each one kernel: a split GEMM's k slices and their sum
+    // (`k<id>_<name>_sum.cu`) are two.
+    assert_eq!(files.len() as u64, v["launches"].as_u64().unwrap());
+    let split_kernels: Vec<_> = kernels.iter().filter(|k| k["split"].as_u64().unwrap() > 1).collect();
+    assert_eq!(files.len(), kernels.len() + split_kernels.len());
+    for k in kernels {
+        assert!(cu.join(format!("k{}_{}.cu", k["id"], k["name"].as_str().unwrap())).exists(), "{k}");
+    }
+    for k in &split_kernels {
+        assert!(cu.join(format!("k{}_{}_sum.cu", k["id"], k["name"].as_str().unwrap())).exists(), "{k}");
+    }
     for f in &files {
         let src = std::fs::read_to_string(f).unwrap();
         let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
-        assert!(src.contains(&stem), "{}", f.display());
-        launches += src.matches("__global__").count() as u64;
-        assert_eq!(src.contains(&format!("{stem}_sum")), src.matches("__global__").count() == 2, "{}", f.display());
+        assert!(src.contains(&format!("void __launch_bounds__(256){stem} (")), "{}", f.display());
+        assert_eq!(src.matches("__global__").count(), 1, "{}", f.display());
+        assert_eq!(src.matches("struct info_st").count(), 1, "{}", f.display());
     }
-    assert_eq!(launches, v["launches"].as_u64().unwrap());
     // At batch 8, in each of SAM's two passes: the first linear layer (8 x 128 outputs, 3,136
     // terms: 6 slices), the second convolution's weight gradient (5 tiles, 1,568 terms: 3)
     // and the first's (1 tile, 6,272 terms: 12).
     let split: Vec<u64> = kernels.iter().filter_map(|k| k["workspace"].as_u64().map(|_| k["split"].as_u64().unwrap())).collect();
     assert_eq!(split, [6, 3, 12, 6, 3, 12]);
+    assert_eq!(split_kernels.len(), split.len());
     assert!(files.iter().any(|f| f.to_str().unwrap().ends_with("_conv2d_grad_weight.cu")));
     let blocked = dir.path().join("file");
     std::fs::write(&blocked, "x").unwrap();

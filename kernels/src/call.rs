@@ -21,6 +21,19 @@ fn vseq<T: CubePrimitive>(n: usize) -> SequenceCompilationArg<Array<T>> {
 /// cubecl's CUDA compiler (the one `cubecl::cuda` uses).
 type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
 
+/// The options cubecl's CUDA runtime compiles with on an sm_90 GPU (H100, H200): fast math,
+/// kernel arguments as grid constants, clusters (`cubecl-cuda`'s `runtime.rs`), so that the
+/// emitted source is the one NVRTC compiles there.
+fn sm90_options() -> CompilationOptions {
+    let mut options = CompilationOptions::default();
+    let f = &mut options.supports_features;
+    f.fast_math = true;
+    f.grid_constants = true;
+    f.clusters = true;
+    f.elect_sync = true;
+    options
+}
+
 impl KernelCall {
     /// Units the launch needs (one per output element, or a cube per output).
     fn units(&self) -> (usize, u32) {
@@ -105,8 +118,10 @@ impl KernelCall {
         }
     }
 
-    /// The call's CUDA C++ source, expanded and compiled with no device.
-    pub fn cuda_source(&self, name: &str) -> Result<String, String> {
+    /// The CUDA C++ of each of the call's launches, as (kernel name, source), expanded and
+    /// compiled with no device: one kernel, or two for a split GEMM (the slices, then their
+    /// sum named `{name}_sum`). Each source is a whole translation unit, as NVRTC compiles it.
+    pub fn cuda_sources(&self, name: &str) -> Result<Vec<(String, String)>, String> {
         let mut b = KernelBuilder::default();
         let addr = AddressType::U32;
         addr.register(&mut b.scope);
@@ -155,7 +170,9 @@ impl KernelCall {
                     let ws = input(&mut b);
                     let o = output(&mut b);
                     gemm_reduce::expand(&mut b.scope, ws, o, s);
-                    return Ok(format!("{first}\n{}", Self::compile_cuda(b, BLOCK, &format!("{name}_sum"))?));
+                    let sum = format!("{name}_sum");
+                    let second = Self::compile_cuda(b, BLOCK, &sum)?;
+                    return Ok(vec![(name.to_string(), first), (sum, second)]);
                 }
             }
             KernelCall::OneHot { rows, classes, offsets } => {
@@ -193,14 +210,14 @@ impl KernelCall {
                 }
             },
         }
-        Self::compile_cuda(b, block, name)
+        Ok(vec![(name.to_string(), Self::compile_cuda(b, block, name)?)])
     }
 
     /// The CUDA C++ of an expanded kernel.
     fn compile_cuda(b: KernelBuilder, block: u32, name: &str) -> Result<String, String> {
         let addr = AddressType::U32;
         let def = b.build(KernelSettings::default().cube_dim(CubeDim::new_1d(block)).address_type(addr).kernel_name(name));
-        let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &CompilationOptions::default(), ExecutionMode::Checked, addr.unsigned_type())
+        let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &sm90_options(), ExecutionMode::Checked, addr.unsigned_type())
             .map_err(|e| format!("{e:?}"))?;
         Ok(compiled.to_string())
     }

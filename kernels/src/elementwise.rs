@@ -52,7 +52,10 @@ pub fn run_program<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, splats: &S
             KInstr::Unary(op, a) => {
                 let x = *regs.index(a);
                 let v = match op {
-                    UnaryOp::Neg => -x,
+                    // Not `-x`: cubecl's CUDA C++ has no unary minus on its vector types
+                    // (`float_4`), and NVRTC refuses it. `x * -1` is the same IEEE negation,
+                    // signed zeros included.
+                    UnaryOp::Neg => x * Vector::<f32, N>::new(-1.0),
                     UnaryOp::Exp => x.exp(),
                     UnaryOp::Log => x.ln(),
                     UnaryOp::Sqrt => x.sqrt(),
