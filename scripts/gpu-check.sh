@@ -31,12 +31,17 @@ check() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+# Compiled kernels (PTX) are kept here, so a kernel NVRTC compiled once is loaded, not
+# compiled again, by every later run (the profiles, ResNet-18's second bench).
+export PLATEAU_KERNEL_CACHE=${PLATEAU_KERNEL_CACHE:-$(mktemp -d)}
 # Parity: the same losses on the reference and on CUDA.
 for m in mlp cnn; do
   for d in reference cuda; do
     check "run-$m-$d.txt" 60 $P run --model $m --optimizer sam --steps 3 --batch-size 32 --device $d
   done
 done
+# The same run again, its kernels now in the cache: times.txt shows what NVRTC cost.
+check run-cnn-cuda-cached.txt 60 $P run --model cnn --optimizer sam --steps 3 --batch-size 32 --device cuda
 # The issue's GPU target first: plateau's SGD and SAM steps against PyTorch eager.
 for m in mlp cnn; do
   check bench.jsonl 90 $P bench --model $m --device cuda --rounds 30 --json
@@ -53,4 +58,5 @@ for m in mlp cnn resnet18; do
   check bench.jsonl 120 python benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
   check bench.jsonl 90 python benches/sam_jax.py --model $m --rounds 30
 done
+du -sh "$PLATEAU_KERNEL_CACHE" >> "$out/times.txt" 2>&1
 echo "done: $(ls "$out")"
