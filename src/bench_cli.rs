@@ -39,6 +39,8 @@ struct Variant {
     compiled: Compiled,
     runner: Runner,
     times: Vec<f64>,
+    /// Host time of each timed step: until `step` returned, before waiting for the device.
+    host: Vec<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -71,17 +73,19 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         // One fixed random batch (seed 0) for every variant.
         crate::bind_random_batch(&mut b, &traced, opts.classes, 0, 0.01, 0.05)?;
         let runner = Runner::new(backend, &compiled, &b).context("--device")?;
-        variants.push(Variant { name, compiled, runner, times: Vec::new() });
+        variants.push(Variant { name, compiled, runner, times: Vec::new(), host: Vec::new() });
     }
     for round in 0..args.warmup + args.rounds {
         for v in &mut variants {
             v.runner.set("scalar", "step", &Tensor::scalar(DType::F32, round as f64))?;
             let start = Instant::now();
             v.runner.step(&[])?;
+            let host = start.elapsed().as_secs_f64() * 1e3;
             v.runner.sync()?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if round >= args.warmup {
                 v.times.push(ms);
+                v.host.push(host);
             }
         }
         if !args.json {
@@ -114,18 +118,20 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         json[format!("optimizer_launches_{}", v.name)] = s.optimizer_launches.into();
         json[format!("bytes_moved_{}", v.name)] = s.bytes_moved.into();
         json[format!("peak_memory_bytes_{}", v.name)] = s.peak_memory_bytes.into();
+        json[format!("host_step_ms_{}", v.name)] = median(&v.host).into();
     }
     if args.json {
         println!("{json}");
         return Ok(());
     }
     println!("{} at batch {} on {} (median of {} interleaved rounds after {} warm-up)", model, args.batch, args.device, args.rounds, args.warmup);
-    println!("| step | median ms | launches | optimizer launches | bytes moved | peak memory (bytes) |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| step | median ms | host ms | launches | optimizer launches | bytes moved | peak memory (bytes) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for v in &variants {
         let s = &v.compiled.schedule;
-        println!("| {} | {:.3} | {} | {} | {} | {} |", v.name, median(&v.times), s.launches, s.optimizer_launches, s.bytes_moved, s.peak_memory_bytes);
+        println!("| {} | {:.3} | {:.3} | {} | {} | {} | {} |", v.name, median(&v.times), median(&v.host), s.launches, s.optimizer_launches, s.bytes_moved, s.peak_memory_bytes);
     }
+    println!("(host ms: until the step's launches were queued, before waiting for the device; near the median, the step is bound by launching, not by the device)");
     println!("ratio sam / (2 x sgd) = {ratio:.3}");
     if let Some(n) = naive_ratio {
         println!("ratio naive_sam / (2 x sgd) = {n:.3}");

@@ -185,6 +185,11 @@ fn bench_reports_times_launches_and_memory_as_json() {
     let (sgd, sam) = (j["peak_memory_bytes_sgd"].as_u64().unwrap(), j["peak_memory_bytes_sam"].as_u64().unwrap());
     // SAM holds one more parameter-sized buffer (269,322 f32) and two scalars, 16-byte aligned.
     assert!(sam - sgd <= (4 * 269_322u64).next_multiple_of(16) + 32, "{sam} - {sgd}");
+    // Host time (until the launches were queued) is part of each step's time.
+    for v in ["sgd", "sam", "naive_sam"] {
+        let (host, step) = (j[format!("host_step_ms_{v}")].as_f64().unwrap(), j[format!("{v}_step_ms")].as_f64().unwrap());
+        assert!(host > 0.0 && host <= step, "{v}: host {host} ms, step {step} ms");
+    }
     let ratio = j["ratio"].as_f64().unwrap();
     assert!((ratio - j["sam_step_ms"].as_f64().unwrap() / (2.0 * j["sgd_step_ms"].as_f64().unwrap())).abs() < 1e-12);
     let out = plateau(&["bench", "--device", "tpu"]);
