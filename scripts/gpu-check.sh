@@ -13,6 +13,7 @@ set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 P=bin-gpu/plateau
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 deadline=$(( $(date +%s) + ${BUDGET:-420} ))
 
 # check NAME SECONDS CMD...: runs CMD with at most SECONDS (less if the budget is nearly
@@ -40,23 +41,37 @@ for m in mlp cnn; do
     check "run-$m-$d.txt" 60 $P run --model $m --optimizer sam --steps 3 --batch-size 32 --device $d
   done
 done
+# The verdict of the parity runs in parity.txt: the largest loss difference per model.
+$PY - "$out" > "$out/parity.txt" 2>&1 <<'PY'
+import re, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def losses(p):
+    return [float(x) for x in re.findall(r"loss ([-0-9.eE+naNinf]+)", p.read_text())] if p.exists() else []
+for m in ("mlp", "cnn"):
+    ref, cuda = losses(out / f"run-{m}-reference.txt"), losses(out / f"run-{m}-cuda.txt")
+    if not ref or len(ref) != len(cuda):
+        print(f"{m}: FAIL, {len(ref)} reference and {len(cuda)} CUDA losses")
+        continue
+    d = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(ref, cuda))
+    print(f"{m}: {'PASS' if d < 1e-3 else 'FAIL'}, largest relative loss difference {d:.2e} over {len(ref)} steps (reference {ref}, CUDA {cuda})")
+PY
 # The same run again, its kernels now in the cache: times.txt shows what NVRTC cost.
 check run-cnn-cuda-cached.txt 60 $P run --model cnn --optimizer sam --steps 3 --batch-size 32 --device cuda
 # The issue's GPU target first: plateau's SGD and SAM steps against PyTorch eager.
 for m in mlp cnn; do
   check bench.jsonl 90 $P bench --model $m --device cuda --rounds 30 --json
-  check bench.jsonl 90 python benches/sam_torch.py --model $m --device cuda --rounds 30
+  check bench.jsonl 90 $PY benches/sam_torch.py --model $m --device cuda --rounds 30
 done
 for m in mlp cnn; do
   check "profile-$m.txt" 60 $P bench --model $m --device cuda --rounds 3 --no-naive --profile
 done
 check train-cuda.txt 60 $P train --device cuda --epochs 2 --hidden 64
 check bench.jsonl 150 $P bench --model resnet18 --device cuda --rounds 10 --no-naive --json
-check bench.jsonl 90 python benches/sam_torch.py --model resnet18 --device cuda --rounds 10
+check bench.jsonl 90 $PY benches/sam_torch.py --model resnet18 --device cuda --rounds 10
 check profile-resnet18.txt 120 $P bench --model resnet18 --device cuda --rounds 2 --warmup 1 --no-naive --profile
 for m in mlp cnn resnet18; do
-  check bench.jsonl 120 python benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
-  check bench.jsonl 90 python benches/sam_jax.py --model $m --rounds 30
+  check bench.jsonl 120 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
+  check bench.jsonl 90 $PY benches/sam_jax.py --model $m --rounds 30
 done
 du -sh "$PLATEAU_KERNEL_CACHE" >> "$out/times.txt" 2>&1
 echo "done: $(ls "$out")"
