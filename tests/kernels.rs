@@ -408,6 +408,16 @@ fn convolutions_match_the_reference() {
         (4, 33, 5, 5, 40, [3, 3], [1, 1], [1, 1]),
         // The weight gradient sums 2,048 terms on one tile: split into 4 slices.
         (8, 3, 16, 16, 4, [3, 3], [1, 1], [1, 1]),
+        // Strided, output channels in whole stages of 16: the input gradient by phases.
+        // ResNet's 3x3 stride-2 with an odd height; its 1x1 stride-2 shortcut (three of four
+        // phases reached by no tap: zeros); strides 3 and 2 with padding 2 and 1; more than
+        // one tile of rows (70 input channels); 2x2 stride 2 (one tap per pixel); a 5x5 kernel.
+        (3, 4, 9, 8, 16, [3, 3], [2, 2], [1, 1]),
+        (2, 5, 6, 7, 32, [1, 1], [2, 2], [0, 0]),
+        (2, 3, 11, 10, 16, [3, 2], [3, 2], [2, 1]),
+        (4, 70, 8, 8, 48, [3, 3], [2, 2], [1, 1]),
+        (2, 3, 8, 8, 16, [2, 2], [2, 2], [0, 0]),
+        (1, 2, 5, 5, 16, [5, 5], [2, 2], [2, 2]),
     ];
     for (i, &(n, c, h, w, o, kernel, stride, padding)) in cases.iter().enumerate() {
         let attrs = Conv2dAttrs { stride, padding };
@@ -430,6 +440,11 @@ fn convolutions_match_the_reference() {
         assert_close_scaled(&format!("conv grad input {i}"), &run_lowered(&g, gx, &[&dgy, &dw]), &want[1].to_f32());
         assert_close_scaled(&format!("conv grad weight {i}"), &run_lowered(&g, gw, &[&dx, &dgy]), &want[2].to_f32());
         assert_eq!(plateau::compiler::schedule::gemm::split_of(&g, gw), if i == 5 { 4 } else { 1 });
+        let phased = match plateau::kernels::lower::lower(&g, &[gx], &|_| 0, None).unwrap().call {
+            plateau::kernels::lower::KernelCall::Gemm(spec) => spec.phased.is_some(),
+            other => panic!("conv grad input {i} lowered to {other:?}"),
+        };
+        assert_eq!(phased, i >= 6, "conv grad input {i}");
     }
 }
 

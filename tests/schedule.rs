@@ -147,12 +147,13 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     let widest = c.schedule.kernels.iter().map(|k| k.inputs.len() + k.outputs.len()).max().unwrap();
     assert!(widest <= plateau::compiler::egraph::MAX_PROGRAM_OPERANDS, "{widest} buffers");
     assert_eq!(c.schedule.kernels.len(), 531);
-    // 64 of them are split GEMMs (two launches each): at batch 8 the deeper layers'
+    // 60 of them are split GEMMs (two launches each): at batch 8 the deeper layers'
     // convolutions and input gradients have few output tiles (8 x 4 x 4 positions) and
     // long sums over channels and taps, and the first layers' weight gradients sum over
-    // 8 x 32 x 32 positions; 32 in each of SAM's two passes.
+    // 8 x 32 x 32 positions; 30 in each of SAM's two passes. The strided convolutions'
+    // input gradients run by phases, never split (2 per pass would be otherwise).
     let split = c.schedule.kernels.iter().filter(|k| k.split > 1).count();
-    assert_eq!(split, 64);
+    assert_eq!(split, 60);
     assert_eq!(c.schedule.launches, 531 + split);
 }
 

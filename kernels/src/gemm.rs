@@ -17,6 +17,11 @@
 //! `gx[c, (n,h,w)] = W'[c, (o,i,j)] x gather(gy)` and its weight gradient
 //! `gw[o, (c,i,j)] = gy[o, (n,p)] x im2col(x)^T`: implicit GEMMs.
 //!
+//! A strided convolution's input gradient runs by phases ([`Phased`]) where
+//! `plateau_compiler::schedule::gemm::grad_input_phased` says so: its columns are the input
+//! pixels grouped by `((h+ph) mod sh, (w+pw) mod sw)`, each group padded to whole tiles, and a
+//! tile's k range holds only the taps that reach its phase, as `(tap, o)` with `o` fastest.
+//!
 //! Each cube of `16 x 16` units computes a `16*rm x 16*rn` output tile, each unit an
 //! `rm x rn` block in registers (rows `ty + 16*a`, columns `tx + 16*b`); the k dimension is
 //! walked 16 at a time through shared memory. Larger blocks mean fewer barriers and
@@ -26,7 +31,7 @@
 
 use crate::window::WindowSpec;
 use cubecl::prelude::*;
-use plateau_compiler::schedule::gemm::{gemm_block, gemm_split};
+use plateau_compiler::schedule::gemm::{gemm_block, gemm_split, grad_input_phased};
 
 /// Units along each side of a cube (the cube has `GEMM_SIDE^2` units) and the k-depth of one
 /// shared-memory stage.
@@ -74,6 +79,23 @@ impl Gather {
     }
 }
 
+/// A strided convolution's input gradient by phases: column `phase * cols + t` of the GEMM
+/// is input pixel `t = (n, u, v)` of phase `(a, b) = (phase / sw, phase % sw)`, at
+/// `h = h0(a) + sh*u`, `w = w0(b) + sw*v` with `h0(a)` the first row with
+/// `(h + ph) mod sh = a`; columns past a phase's pixels, or outside the image, are skipped.
+/// Its k index is `(tap, o)`: stage `t` covers output channels `(16t mod o) ..+16` of tap
+/// `16t / o` of the phase's taps `(a + sh*alpha, b + sw*beta)`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Phased {
+    /// The convolution (offsets: gy, w, gx).
+    pub w: WindowSpec,
+    /// Pixel rows and columns of a phase: `ceil(h / sh)`, `ceil(w / sw)`.
+    pub hc: usize,
+    pub wc: usize,
+    /// Columns per phase: `n * hc * wc` rounded up to whole tiles.
+    pub cols: usize,
+}
+
 /// Shapes, block sizes and addressing of one GEMM.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct GemmSpec {
@@ -96,6 +118,9 @@ pub struct GemmSpec {
     /// `workspace + s * m * n` of the workspace buffer.
     pub split: usize,
     pub workspace: usize,
+    /// A strided convolution's input gradient by phases: then `a` is the weight, `b` the
+    /// output gradient and the output the input gradient, all addressed through it.
+    pub phased: Option<Phased>,
 }
 
 impl GemmSpec {
@@ -116,6 +141,7 @@ impl GemmSpec {
             b_rows_fast: b.rows_contiguous(),
             split: gemm_split(m, n, k),
             workspace: 0,
+            phased: None,
         }
     }
 
@@ -156,6 +182,17 @@ impl GemmSpec {
     /// The input gradient `gx` of a convolution (offsets: gy, w, gx).
     pub fn conv2d_grad_input(s: &WindowSpec) -> GemmSpec {
         let (taps, hw) = (s.kh * s.kw, s.h * s.w);
+        if grad_input_phased([s.sh, s.sw], s.o) {
+            let (hc, wc) = (s.h.div_ceil(s.sh), s.w.div_ceil(s.sw));
+            let rn = gemm_block(s.n * hc * wc);
+            let cols = (s.n * hc * wc).next_multiple_of(GEMM_SIDE * rn);
+            let mut spec = GemmSpec::new(s.c, s.sh * s.sw * cols, s.o * taps, Gather::Strided { offset: s.offsets.1, row: Split::stride(taps), col: Split::stride(s.c * taps) }, Gather::ConvTranspose { w: *s }, s.offsets.2, Split::stride(hw), Split::stride(1));
+            // Tiles must not straddle phases: the block follows one phase's columns.
+            spec.rn = rn;
+            spec.split = 1;
+            spec.phased = Some(Phased { w: *s, hc, wc, cols });
+            return spec;
+        }
         let a = Gather::Strided { offset: s.offsets.1, row: Split::stride(taps), col: Split { div: taps, hi: s.c * taps, lo: 1 } };
         let b = Gather::ConvTranspose { w: *s };
         GemmSpec::new(s.c, s.n * hw, s.o * taps, a, b, s.offsets.2, Split::stride(hw), Split { div: hw, hi: s.c * hw, lo: 1 })
@@ -228,6 +265,41 @@ fn gather(buf: &Array<f32>, r: usize, c: usize, #[comptime] g: Gather) -> f32 {
     }
 }
 
+/// `w[o, c, i, j]`: the weight as a phased input gradient reads it.
+#[cube]
+fn phased_weight(w: &Array<f32>, c: usize, o: usize, i: usize, j: usize, #[comptime] ph: Phased) -> f32 {
+    let s = comptime!(ph.w);
+    w[comptime!(s.offsets.1) + ((o * comptime!(s.c) + c) * comptime!(s.kh) + i) * comptime!(s.kw) + j]
+}
+
+/// The input pixel `(n, h, w)` of column `t` of a phase whose pixels start at `(h0, w0)`;
+/// `valid` is false past the phase's pixels or outside the image.
+#[cube]
+fn phased_pixel(t: usize, h0: usize, w0: usize, #[comptime] ph: Phased) -> (usize, usize, usize, bool) {
+    let s = comptime!(ph.w);
+    let n = t / comptime!(ph.hc * ph.wc);
+    let h = h0 + ((t / comptime!(ph.wc)) % comptime!(ph.hc)) * comptime!(s.sh);
+    let w = w0 + (t % comptime!(ph.wc)) * comptime!(s.sw);
+    (n, h, w, t < comptime!(s.n * ph.hc * ph.wc) && h < comptime!(s.h) && w < comptime!(s.w))
+}
+
+/// `gy[n, o, (h+ph-i)/sh, (w+pw-j)/sw]` for column `t` of the phase (whose taps `(i, j)`
+/// divide exactly), 0 where that is no output position.
+#[cube]
+fn phased_grad(gy: &Array<f32>, o: usize, t: usize, i: usize, j: usize, h0: usize, w0: usize, #[comptime] ph: Phased) -> f32 {
+    let s = comptime!(ph.w);
+    let (n, h, w, valid) = phased_pixel(t, h0, w0, ph);
+    let mut v = 0.0f32;
+    if valid && h + comptime!(s.ph) >= i && w + comptime!(s.pw) >= j {
+        let yy = (h + comptime!(s.ph) - i) / comptime!(s.sh);
+        let xx = (w + comptime!(s.pw) - j) / comptime!(s.sw);
+        if yy < comptime!(s.ho) && xx < comptime!(s.wo) {
+            v = gy[comptime!(s.offsets.0) + ((n * comptime!(s.o) + o) * comptime!(s.ho) + yy) * comptime!(s.wo) + xx];
+        }
+    }
+    v
+}
+
 /// `out = A x B` (see the module documentation); cube `slice * tiles + t` computes output
 /// tile `t` (row-major over the tiles) over k slice `slice`. Split, `out` is the workspace.
 #[cube(launch)]
@@ -242,8 +314,35 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
     // This cube's stages of k: all of them, or its slice's.
     let stages = comptime!(s.k.div_ceil(GEMM_SIDE));
     let per_slice = comptime!(s.k.div_ceil(GEMM_SIDE).div_ceil(s.split));
-    let t_begin = min(slice * per_slice, stages);
-    let t_end = min(t_begin + per_slice, stages);
+    let mut t_begin = min(slice * per_slice, stages);
+    let mut t_end = min(t_begin + per_slice, stages);
+    // Phased: the cube's phase (a, b), the first pixel row and column of that phase, the
+    // phase's taps along w, its first column, and its k range (taps x output channels).
+    let mut pa = 0usize;
+    let mut pb = 0usize;
+    let mut h0 = 0usize;
+    let mut w0 = 0usize;
+    let mut taps_w = 1usize;
+    let mut pcol0 = col0;
+    if comptime!(s.phased.is_some()) {
+        let ph = comptime!(s.phased.unwrap());
+        let phase = col0 / comptime!(ph.cols);
+        pcol0 = col0 - phase * comptime!(ph.cols);
+        pa = phase / comptime!(ph.w.sw);
+        pb = phase % comptime!(ph.w.sw);
+        h0 = (pa + comptime!(ph.w.sh - ph.w.ph % ph.w.sh)) % comptime!(ph.w.sh);
+        w0 = (pb + comptime!(ph.w.sw - ph.w.pw % ph.w.sw)) % comptime!(ph.w.sw);
+        let mut taps_h = 0usize;
+        if pa < comptime!(ph.w.kh) {
+            taps_h = (comptime!(ph.w.kh + ph.w.sh - 1) - pa) / comptime!(ph.w.sh);
+        }
+        taps_w = 0;
+        if pb < comptime!(ph.w.kw) {
+            taps_w = (comptime!(ph.w.kw + ph.w.sw - 1) - pb) / comptime!(ph.w.sw);
+        }
+        t_begin = 0;
+        t_end = taps_h * taps_w * comptime!(ph.w.o / GEMM_SIDE);
+    }
     let unit = UNIT_POS as usize;
     let ty = unit / comptime!(GEMM_SIDE);
     let tx = unit % comptime!(GEMM_SIDE);
@@ -262,14 +361,31 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
     let mut rb = Array::<f32>::new(comptime!(s.rn));
     for t in t_begin..t_end {
         let k0 = t * comptime!(GEMM_SIDE);
+        // Phased: the stage's tap (i, j) and its first output channel (a stage is one tap).
+        let mut ti = 0usize;
+        let mut tj = 0usize;
+        let mut o0 = 0usize;
+        if comptime!(s.phased.is_some()) {
+            let ph = comptime!(s.phased.unwrap());
+            let tap = k0 / comptime!(ph.w.o);
+            o0 = k0 % comptime!(ph.w.o);
+            ti = pa + (tap / taps_w) * comptime!(ph.w.sh);
+            tj = pb + (tap % taps_w) * comptime!(ph.w.sw);
+        }
         // A's tile: bm x 16 elements, rm per unit.
         #[unroll]
         for l in 0..comptime!(s.rm) {
             let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
             let (r, p) = if comptime!(s.a_rows_fast) { (e % bm, e / bm) } else { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) };
             let mut v = 0.0f32;
-            if row0 + r < comptime!(s.m) && k0 + p < comptime!(s.k) {
-                v = gather(a, row0 + r, k0 + p, comptime!(s.a));
+            if comptime!(s.phased.is_some()) {
+                if row0 + r < comptime!(s.m) {
+                    v = phased_weight(a, row0 + r, o0 + p, ti, tj, comptime!(s.phased.unwrap()));
+                }
+            } else {
+                if row0 + r < comptime!(s.m) && k0 + p < comptime!(s.k) {
+                    v = gather(a, row0 + r, k0 + p, comptime!(s.a));
+                }
             }
             sa[p * sa_row + r] = v;
         }
@@ -279,8 +395,12 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
             let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
             let (c, p) = if comptime!(s.b_rows_fast) { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) } else { (e % bn, e / bn) };
             let mut v = 0.0f32;
-            if k0 + p < comptime!(s.k) && col0 + c < comptime!(s.n) {
-                v = gather(b, k0 + p, col0 + c, comptime!(s.b));
+            if comptime!(s.phased.is_some()) {
+                v = phased_grad(b, o0 + p, pcol0 + c, ti, tj, h0, w0, comptime!(s.phased.unwrap()));
+            } else {
+                if k0 + p < comptime!(s.k) && col0 + c < comptime!(s.n) {
+                    v = gather(b, k0 + p, col0 + c, comptime!(s.b));
+                }
             }
             sb[p * sb_row + c] = v;
         }
@@ -311,7 +431,13 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
         for j in 0..comptime!(s.rn) {
             let r = row0 + ty + comptime!(i * GEMM_SIDE);
             let c = col0 + tx + comptime!(j * GEMM_SIDE);
-            if r < comptime!(s.m) && c < comptime!(s.n) && slice < comptime!(s.split) {
+            if comptime!(s.phased.is_some()) {
+                let ph = comptime!(s.phased.unwrap());
+                let (n, h, w, valid) = phased_pixel(pcol0 + tx + comptime!(j * GEMM_SIDE), h0, w0, ph);
+                if r < comptime!(s.m) && valid {
+                    out[comptime!(ph.w.offsets.2) + ((n * comptime!(ph.w.c) + r) * comptime!(ph.w.h) + h) * comptime!(ph.w.w) + w] = acc[comptime!(i * s.rn + j)];
+                }
+            } else if r < comptime!(s.m) && c < comptime!(s.n) && slice < comptime!(s.split) {
                 if comptime!(s.split > 1) {
                     out[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + r * comptime!(s.n) + c] = acc[comptime!(i * s.rn + j)];
                 } else {

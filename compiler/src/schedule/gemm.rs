@@ -14,6 +14,13 @@
 //!   writes its partial product to a workspace (`split * m * n` f32, placed by the memory
 //!   plan, live only during the kernel), and a second launch sums the slices in a fixed order
 //!   (deterministic, no atomics). Such a kernel counts as two launches.
+//! - **Phases of a strided input gradient.** With stride `s`, an input pixel `h` is reached
+//!   only by the kernel taps `i` with `i = (h + pad) mod s`, so gathering every tap for every
+//!   pixel (as the transposed convolution does) multiplies zeros for all but about `1/s^2` of
+//!   the terms: 3/4 of them for ResNet's stride-2 convolutions. When [`grad_input_phased`],
+//!   the GEMM instead groups the input pixels by phase `((h + ph) mod sh, (w + pw) mod sw)`,
+//!   each phase in whole tiles, and each tile sums only over its phase's taps. Such a GEMM
+//!   is never split (its k range is at most a few taps times the output channels).
 
 use crate::ir::{Graph, NodeId, Op};
 
@@ -75,16 +82,29 @@ pub fn gemm_dims(g: &Graph, id: NodeId) -> Option<(usize, usize, usize)> {
     })
 }
 
-/// The split of the GEMM computing `id` (1 for any other node).
+/// Whether a convolution's input gradient with `stride` and `out_channels` runs phase by
+/// phase: strided, and with the output channels in whole k stages (so that one stage of k
+/// holds one tap).
+pub fn grad_input_phased(stride: [usize; 2], out_channels: usize) -> bool {
+    (stride[0] > 1 || stride[1] > 1) && out_channels.is_multiple_of(GEMM_SIDE)
+}
+
+/// The split of the GEMM computing `id` (1 for any other node, and for a phased input
+/// gradient).
 pub fn split_of(g: &Graph, id: NodeId) -> usize {
+    if let Op::Conv2dGradInput { attrs, .. } = &g.node(id).op {
+        if grad_input_phased(attrs.stride, g.shape(g.operands(id)[1]).0[0]) {
+            return 1;
+        }
+    }
     gemm_dims(g, id).map_or(1, |(m, n, k)| gemm_split(m, n, k))
 }
 
 /// Workspace elements (f32) the kernel computing `id` needs: `split * m * n` for a split GEMM,
 /// else 0.
 pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
-    match gemm_dims(g, id) {
-        Some((m, n, k)) if gemm_split(m, n, k) > 1 => gemm_split(m, n, k) * m * n,
+    match (split_of(g, id), gemm_dims(g, id)) {
+        (split, Some((m, n, _))) if split > 1 => split * m * n,
         _ => 0,
     }
 }
