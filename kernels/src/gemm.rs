@@ -190,6 +190,9 @@ impl GemmSpec {
             // Tiles must not straddle phases: the block follows one phase's columns.
             spec.rn = rn;
             spec.split = 1;
+            // The weight's rows (input channels) sit kh*kw apart, its k (output channels)
+            // c*kh*kw apart: loads walk the rows fastest.
+            spec.a_rows_fast = true;
             spec.phased = Some(Phased { w: *s, hc, wc, cols });
             return spec;
         }
