@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a machine with a CUDA GPU and PyTorch (JAX if present) but
-# no Rust. Build here first with
-#   cargo build --release --features cuda && mkdir -p bin-gpu && cp target/release/plateau bin-gpu/
+# no Rust. Build here first, for the GPU machine's CUDA (13.0 on the H100/H200 machines; the
+# default without nvcc would be the newest CUDA cudarc knows), with
+#   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda && mkdir -p bin-gpu && cp target/release/plateau bin-gpu/
 # then run this script there from the repository root (bin-gpu/ travels with it).
 # Writes everything to ${OUT:-gpu-out}/ : the device name, the CUDA parity runs, and the
 # benchmark JSON of plateau, PyTorch eager, torch.compile and JAX on the same card.
@@ -32,6 +33,16 @@ check() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+# cubecl compiles kernels with NVRTC at run time: it needs libnvrtc on the library path and
+# the CUDA headers under $CUDA_PATH/include. Use the toolkit, else the NVIDIA wheels.
+if [ -z "${CUDA_PATH:-}" ]; then
+  for d in /usr/local/cuda /opt/cuda; do [ -f "$d/include/cuda_runtime.h" ] && export CUDA_PATH=$d && break; done
+fi
+if [ -z "${CUDA_PATH:-}" ]; then
+  d=$($PY -c 'import nvidia, pathlib; print(next(p.parent.parent for r in nvidia.__path__ for p in pathlib.Path(r).glob("*/include/cuda_runtime.h")))' 2>/dev/null) && export CUDA_PATH=$d
+fi
+for l in lib64 lib; do [ -d "${CUDA_PATH:-/nonexistent}/$l" ] && export LD_LIBRARY_PATH="$CUDA_PATH/$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+echo "CUDA_PATH=${CUDA_PATH:-unset} nvrtc: $(ls ${CUDA_PATH:-/nonexistent}/lib*/libnvrtc.so* 2>/dev/null | head -1)" >> "$out/gpu.txt"
 # Compiled kernels (PTX) are kept here, so a kernel NVRTC compiled once is loaded, not
 # compiled again, by every later run (the profiles, ResNet-18's second bench).
 export PLATEAU_KERNEL_CACHE=${PLATEAU_KERNEL_CACHE:-$(mktemp -d)}

@@ -5,8 +5,9 @@ path, `-lineinfo`). No GPU is needed: NVRTC only compiles.
 
     python scripts/nvrtc-check.py [--arch sm_90a] DIR...
 
-Needs the `nvidia-cuda-nvrtc-cu12` and `nvidia-cuda-runtime-cu12` wheels (the library and the
-headers). Prints one line per directory; on a failure, the file, NVRTC's log, and exit code 1.
+Needs NVIDIA's wheels with libnvrtc and the headers: `nvidia-cuda-nvrtc-cu12` and
+`nvidia-cuda-runtime-cu12` for CUDA 12, `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` for CUDA 13
+(the newest installed is used). Prints one line per directory; on a failure, the file, NVRTC's log, and exit code 1.
 """
 import argparse
 import ctypes
@@ -15,20 +16,42 @@ import os
 import pathlib
 import sys
 
-import nvidia.cuda_nvrtc
-import nvidia.cuda_runtime
+import nvidia
 
 
-def package_dir(module):
-    return pathlib.Path(list(module.__path__)[0])
+def _major(lib):
+    """The CUDA major version of `libnvrtc.so.N[...]` (0 for an unversioned name)."""
+    tail = lib.name.split(".so.", 1)[1] if ".so." in lib.name else "0"
+    return int(tail.split(".")[0])
+
+
+def find_cuda():
+    """libnvrtc and the CUDA headers from the installed NVIDIA wheels (CUDA 12's
+    `nvidia-cuda-nvrtc-cu12` and `nvidia-cuda-runtime-cu12`, or CUDA 13's `nvidia-cuda-nvrtc`
+    and `nvidia-cuda-runtime`), the newest CUDA when several are installed."""
+    roots = [pathlib.Path(p) for p in nvidia.__path__]
+    libs = [p for r in roots for p in r.glob("**/lib/libnvrtc.so*") if "alt" not in p.name and "builtins" not in p.name]
+    if not libs:
+        sys.exit("nvrtc-check: no libnvrtc in the installed NVIDIA wheels (see the docstring)")
+    lib = max(libs, key=_major)
+    # CUDA 13's wheels share one folder (nvidia/cu13/{lib,include}); CUDA 12's headers come
+    # in their own wheel (nvidia/cuda_runtime/include).
+    beside = lib.parent.parent / "include"
+    if (beside / "cuda_runtime.h").exists():
+        return lib, beside
+    headers = sorted(p.parent for r in roots for p in r.glob("cuda_runtime/include/cuda_runtime.h"))
+    if not headers:
+        sys.exit(f"nvrtc-check: no CUDA headers for {lib} (see the docstring)")
+    return lib, headers[0]
 
 
 def load_nvrtc():
-    lib = package_dir(nvidia.cuda_nvrtc) / "lib"
-    candidates = sorted(p for p in lib.glob("libnvrtc.so*") if "alt" not in p.name)
-    if not candidates:
-        sys.exit(f"nvrtc-check: no libnvrtc.so under {lib}")
-    return ctypes.CDLL(str(candidates[0]))
+    lib = find_cuda()[0]
+    # NVRTC loads its builtins library by name at compile time: load it first, globally.
+    for builtins in sorted(lib.parent.glob("libnvrtc-builtins.so*")):
+        if "alt" not in builtins.name:
+            ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(lib))
 
 
 def compile_source(nvrtc, source, name, options):
@@ -77,7 +100,7 @@ def main():
     nvrtc = load_nvrtc()
     major, minor = ctypes.c_int(), ctypes.c_int()
     nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    include = package_dir(nvidia.cuda_runtime) / "include"
+    include = find_cuda()[1]
     options = [f"--gpu-architecture={args.arch}", f"--include-path={include}", "-lineinfo"]
     failed = 0
     pool = multiprocessing.Pool(max(1, args.jobs), initializer=_init, initargs=(options,))
