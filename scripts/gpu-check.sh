@@ -38,11 +38,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 if [ -z "${CUDA_PATH:-}" ]; then
   for d in /usr/local/cuda /opt/cuda; do [ -f "$d/include/cuda_runtime.h" ] && export CUDA_PATH=$d && break; done
 fi
-if [ -z "${CUDA_PATH:-}" ]; then
-  d=$($PY -c 'import nvidia, pathlib; print(next(p.parent.parent for r in nvidia.__path__ for p in pathlib.Path(r).glob("*/include/cuda_runtime.h")))' 2>/dev/null) && export CUDA_PATH=$d
-fi
 for l in lib64 lib; do [ -d "${CUDA_PATH:-/nonexistent}/$l" ] && export LD_LIBRARY_PATH="$CUDA_PATH/$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
-echo "CUDA_PATH=${CUDA_PATH:-unset} nvrtc: $(ls ${CUDA_PATH:-/nonexistent}/lib*/libnvrtc.so* 2>/dev/null | head -1)" >> "$out/gpu.txt"
+if [ -z "${CUDA_PATH:-}" ]; then
+  # The wheels: headers and libnvrtc, in one folder (CUDA 13) or two (CUDA 12).
+  if wheels=$($PY scripts/nvrtc-check.py --print-cuda 2>/dev/null); then
+    export CUDA_PATH=$(echo "$wheels" | sed -n 1p)
+    export LD_LIBRARY_PATH="$(echo "$wheels" | sed -n 2p)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
+echo "CUDA_PATH=${CUDA_PATH:-unset} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-unset}" >> "$out/gpu.txt"
 # Compiled kernels (PTX) are kept here, so a kernel NVRTC compiled once is loaded, not
 # compiled again, by every later run (the profiles, ResNet-18's second bench).
 export PLATEAU_KERNEL_CACHE=${PLATEAU_KERNEL_CACHE:-$(mktemp -d)}

@@ -16,7 +16,10 @@ import os
 import pathlib
 import sys
 
-import nvidia
+try:
+    import nvidia
+except ImportError:
+    sys.exit("nvrtc-check: no NVIDIA wheels installed (see the docstring)")
 
 
 def _major(lib):
@@ -73,9 +76,10 @@ def compile_source(nvrtc, source, name, options):
 
 
 def check(nvrtc, status, what):
+    # An exception, not sys.exit: this runs in pool workers, where SystemExit would hang.
     if status != 0:
         nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
-        sys.exit(f"nvrtc-check: {what} failed: {nvrtc.nvrtcGetErrorString(status).decode()}")
+        raise RuntimeError(f"nvrtc-check: {what} failed: {nvrtc.nvrtcGetErrorString(status).decode()}")
 
 
 _worker = {}
@@ -95,8 +99,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90a", help="NVRTC --gpu-architecture (H100/H200: sm_90a)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel NVRTC processes")
-    parser.add_argument("dirs", nargs="+", type=pathlib.Path)
+    parser.add_argument("--print-cuda", action="store_true", help="print the CUDA headers' root (a CUDA_PATH) and libnvrtc's folder, one per line, and exit")
+    parser.add_argument("dirs", nargs="*", type=pathlib.Path)
     args = parser.parse_args()
+    if args.print_cuda:
+        lib, include = find_cuda()
+        print(include.parent)
+        print(lib.parent)
+        return
+    if not args.dirs:
+        parser.error("name at least one directory of .cu files")
     nvrtc = load_nvrtc()
     major, minor = ctypes.c_int(), ctypes.c_int()
     nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))

@@ -325,7 +325,8 @@ fn unfused_and_second_order_cnn_steps_on_wgpu_match_the_reference() {
 }
 
 /// Runs the kernel computing `node` through the lowering, each operand (`inputs`, in operand
-/// order) and the output placed at an odd element offset after NaN garbage; returns the output.
+/// order) and the output placed at an odd element offset after NaN garbage (the output buffer
+/// starts all NaN); returns the output.
 fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> {
     use plateau::kernels::cubecl::prelude::*;
     use plateau::kernels::host::{download, upload};
@@ -336,7 +337,8 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
     // A split GEMM's workspace: its own buffer, at an odd offset too.
     let l = lower(g, &[node], &place, Some(9)).unwrap();
     let n = l.output_len[0];
-    let out = client.empty((n + 5) * 4);
+    // NaN everywhere, so that an element the kernel leaves unwritten shows.
+    let out = upload(&client, &vec![f32::NAN; n + 5]);
     let ws_len = 9 + l.workspace_len;
     let ws = client.empty(ws_len * 4);
     // The kernel's arguments in its own order (the lowering may reorder the operands).
@@ -440,11 +442,17 @@ fn convolutions_match_the_reference() {
         assert_close_scaled(&format!("conv grad input {i}"), &run_lowered(&g, gx, &[&dgy, &dw]), &want[1].to_f32());
         assert_close_scaled(&format!("conv grad weight {i}"), &run_lowered(&g, gw, &[&dx, &dgy]), &want[2].to_f32());
         assert_eq!(plateau::compiler::schedule::gemm::split_of(&g, gw), if i == 5 { 4 } else { 1 });
-        let phased = match plateau::kernels::lower::lower(&g, &[gx], &|_| 0, None).unwrap().call {
-            plateau::kernels::lower::KernelCall::Gemm(spec) => spec.phased.is_some(),
-            other => panic!("conv grad input {i} lowered to {other:?}"),
-        };
-        assert_eq!(phased, i >= 6, "conv grad input {i}");
+        // The kernels' GEMMs split exactly as the schedule plans.
+        for node in [y, gx, gw] {
+            let spec = match plateau::kernels::lower::lower(&g, &[node], &|_| 0, Some(0)).unwrap().call {
+                plateau::kernels::lower::KernelCall::Gemm(spec) => spec,
+                other => panic!("conv {i} lowered to {other:?}"),
+            };
+            assert_eq!(spec.split, plateau::compiler::schedule::gemm::split_of(&g, node), "conv {i}, node {node}");
+            if node == gx {
+                assert_eq!(spec.phased.is_some(), i >= 6, "conv grad input {i}");
+            }
+        }
     }
 }
 

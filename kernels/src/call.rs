@@ -21,8 +21,9 @@ fn vseq<T: CubePrimitive>(n: usize) -> SequenceCompilationArg<Array<T>> {
 /// cubecl's CUDA compiler (the one `cubecl::cuda` uses).
 type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
 
-/// The options cubecl's CUDA runtime compiles with on an sm_90 GPU (H100, H200): fast math,
-/// kernel arguments as grid constants, clusters (`cubecl-cuda`'s `runtime.rs`), so that the
+/// The options cubecl's CUDA runtime compiles with on an sm_90 GPU (H100, H200) with CUDA
+/// 12.8 or later: fast math and tanh, kernel arguments as grid constants, clusters
+/// (`cubecl-cuda`'s `runtime.rs`), so that the
 /// emitted source is the one NVRTC compiles there.
 fn sm90_options() -> CompilationOptions {
     let mut options = CompilationOptions::default();
@@ -31,6 +32,8 @@ fn sm90_options() -> CompilationOptions {
     f.grid_constants = true;
     f.clusters = true;
     f.elect_sync = true;
+    // Set from CUDA 12.8 on, which NVRTC 13 is.
+    f.fast_tanh = true;
     options
 }
 

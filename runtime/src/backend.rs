@@ -37,22 +37,35 @@ pub enum Runner {
 }
 
 /// Runs `f`, turning a panic of the device layer (no adapter, no driver) into an error. The
-/// device layer may panic on its own thread first (cubecl starts the driver there), so the
-/// first panic message of any thread is the one reported, and none is printed meanwhile.
+/// device layer may panic on its own thread first (cubecl starts the driver on a thread named
+/// `DSD-...`), so the first panic message of this thread or such a thread is the one
+/// reported, and those are not printed meanwhile; other threads' panics print as usual.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
     use std::sync::{Arc, Mutex};
     static HOOK: Mutex<()> = Mutex::new(());
     let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let first: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = first.clone();
-    let previous = std::panic::take_hook();
+    let caller = std::thread::current().id();
+    let previous = Arc::new(Mutex::new(Some(std::panic::take_hook())));
+    let forward = previous.clone();
     std::panic::set_hook(Box::new(move |info| {
+        let t = std::thread::current();
+        if t.id() != caller && !t.name().is_some_and(|n| n.starts_with("DSD-")) {
+            if let Some(hook) = forward.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                hook(info);
+            }
+            return;
+        }
         let p = info.payload();
         let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
         seen.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(msg);
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    drop(std::panic::take_hook());
+    if let Some(hook) = previous.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        std::panic::set_hook(hook);
+    }
     result.map_err(|_| {
         let msg = first.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
         RuntimeError::Unsupported(format!("no usable {what} device: {msg}"))
@@ -61,8 +74,10 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
 
 /// Where compiled device kernels are kept between runs: `PLATEAU_KERNEL_CACHE` (a directory,
 /// or `off`), else `$XDG_CACHE_HOME/plateau/kernels`, else `~/.cache/plateau/kernels`; then a
-/// folder per plateau executable (its size and modification time), so a rebuilt binary never
-/// loads kernels compiled by another. `None` when caching is off or no folder is known.
+/// folder per plateau executable (its size and modification time) and machine (the NVIDIA
+/// GPUs and driver Linux reports), so a rebuilt binary never loads kernels compiled by
+/// another, nor a machine those of another GPU. `None` when caching is off or no folder is
+/// known.
 pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
     kernel_cache_dir_for(&|k| std::env::var_os(k), &std::env::current_exe().ok()?)
 }
@@ -80,6 +95,11 @@ pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, ex
     let meta = std::fs::metadata(exe).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (meta.len(), meta.modified().ok()).hash(&mut h);
+    // The GPUs and the driver, where Linux's NVIDIA driver tells them: PTX is compiled for
+    // one architecture, so a shared folder must not hand one machine's kernels to another.
+    let mut gpus: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus").into_iter().flatten().flatten().filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok()).collect();
+    gpus.sort();
+    (gpus, std::fs::read_to_string("/proc/driver/nvidia/version").ok()).hash(&mut h);
     Some(base.join(format!("{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish())))
 }
 
@@ -104,8 +124,9 @@ fn configure_cubecl() {
             }
         }
         // Already read (a caller used cubecl first): it stays as read.
-        if CubeClRuntimeConfig::storage().lock().is_none() {
-            CubeClRuntimeConfig::set(config);
+        let mut stored = CubeClRuntimeConfig::storage().lock();
+        if stored.is_none() {
+            *stored = Some(std::sync::Arc::new(config));
         }
     });
 }
@@ -129,8 +150,10 @@ impl Runner {
             #[cfg(feature = "cuda")]
             Backend::Cuda => {
                 use plateau_kernels::cubecl::{cuda::*, Runtime};
-                configure_cubecl();
-                let client = guarded("CUDA", || CudaRuntime::client(&CudaDevice::default()))?;
+                let client = guarded("CUDA", || {
+                    configure_cubecl();
+                    CudaRuntime::client(&CudaDevice::default())
+                })?;
                 let mut step = DeviceStep::new(client, compiled)?;
                 upload(&mut step, compiled, bindings)?;
                 Ok(Runner::Cuda(Box::new(step)))
@@ -245,7 +268,28 @@ fn upload<R: plateau_kernels::cubecl::Runtime>(step: &mut DeviceStep<R>, compile
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_cache_dir_for;
+    use super::{guarded, kernel_cache_dir_for};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A panic inside is the error, with its message, and is not printed; the hook in place
+    /// before is back afterwards, and sees other panics.
+    #[test]
+    fn device_panics_become_errors_and_the_hook_is_restored() {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+        }));
+        let err = guarded("test", || -> () { panic!("no driver here") }).unwrap_err();
+        assert!(err.to_string().contains("no usable test device: no driver here"), "{err}");
+        let on_device_thread = guarded("test", || std::thread::Builder::new().name("DSD-0-0".into()).spawn(|| panic!("from the device thread")).unwrap().join().map(|_| ()).unwrap()).unwrap_err();
+        assert!(on_device_thread.to_string().contains("from the device thread"), "{on_device_thread}");
+        assert_eq!(SEEN.load(Ordering::SeqCst), 0);
+        assert_eq!(guarded("test", || 7).unwrap(), 7);
+        assert!(std::thread::spawn(|| panic!("after")).join().is_err());
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1);
+        drop(std::panic::take_hook());
+    }
+
     use std::ffi::OsString;
     use std::path::Path;
 
