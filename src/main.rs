@@ -360,8 +360,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
-/// of a split GEMM), each a whole translation unit as NVRTC compiles it; all sources are generated before any file is
-/// written, so a kernel that cannot be emitted leaves the directory untouched.
+/// of a split GEMM), each a whole translation unit as NVRTC compiles it; all sources are
+/// generated before any file is written, so a kernel that cannot be emitted leaves the
+/// directory untouched.
 fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
     let s = &compiled.schedule;
     let mut sources = Vec::new();

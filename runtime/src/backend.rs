@@ -82,7 +82,8 @@ pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
     kernel_cache_dir_for(&|k| std::env::var_os(k), &std::env::current_exe().ok()?)
 }
 
-/// [`kernel_cache_dir`] for the environment `env` and the executable `exe`.
+/// [`kernel_cache_dir`] for the environment `env` and the executable `exe` (on this machine,
+/// whose NVIDIA GPUs and driver are read from `/proc/driver/nvidia`).
 pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, exe: &std::path::Path) -> Option<std::path::PathBuf> {
     use std::hash::{Hash, Hasher};
     use std::path::PathBuf;
