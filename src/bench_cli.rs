@@ -29,7 +29,11 @@ pub struct BenchArgs {
     /// goes (device backends).
     #[arg(long)]
     profile: bool,
-    /// Print one JSON object.
+    /// Write the profiled steps (implies --profile) as a Chrome trace-event JSON file, for
+    /// chrome://tracing or Perfetto: one track per variant, one event per kernel.
+    #[arg(long, value_name = "FILE")]
+    chrome_trace: Option<std::path::PathBuf>,
+    /// Print one JSON object (with --profile, the profiles too).
     #[arg(long)]
     json: bool,
 }
@@ -58,6 +62,17 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     let model: ModelSpec = args.model.parse().context("--model")?;
     if args.batch == 0 || args.rounds == 0 {
         bail!("--batch and --rounds must be positive");
+    }
+    let profile = args.profile || args.chrome_trace.is_some();
+    if profile && backend == Backend::Reference {
+        bail!("--profile and --chrome-trace time device kernels; --device reference launches none (use wgpu or cuda)");
+    }
+    // Fail before the benchmark, not after it, when the trace cannot be written.
+    if let Some(path) = &args.chrome_trace {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            bail!("--chrome-trace {}: the folder {} does not exist", path.display(), dir.display());
+        }
     }
     let input = crate::default_input(&model);
     let opts = TraceOptions { batch_size: args.batch, input_shape: input.clone(), ..TraceOptions::default() };
@@ -120,6 +135,21 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         json[format!("peak_memory_bytes_{}", v.name)] = s.peak_memory_bytes.into();
         json[format!("host_step_ms_{}", v.name)] = median(&v.host).into();
     }
+    // One step of each variant kernel by kernel, a wait after each.
+    let mut profiles = Vec::new();
+    if profile {
+        for v in &mut variants {
+            profiles.push(v.runner.profile_step()?);
+        }
+        let mut all = serde_json::Map::new();
+        for (v, times) in variants.iter().zip(&profiles) {
+            all.insert(v.name.to_string(), profile_json(&v.compiled, times));
+        }
+        json["profile"] = all.into();
+    }
+    if let Some(path) = &args.chrome_trace {
+        write_chrome_trace(path, &variants, &profiles)?;
+    }
     if args.json {
         println!("{json}");
         return Ok(());
@@ -136,26 +166,87 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     if let Some(n) = naive_ratio {
         println!("ratio naive_sam / (2 x sgd) = {n:.3}");
     }
-    if args.profile {
-        for v in &mut variants {
-            let times = v.runner.profile_step()?;
-            let kernels = &v.compiled.schedule.kernels;
-            let mut by_name: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
-            for (k, t) in kernels.iter().zip(&times) {
-                let e = by_name.entry(k.name.as_str()).or_default();
-                e.0 += k.launches();
-                e.1 += t;
-            }
-            let total: f64 = times.iter().sum();
-            let mut rows: Vec<_> = by_name.into_iter().collect();
-            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-            println!("\nprofile of one {} step ({total:.3} ms with a wait after every kernel):", v.name);
-            println!("| kernel | launches | ms | share |");
-            println!("|---|---:|---:|---:|");
-            for (name, (n, t)) in rows {
-                println!("| {name} | {n} | {t:.3} | {:.1}% |", 100.0 * t / total.max(1e-12));
-            }
+    for (v, times) in variants.iter().zip(&profiles) {
+        let total: f64 = times.iter().sum();
+        println!("\nprofile of one {} step ({total:.3} ms with a wait after every kernel):", v.name);
+        println!("| kernel | launches | ms | share |");
+        println!("|---|---:|---:|---:|");
+        for (name, n, t) in by_kernel(&v.compiled, times) {
+            println!("| {name} | {n} | {t:.3} | {:.1}% |", 100.0 * t / total.max(1e-12));
         }
+        println!("\n| phase | launches | ms | share |");
+        println!("|---|---:|---:|---:|");
+        for (phase, n, t) in by_phase(&v.compiled, times) {
+            println!("| {phase} | {n} | {t:.3} | {:.1}% |", 100.0 * t / total.max(1e-12));
+        }
+    }
+    if let Some(path) = &args.chrome_trace {
+        println!("\nwrote {} (open in chrome://tracing or ui.perfetto.dev)", path.display());
+    }
+    Ok(())
+}
+
+/// Launches and time of each kernel kind (`matmul`, `fused`, ...), most time first.
+fn by_kernel(c: &Compiled, times: &[f64]) -> Vec<(String, usize, f64)> {
+    let mut by: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
+    for (k, t) in c.schedule.kernels.iter().zip(times) {
+        let e = by.entry(k.name.as_str()).or_default();
+        e.0 += k.launches();
+        e.1 += t;
+    }
+    let mut rows: Vec<_> = by.into_iter().map(|(n, (l, t))| (n.to_string(), l, t)).collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    rows
+}
+
+/// Launches and time of each phase of the step, in step order.
+fn by_phase(c: &Compiled, times: &[f64]) -> Vec<(String, usize, f64)> {
+    let mut by: std::collections::BTreeMap<plateau::Phase, (usize, f64)> = std::collections::BTreeMap::new();
+    for (k, t) in c.schedule.kernels.iter().zip(times) {
+        let e = by.entry(k.phase).or_default();
+        e.0 += k.launches();
+        e.1 += t;
+    }
+    by.into_iter().map(|(p, (l, t))| (p.to_string(), l, t)).collect()
+}
+
+fn profile_json(c: &Compiled, times: &[f64]) -> serde_json::Value {
+    let rows = |r: Vec<(String, usize, f64)>, key: &str| -> Vec<serde_json::Value> { r.into_iter().map(|(n, l, t)| serde_json::json!({ key: n, "launches": l, "ms": t })).collect() };
+    serde_json::json!({
+        "total_ms": times.iter().sum::<f64>(),
+        "kernels": rows(by_kernel(c, times), "kernel"),
+        "phases": rows(by_phase(c, times), "phase"),
+    })
+}
+
+/// Writes the profiled steps as Chrome trace events: one thread per variant, one complete
+/// event per kernel laid end to end (each kernel's time includes the wait after it). Written
+/// to a temporary file and renamed, so a failed write leaves no half-written trace.
+fn write_chrome_trace(path: &std::path::Path, variants: &[Variant], profiles: &[Vec<f64>]) -> Result<()> {
+    let mut events = Vec::new();
+    for (tid, (v, times)) in variants.iter().zip(profiles).enumerate() {
+        events.push(serde_json::json!({ "ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": { "name": v.name } }));
+        let mut at = 0.0;
+        for (k, t) in v.compiled.schedule.kernels.iter().zip(times) {
+            events.push(serde_json::json!({
+                "ph": "X",
+                "name": k.name,
+                "cat": k.phase.to_string(),
+                "pid": 1,
+                "tid": tid,
+                "ts": at * 1e3,
+                "dur": t * 1e3,
+                "args": { "kernel": format!("k{}", k.id), "phase": k.phase.to_string(), "launches": k.launches(), "bytes": k.bytes, "body": k.body.join("; ") },
+            }));
+            at += t;
+        }
+    }
+    let trace = serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" });
+    let tmp = path.with_extension("json.partial");
+    let written = std::fs::write(&tmp, serde_json::to_vec(&trace)?).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("--chrome-trace: cannot write {}", path.display()));
     }
     Ok(())
 }

@@ -195,3 +195,63 @@ fn bench_reports_times_launches_and_memory_as_json() {
     let out = plateau(&["bench", "--device", "tpu"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `bench --profile --chrome-trace` on wgpu: every kernel of each step is timed once and
+/// attributed to its kind and its phase; the trace holds one event per kernel on one track per
+/// variant. The launch counts are asserted, not the times.
+#[test]
+fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let out = plateau(&["bench", "--model", "mlp", "--batch", "8", "--device", "wgpu", "--warmup", "0", "--rounds", "1", "--no-naive", "--json", "--chrome-trace", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sum = |rows: &serde_json::Value| -> (u64, f64) {
+        rows.as_array().unwrap().iter().fold((0, 0.0), |(l, t), r| (l + r["launches"].as_u64().unwrap(), t + r["ms"].as_f64().unwrap()))
+    };
+    let phases = |v: &str| -> Vec<(String, u64)> {
+        j["profile"][v]["phases"].as_array().unwrap().iter().map(|r| (r["phase"].as_str().unwrap().to_string(), r["launches"].as_u64().unwrap())).collect()
+    };
+    for (v, launches) in [("sgd", 28), ("sam", 49)] {
+        let p = &j["profile"][v];
+        let total = p["total_ms"].as_f64().unwrap();
+        assert!(total > 0.0, "{v}: {p}");
+        for key in ["kernels", "phases"] {
+            let (l, t) = sum(&p[key]);
+            assert_eq!(l, launches, "{v} {key}: {p}");
+            assert!((t - total).abs() <= 1e-9 * total, "{v} {key}: {t} against {total}");
+        }
+        assert_eq!(j[format!("launches_{v}")].as_u64(), Some(launches));
+    }
+    // The ascent (the gradient norm, then the perturbation) and the descent are SAM's 3
+    // optimizer launches; the pass at w + e needs neither the loss value nor the metrics.
+    let named = |v: &str| -> Vec<String> { phases(v).into_iter().map(|(p, l)| format!("{p} {l}")).collect() };
+    assert_eq!(named("sam"), ["forward 11", "backward 15", "ascent 2", "forward@adv 7", "backward@adv 13", "descent 1"]);
+    // A plain step reports the gradient norm too (a metric only the caller reads).
+    assert_eq!(named("sgd"), ["forward 11", "backward 15", "descent 1", "metrics 1"]);
+
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    let names: Vec<&str> = events.iter().filter(|e| e["ph"] == "M").map(|e| e["args"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sgd", "sam"]);
+    for (tid, launches) in [(0, 28), (1, 49)] {
+        let kernels: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["tid"] == tid).collect();
+        assert_eq!(kernels.iter().map(|e| e["args"]["launches"].as_u64().unwrap()).sum::<u64>(), launches);
+        // Laid end to end in launch order.
+        for w in kernels.windows(2) {
+            let end = w[0]["ts"].as_f64().unwrap() + w[0]["dur"].as_f64().unwrap();
+            assert!((w[1]["ts"].as_f64().unwrap() - end).abs() < 1e-6 * end.max(1.0), "{} then {}", w[0], w[1]);
+        }
+    }
+    assert!(!dir.path().join("trace.json.partial").exists());
+
+    // A profile needs device kernels, and a trace a folder to go to: both refused up front.
+    let out = plateau(&["bench", "--device", "reference", "--profile"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device reference launches none"));
+    let missing = dir.path().join("no/such/trace.json");
+    let out = plateau(&["bench", "--device", "wgpu", "--chrome-trace", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("no").exists());
+}
