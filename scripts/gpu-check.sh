@@ -5,8 +5,7 @@
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda && mkdir -p bin-gpu && cp target/release/plateau bin-gpu/
 # then run this script there from the repository root (bin-gpu/ travels with it).
 # Writes everything to ${OUT:-gpu-out}/ : the device name, the CUDA parity runs, and the
-# benchmark JSON of plateau, PyTorch eager, torch.compile and JAX on the same card, and the
-# profiles (by kernel kind and phase; trace-*.json for chrome://tracing or Perfetto).
+# benchmark JSON of plateau, PyTorch eager, torch.compile and JAX on the same card.
 #
 # The checks run most important first and share one time budget (${BUDGET:-420} seconds):
 # a check that would start with too little time left is skipped and listed in skipped.txt,
@@ -79,12 +78,12 @@ for m in mlp cnn; do
   check bench.jsonl 90 $PY benches/sam_torch.py --model $m --device cuda --rounds 30
 done
 for m in mlp cnn; do
-  check "profile-$m.txt" 60 $P bench --model $m --device cuda --rounds 3 --no-naive --profile --chrome-trace "$out/trace-$m.json"
+  check "profile-$m.txt" 60 $P bench --model $m --device cuda --rounds 3 --no-naive --profile
 done
 check train-cuda.txt 60 $P train --device cuda --epochs 2 --hidden 64
 check bench.jsonl 150 $P bench --model resnet18 --device cuda --rounds 10 --no-naive --json
 check bench.jsonl 90 $PY benches/sam_torch.py --model resnet18 --device cuda --rounds 10
-check profile-resnet18.txt 120 $P bench --model resnet18 --device cuda --rounds 2 --warmup 1 --no-naive --profile --chrome-trace "$out/trace-resnet18.json"
+check profile-resnet18.txt 120 $P bench --model resnet18 --device cuda --rounds 2 --warmup 1 --no-naive --profile
 for m in mlp cnn resnet18; do
   check bench.jsonl 120 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
   check bench.jsonl 90 $PY benches/sam_jax.py --model $m --rounds 30

@@ -132,54 +132,6 @@ fn configure_cubecl() {
     });
 }
 
-/// Tasks cubecl's wgpu stream queues before submitting them, when every adapter is a CPU:
-/// enough for the largest step (ResNet-18's naive SAM step is 2,826 launches), so a step is
-/// submitted whole when the caller waits for it.
-pub const CPU_ADAPTER_TASKS: usize = 8192;
-
-/// The wgpu device plateau runs on, set up once per process. When every adapter wgpu finds is
-/// a CPU (Mesa's lavapipe, SwiftShader), host and "device" share the same cores, and cubecl's
-/// default of a submission every 32 launches measurably slows long steps: on lavapipe,
-/// ResNet-18's SAM step at batch 8 (591 launches) took 2-3% longer per step than as one
-/// submission, in eleven paired runs (see BENCHMARKS.md). There plateau asks for
-/// [`CPU_ADAPTER_TASKS`]; a GPU keeps cubecl's default, which starts it working while later
-/// launches are still being queued. `CUBECL_WGPU_MAX_TASKS`, when set, decides instead.
-fn wgpu_device() -> plateau_kernels::cubecl::wgpu::WgpuDevice {
-    use plateau_kernels::cubecl::wgpu::{init_setup, AutoGraphicsApi, GraphicsApi, RuntimeOptions, WgpuDevice};
-    static DEVICE: std::sync::OnceLock<WgpuDevice> = std::sync::OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            if std::env::var_os("CUBECL_WGPU_MAX_TASKS").is_some() || std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_some() {
-                return WgpuDevice::default();
-            }
-            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: AutoGraphicsApi::backend().into(), ..wgpu::InstanceDescriptor::new_without_display_handle() });
-            let adapters = plateau_kernels::cubecl::future::block_on(instance.enumerate_adapters(AutoGraphicsApi::backend().into()));
-            drop(instance);
-            if !cpu_only(adapters.iter().map(|a| a.get_info().device_type)) {
-                return WgpuDevice::default();
-            }
-            drop(adapters);
-            let options = RuntimeOptions { tasks_max: CPU_ADAPTER_TASKS, ..RuntimeOptions::default() };
-            // Should another user of cubecl in this process have set the CPU device up
-            // already, its settings stand; any other failure shows when the client loads.
-            let _ = guarded("wgpu", || init_setup::<AutoGraphicsApi>(&WgpuDevice::Cpu, options));
-            WgpuDevice::Cpu
-        })
-        .clone()
-}
-
-/// Whether adapters of these kinds are all CPUs (and there is at least one).
-fn cpu_only(kinds: impl IntoIterator<Item = wgpu::DeviceType>) -> bool {
-    let mut any = false;
-    for k in kinds {
-        if k != wgpu::DeviceType::Cpu {
-            return false;
-        }
-        any = true;
-    }
-    any
-}
-
 impl Runner {
     /// Prepares `compiled` on `backend` with the leaf values in `bindings`.
     pub fn new(backend: Backend, compiled: &Compiled, bindings: &Bindings) -> Result<Self, RuntimeError> {
@@ -191,8 +143,7 @@ impl Runner {
                     unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
                 }
                 use plateau_kernels::cubecl::{wgpu::*, Runtime};
-                let device = wgpu_device();
-                let client = guarded("wgpu", || WgpuRuntime::client(&device))?;
+                let client = guarded("wgpu", || WgpuRuntime::client(&WgpuDevice::default()))?;
                 let mut step = DeviceStep::new(client, compiled)?;
                 upload(&mut step, compiled, bindings)?;
                 Ok(Runner::Wgpu(Box::new(step)))
@@ -318,27 +269,8 @@ fn upload<R: plateau_kernels::cubecl::Runtime>(step: &mut DeviceStep<R>, compile
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_only, guarded, kernel_cache_dir_for, wgpu_device};
+    use super::{guarded, kernel_cache_dir_for};
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Where every adapter is a CPU (lavapipe in CI), plateau runs on the CPU device, set up
-    /// with whole-step submissions; where there is a GPU, on cubecl's default device.
-    #[test]
-    fn wgpu_runs_on_the_cpu_device_when_every_adapter_is_a_cpu() {
-        use plateau_kernels::cubecl::wgpu::{AutoGraphicsApi, GraphicsApi, WgpuDevice};
-        use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu};
-        assert!(cpu_only([Cpu]) && cpu_only([Cpu, Cpu]));
-        assert!(!cpu_only([Cpu, DiscreteGpu]) && !cpu_only([IntegratedGpu]) && !cpu_only([]));
-        if std::env::var_os("CUBECL_WGPU_MAX_TASKS").is_some() || std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_some() {
-            assert_eq!(wgpu_device(), WgpuDevice::default());
-            return;
-        }
-        let backends = AutoGraphicsApi::backend().into();
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
-        let kinds: Vec<_> = plateau_kernels::cubecl::future::block_on(instance.enumerate_adapters(backends)).iter().map(|a| a.get_info().device_type).collect();
-        let expected = if cpu_only(kinds.iter().copied()) { WgpuDevice::Cpu } else { WgpuDevice::default() };
-        assert_eq!(wgpu_device(), expected, "adapters {kinds:?}");
-    }
 
     /// A panic inside is the error, with its message, and is not printed; the hook in place
     /// before is back afterwards, and sees other panics.
