@@ -25,8 +25,8 @@ pub struct BenchArgs {
     /// Leave out naive SAM (slow to run unfused on large models).
     #[arg(long)]
     no_naive: bool,
-    /// After timing, run one step of each variant kernel by kernel and print where the time
-    /// goes (device backends).
+    /// After timing, run one step of each variant kernel by kernel, a wait after each, and
+    /// print where the time goes by kernel kind and by phase of the step (wgpu, cuda).
     #[arg(long)]
     profile: bool,
     /// Write the profiled steps (implies --profile) as a Chrome trace-event JSON file, for
