@@ -120,6 +120,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         "model": model.to_string(),
         "batch": args.batch,
         "device": args.device,
+        "device_name": plateau::runtime::device_name(backend),
         "rounds": args.rounds,
         "sgd_step_ms": sgd,
         "sam_step_ms": sam,
@@ -154,7 +155,11 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    println!("{} at batch {} on {} (median of {} interleaved rounds after {} warm-up)", model, args.batch, args.device, args.rounds, args.warmup);
+    let on = match json["device_name"].as_str() {
+        Some(name) => format!("{}: {name}", args.device),
+        None => args.device.clone(),
+    };
+    println!("{} at batch {} on {on}; median of {} interleaved rounds after {} warm-up", model, args.batch, args.rounds, args.warmup);
     println!("| step | median ms | host ms | launches | optimizer launches | bytes moved | peak memory (bytes) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for v in &variants {

@@ -190,6 +190,9 @@ fn bench_reports_times_launches_and_memory_as_json() {
         let (host, step) = (j[format!("host_step_ms_{v}")].as_f64().unwrap(), j[format!("{v}_step_ms")].as_f64().unwrap());
         assert!(host > 0.0 && host <= step, "{v}: host {host} ms, step {step} ms");
     }
+    // The machine is named, as the peers' scripts name theirs.
+    let name = j["device_name"].as_str().unwrap_or_default();
+    assert!(name.ends_with("(reference interpreter)") && name.len() > 24, "{name:?}");
     let ratio = j["ratio"].as_f64().unwrap();
     assert!((ratio - j["sam_step_ms"].as_f64().unwrap() / (2.0 * j["sgd_step_ms"].as_f64().unwrap())).abs() < 1e-12);
     let out = plateau(&["bench", "--device", "tpu"]);
@@ -206,6 +209,8 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let out = plateau(&["bench", "--model", "mlp", "--batch", "8", "--device", "wgpu", "--warmup", "0", "--rounds", "1", "--no-naive", "--json", "--chrome-trace", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The adapter wgpu runs on and its API (lavapipe in CI: "llvmpipe (LLVM ...) via Vulkan").
+    assert!(j["device_name"].as_str().is_some_and(|n| n.contains(" via ") && !n.starts_with(" via")), "{}", j["device_name"]);
     let sum = |rows: &serde_json::Value| -> (u64, f64) {
         rows.as_array().unwrap().iter().fold((0, 0.0), |(l, t), r| (l + r["launches"].as_u64().unwrap(), t + r["ms"].as_f64().unwrap()))
     };

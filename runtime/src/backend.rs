@@ -104,6 +104,47 @@ pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, ex
     Some(base.join(format!("{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish())))
 }
 
+/// What `backend` runs on, in words, for benchmark records: the CPU's model for the reference
+/// interpreter; for wgpu, the adapter cubecl's default device takes (the high-performance
+/// one) and the graphics API it goes through; for CUDA, the GPU model Linux's NVIDIA driver reports (the
+/// models, where the machine's GPUs differ). `None` where it cannot tell, or where
+/// `CUBECL_WGPU_DEFAULT_DEVICE` picks another adapter.
+pub fn device_name(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::Reference => info_value(&std::fs::read_to_string("/proc/cpuinfo").ok()?, "model name").map(|m| format!("{m} (reference interpreter)")),
+        Backend::Wgpu => {
+            use plateau_kernels::cubecl::wgpu::{AutoGraphicsApi, GraphicsApi};
+            if std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_some() {
+                return None;
+            }
+            let backends = AutoGraphicsApi::backend().into();
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+            let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, force_fallback_adapter: false, compatible_surface: None };
+            let info = plateau_kernels::cubecl::future::block_on(instance.request_adapter(&options)).ok()?.get_info();
+            Some(format!("{} via {:?}", info.name, info.backend))
+        }
+        Backend::Cuda => {
+            let mut gpus: Vec<(std::path::PathBuf, String)> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+                .ok()?
+                .flatten()
+                .filter_map(|e| Some((e.path(), info_value(&std::fs::read_to_string(e.path().join("information")).ok()?, "Model")?)))
+                .collect();
+            gpus.sort();
+            let mut models: Vec<String> = gpus.into_iter().map(|g| g.1).collect();
+            models.dedup();
+            (!models.is_empty()).then(|| models.join(" / "))
+        }
+    }
+}
+
+/// The value of the first `key: value` line of a `/proc` information file.
+fn info_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key && !v.trim().is_empty()).then(|| v.trim().to_string())
+    })
+}
+
 /// Sets cubecl's configuration once per process, before the first CUDA device: a `cubecl.toml`
 /// (and cubecl's environment variables) are honoured as cubecl reads them, and where they
 /// name no compilation cache, compiled kernels go to [`kernel_cache_dir`]. cubecl's CUDA
@@ -269,8 +310,20 @@ fn upload<R: plateau_kernels::cubecl::Runtime>(step: &mut DeviceStep<R>, compile
 
 #[cfg(test)]
 mod tests {
-    use super::{guarded, kernel_cache_dir_for};
+    use super::{guarded, info_value, kernel_cache_dir_for};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The names benchmark records carry come from the first matching line of /proc files.
+    #[test]
+    fn device_names_are_read_from_proc_information_files() {
+        let gpu = "Model: \t\t NVIDIA H200\nIRQ:   \t\t 42\nGPU UUID: \t GPU-0\nBus Location: \t 0000:19:00.0\n";
+        assert_eq!(info_value(gpu, "Model").as_deref(), Some("NVIDIA H200"));
+        let cpu = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n";
+        assert_eq!(info_value(cpu, "model name").as_deref(), Some("Intel(R) Xeon(R) Processor"));
+        assert_eq!(info_value(cpu, "model").as_deref(), Some("143"));
+        assert_eq!(info_value("Model:\nModel:  \n", "Model"), None);
+        assert_eq!(info_value(cpu, "flags"), None);
+    }
 
     /// A panic inside is the error, with its message, and is not printed; the hook in place
     /// before is back afterwards, and sees other panics.

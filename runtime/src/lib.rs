@@ -8,6 +8,6 @@ mod error;
 pub mod reference;
 
 pub use error::RuntimeError;
-pub use backend::{Backend, Runner};
+pub use backend::{device_name, Backend, Runner};
 pub use device::DeviceStep;
 pub use reference::{Bindings, Tensor};
