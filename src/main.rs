@@ -347,6 +347,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     let mut b = plateau::initial_state(&traced, &step, args.seed)?;
     bind_random_batch(&mut b, &traced, opts.classes, args.seed, args.lr, args.opt.rho)?;
     let mut runner = Runner::new(backend, &compiled, &b).context("--device")?;
+    if let Some(name) = plateau::runtime::device_name(backend) {
+        println!("on {}: {name}", args.device);
+    }
     for i in 0..args.steps {
         runner.set("scalar", "step", &plateau::Tensor::scalar(DType::F32, i as f64))?;
         let out = runner.step(&["loss", "accuracy"])?;

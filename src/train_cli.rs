@@ -189,7 +189,7 @@ fn describe(p: &Prepared, t: &Trainer, label: &str) {
     let s = &t.compiled().schedule;
     let d = &p.data;
     println!(
-        "{label}: {} ({} parameters) on {} ({} train / {} test, {}x{}x{}, {} classes), {} steps of batch {} on {:?}",
+        "{label}: {} ({} parameters) on {} ({} train / {} test, {}x{}x{}, {} classes), {} steps of batch {} on {:?}{}",
         p.model.name(),
         s.param_count,
         d.name,
@@ -201,7 +201,8 @@ fn describe(p: &Prepared, t: &Trainer, label: &str) {
         d.classes,
         t.total_steps(),
         p.config.batch_size,
-        p.config.device
+        p.config.device,
+        plateau::runtime::device_name(p.config.device).map(|n| format!(" ({n})")).unwrap_or_default()
     );
     println!("  compiled step: {} kernel launches ({} in the optimizer), peak memory {} bytes", s.launches, s.optimizer_launches, s.peak_memory_bytes);
 }

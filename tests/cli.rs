@@ -114,6 +114,10 @@ fn run_gives_the_same_losses_on_the_reference_and_on_wgpu() {
         String::from_utf8(out.stdout).unwrap()
     };
     let (reference, wgpu) = (run("reference"), run("wgpu"));
+    // The device named first (the CPU for the reference, the adapter for wgpu), then a line a step.
+    assert!(reference.starts_with("on reference: ") && reference.lines().next().unwrap().ends_with("(reference interpreter)"), "{reference}");
+    assert!(wgpu.starts_with("on wgpu: ") && wgpu.lines().next().unwrap().contains(" via "), "{wgpu}");
+    let (reference, wgpu) = (reference.split_once('\n').unwrap().1, wgpu.split_once('\n').unwrap().1);
     assert_eq!(reference.lines().count(), 3);
     let losses = |s: &str| s.lines().map(|l| l.split_whitespace().nth(3).unwrap().parse::<f64>().unwrap()).collect::<Vec<_>>();
     for (a, b) in losses(&reference).iter().zip(losses(&wgpu)) {
