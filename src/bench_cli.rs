@@ -191,28 +191,27 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Launches and time of each kernel kind (`matmul`, `fused`, ...), most time first.
-fn by_kernel(c: &Compiled, times: &[f64]) -> Vec<(String, usize, f64)> {
-    let mut by: std::collections::BTreeMap<&str, (usize, f64)> = std::collections::BTreeMap::new();
+/// Launches and time of the kernels grouped by `key`, in the key's order.
+fn grouped<K: Ord>(c: &Compiled, times: &[f64], key: impl Fn(&plateau::compiler::schedule::Kernel) -> K) -> Vec<(K, usize, f64)> {
+    let mut by: std::collections::BTreeMap<K, (usize, f64)> = std::collections::BTreeMap::new();
     for (k, t) in c.schedule.kernels.iter().zip(times) {
-        let e = by.entry(k.name.as_str()).or_default();
+        let e = by.entry(key(k)).or_default();
         e.0 += k.launches();
         e.1 += t;
     }
-    let mut rows: Vec<_> = by.into_iter().map(|(n, (l, t))| (n.to_string(), l, t)).collect();
+    by.into_iter().map(|(k, (l, t))| (k, l, t)).collect()
+}
+
+/// Launches and time of each kernel kind (`matmul`, `fused`, ...), most time first.
+fn by_kernel(c: &Compiled, times: &[f64]) -> Vec<(String, usize, f64)> {
+    let mut rows = grouped(c, times, |k| k.name.clone());
     rows.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     rows
 }
 
 /// Launches and time of each phase of the step, in step order.
 fn by_phase(c: &Compiled, times: &[f64]) -> Vec<(String, usize, f64)> {
-    let mut by: std::collections::BTreeMap<plateau::Phase, (usize, f64)> = std::collections::BTreeMap::new();
-    for (k, t) in c.schedule.kernels.iter().zip(times) {
-        let e = by.entry(k.phase).or_default();
-        e.0 += k.launches();
-        e.1 += t;
-    }
-    by.into_iter().map(|(p, (l, t))| (p.to_string(), l, t)).collect()
+    grouped(c, times, |k| k.phase).into_iter().map(|(p, l, t)| (p.to_string(), l, t)).collect()
 }
 
 fn profile_json(c: &Compiled, times: &[f64]) -> serde_json::Value {

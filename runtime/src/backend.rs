@@ -98,7 +98,7 @@ pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, ex
     (meta.len(), meta.modified().ok()).hash(&mut h);
     // The GPUs and the driver, where Linux's NVIDIA driver tells them: PTX is compiled for
     // one architecture, so a shared folder must not hand one machine's kernels to another.
-    let mut gpus: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus").into_iter().flatten().flatten().filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok()).collect();
+    let mut gpus = nvidia_gpus();
     gpus.sort();
     (gpus, std::fs::read_to_string("/proc/driver/nvidia/version").ok()).hash(&mut h);
     Some(base.join(format!("{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish())))
@@ -107,7 +107,7 @@ pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, ex
 /// What `backend` runs on, in words, for benchmark records: the CPU's model for the reference
 /// interpreter; for wgpu, the adapter cubecl's default device takes (the high-performance
 /// one) and the graphics API it goes through; for CUDA, the GPU model Linux's NVIDIA driver reports (the
-/// models, where the machine's GPUs differ). `None` where it cannot tell, or where
+/// distinct models, where the machine's GPUs differ). `None` where it cannot tell, or where
 /// `CUBECL_WGPU_DEFAULT_DEVICE` picks another adapter.
 pub fn device_name(backend: Backend) -> Option<String> {
     match backend {
@@ -124,17 +124,17 @@ pub fn device_name(backend: Backend) -> Option<String> {
             Some(format!("{} via {:?}", info.name, info.backend))
         }
         Backend::Cuda => {
-            let mut gpus: Vec<(std::path::PathBuf, String)> = std::fs::read_dir("/proc/driver/nvidia/gpus")
-                .ok()?
-                .flatten()
-                .filter_map(|e| Some((e.path(), info_value(&std::fs::read_to_string(e.path().join("information")).ok()?, "Model")?)))
-                .collect();
-            gpus.sort();
-            let mut models: Vec<String> = gpus.into_iter().map(|g| g.1).collect();
+            let mut models: Vec<String> = nvidia_gpus().iter().filter_map(|g| info_value(g, "Model")).collect();
+            models.sort();
             models.dedup();
             (!models.is_empty()).then(|| models.join(" / "))
         }
     }
+}
+
+/// The information file of each GPU Linux's NVIDIA driver reports (none without the driver).
+fn nvidia_gpus() -> Vec<String> {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").into_iter().flatten().flatten().filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok()).collect()
 }
 
 /// The value of the first `key: value` line of a `/proc` information file.
