@@ -7,9 +7,13 @@ JSON fields `plateau bench --json` prints.
 
 Models (the same definitions as plateau's zoo and benches/sam_torch.py): mlp = 784-256-256-10
 and cnn on 1x28x28, resnet18 with the CIFAR stem on 3x32x32 (BatchNorm in training mode; the
-running statistics are updated from the first pass only, as plateau does).
+running statistics are updated from the first pass only, as plateau does). Weights start
+He-normal with zero biases, as in plateau. Each step donates its parameters, momentum and
+statistics to the next (updated in place, as plateau does). Matmuls and convolutions run at
+full f32 precision unless `--tf32` is given (JAX's default on recent GPUs is TF32).
 """
 import argparse, json, statistics, time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +114,17 @@ def make(model, key):
     raise SystemExit(f"unknown model {model}")
 
 
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "cpu"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="mlp")
@@ -117,7 +132,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rho", type=float, default=0.05)
+    ap.add_argument("--tf32", action="store_true", help="JAX's default matmul precision (TF32 on recent GPUs)")
     a = ap.parse_args()
+    if not a.tf32:
+        jax.config.update("jax_default_matmul_precision", "highest")
     params, state, apply, shape = make(a.model, jax.random.PRNGKey(0))
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     x = jax.random.uniform(k1, (a.batch, *shape))
@@ -134,13 +152,13 @@ def main():
         buf = tm(lambda b, g: mom * b + g, buf, g)
         return tm(lambda w, b: w - lr * b, p, buf), buf
 
-    @jax.jit
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
     def sgd(p, s, buf):
         (l, new), g = jax.value_and_grad(loss, has_aux=True)(p, s)
         p, buf = update(p, buf, g)
         return p, new, buf, l
 
-    @jax.jit
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
     def sam(p, s, buf):
         (l, new), g = jax.value_and_grad(loss, has_aux=True)(p, s)
         norm = jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree_util.tree_leaves(g)))
@@ -149,7 +167,8 @@ def main():
         p, buf = update(p, buf, g2)
         return p, new, buf, l
 
-    runs = {n: [params, state, tm(jnp.zeros_like, params)] for n in ("sgd", "sam")}
+    # Each variant its own copies (a donated buffer is gone after the call).
+    runs = {n: [tm(jnp.copy, params), tm(jnp.copy, state), tm(jnp.zeros_like, params)] for n in ("sgd", "sam")}
     fns = {"sgd": sgd, "sam": sam}
     times = {"sgd": [], "sam": []}
     for r in range(a.warmup + a.rounds):
@@ -164,7 +183,8 @@ def main():
     peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform == "gpu" else None
     s, m = statistics.median(times["sgd"]), statistics.median(times["sam"])
     print(json.dumps({
-        "framework": "jax.jit", "model": a.model, "batch": a.batch, "device": dev.device_kind,
+        "framework": "jax.jit", "model": a.model, "batch": a.batch, "device": dev.platform, "tf32": a.tf32,
+        "device_name": dev.device_kind if dev.platform != "cpu" else cpu_name(),
         "rounds": a.rounds, "sgd_step_ms": s, "sam_step_ms": m, "naive_sam_step_ms": None,
         "ratio": m / (2 * s), "naive_ratio": None, "launches_sgd": None, "launches_sam": None,
         "peak_memory_bytes_sgd": None, "peak_memory_bytes_sam": None, "peak_bytes_in_use_process": peak,

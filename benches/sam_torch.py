@@ -6,10 +6,18 @@ restores the weights and lets the base optimizer step. Prints the JSON fields `p
 
     python benches/sam_torch.py --model mlp --batch 128 --device cuda [--compile]
 
-Models (the same definitions as plateau's zoo): mlp = 784-256-256-10 and cnn on 1x28x28,
+Models (the same definitions, parameter names and initialization as plateau's zoo, so
+`load_state_dict` takes plateau's `--save` files): mlp = 784-256-256-10 and cnn on 1x28x28,
 resnet18 = torchvision's ResNet-18 with the CIFAR stem on 3x32x32, all written out here.
+Weights start He-normal (std sqrt(2 / fan_in)) with zero biases, as in plateau. BatchNorm's
+running statistics are updated by the first pass of a SAM step only (the second pass at
+w + e runs with momentum 0, the usual `disable_running_stats`), as plateau does.
+
+`--compile` compiles the model (forward and backward) with torch.compile; the SAM loop and the
+optimizer step stay eager, as they are commonly written. TF32 is off unless `--tf32` is
+given: plateau computes in full f32, so the comparison is f32 against f32.
 """
-import argparse, json, statistics, time
+import argparse, json, math, statistics, time
 
 import torch
 import torch.nn as nn
@@ -51,9 +59,47 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class MLP(nn.Sequential):
+    """plateau's MLP names its layers 0, 2, 4: the flatten is not a layer."""
+
+    def forward(self, x):
+        return super().forward(x.flatten(1))
+
+
+def he_init(net):
+    """plateau's initialization: weights normal with std sqrt(2 / fan_in), biases zero."""
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.weight[0].numel()))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "cpu"
+
+
+def running_stats(net, on):
+    """Turns BatchNorm's running-statistics update off (momentum 0) or back on."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if on:
+                m.momentum = m.saved_momentum
+            else:
+                m.saved_momentum, m.momentum = m.momentum, 0.0
+
+
 def make(model):
     if model == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)), (1, 28, 28)
+        return MLP(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)), (1, 28, 28)
     if model == "cnn":
         return nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -73,10 +119,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rho", type=float, default=0.05)
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions on a GPU")
     a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     dev = torch.device(a.device)
     torch.manual_seed(0)
     net, shape = make(a.model)
+    he_init(net)
     nets = []
     for _ in range(2):
         m = make(a.model)[0].to(dev)
@@ -104,7 +154,9 @@ def main():
                 p.add_(e)
                 eps.append(e)
         opt.zero_grad(set_to_none=True)
+        running_stats(m, False)
         F.cross_entropy(m(x), y).backward()
+        running_stats(m, True)
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.sub_(e)
@@ -137,7 +189,8 @@ def main():
     sgd, sam = statistics.median(times["sgd"]), statistics.median(times["sam"])
     print(json.dumps({
         "framework": "torch.compile" if a.compile else "pytorch eager",
-        "model": a.model, "batch": a.batch, "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "model": a.model, "batch": a.batch, "device": dev.type, "tf32": a.tf32,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "rounds": a.rounds, "sgd_step_ms": sgd, "sam_step_ms": sam,
         "naive_sam_step_ms": None if a.compile else sam, "ratio": sam / (2 * sgd),
         "naive_ratio": None if a.compile else sam / (2 * sgd),

@@ -252,14 +252,12 @@ pub fn build_step(model: &LossModel, micro: Option<&LossModel>, spec: &Optimizer
     let (first, grad_sq, grad) = match &spec.sam {
         None => {
             let first = b.pass(model, w, x, labels, Phase::Forward, Phase::Backward, None)?;
-            let s = Ew(&mut b.g).sum_sq(first.grad)?;
-            b.tag(Phase::Metrics);
             let grad = first.grad;
-            (first, s, grad)
+            (first, None, grad)
         }
         Some(sam) => {
             let rho = b.g.leaf(Op::Scalar { name: "rho".into() }, dtype, Shape::scalar())?;
-            match sam.micro_batch {
+            let (first, s, grad) = match sam.micro_batch {
                 None => b.sam_gradient(sam, model, w, x, labels, rho)?,
                 Some(m) => {
                     let micro = micro.ok_or_else(|| invalid("m-sharpness needs the model traced at the micro-batch size".into()))?;
@@ -270,7 +268,8 @@ pub fn build_step(model: &LossModel, micro: Option<&LossModel>, spec: &Optimizer
                     }
                     micro_sam(&mut b, sam, micro, w, x, labels, rho, batch / m)?
                 }
-            }
+            };
+            (first, Some(s), grad)
         }
     };
 
@@ -280,7 +279,9 @@ pub fn build_step(model: &LossModel, micro: Option<&LossModel>, spec: &Optimizer
     let mut g = b.g;
     g.add_output("loss", first.loss, OutputKind::Value)?;
     g.add_output("accuracy", first.accuracy, OutputKind::Value)?;
-    g.add_output("grad_sq_norm", grad_sq, OutputKind::Value)?;
+    if let Some(s) = grad_sq {
+        g.add_output("grad_sq_norm", s, OutputKind::Value)?;
+    }
     g.add_output("params", upd.w, OutputKind::StateUpdate { state: w })?;
     for ((name, &st), &new) in state_names.iter().zip(&states).zip(&upd.states) {
         g.add_output(*name, new, OutputKind::StateUpdate { state: st })?;

@@ -43,7 +43,8 @@ pub enum Phase {
     BackwardAdv,
     /// The base optimizer's update.
     Descent,
-    /// Metrics that only the caller reads (the gradient norm of a plain step).
+    /// Values only the caller reads (m-sharpness: the micro-batches' mean loss, accuracy,
+    /// gradient norm and running statistics).
     Metrics,
 }
 
@@ -99,8 +100,9 @@ impl Arena {
 ///
 /// Leaves: inputs `x`, `labels`; scalars `lr`, `step` and (SAM) `rho`; the parameter arena
 /// `params`; optimizer states (`momentum`, `exp_avg`, `exp_avg_sq`) and BatchNorm running
-/// statistics. Outputs: `loss`, `accuracy`, `grad_sq_norm` (the squared gradient norm at `w`)
-/// and an update for every parameter and state leaf.
+/// statistics. Outputs: `loss`, `accuracy`, under SAM `grad_sq_norm` (the squared gradient
+/// norm at `w` its ascent computes; a plain step does not spend a reduction over the arena on
+/// it), and an update for every parameter and state leaf.
 #[derive(Clone, Debug)]
 pub struct Step {
     pub graph: Graph,

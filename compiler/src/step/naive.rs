@@ -43,40 +43,37 @@ pub fn build_naive_step(model: &LossModel, spec: &OptimizerSpec) -> Result<Step,
     let g1 = differentiate(&mut g, map[&model.loss], &params)?;
     tag(&g, &mut phases, Phase::Backward);
 
-    // The squared norm as a sum of per-tensor reductions.
-    let mut e = Ew(&mut g);
-    let t: Vec<Option<NodeId>> = match spec.sam.as_ref().and_then(|s| s.adaptive) {
-        Some(eta) => params
-            .iter()
-            .map(|&w| {
-                let a = e.unary(UnaryOp::Abs, w)?;
-                let c = e.c(eta, a)?;
-                e.add(a, c).map(Some)
-            })
-            .collect::<Result<_, _>>()?,
-        None => vec![None; params.len()],
-    };
-    let mut s = None;
-    for (i, &gr) in g1.iter().enumerate() {
-        let tg = match t[i] {
-            Some(t) => e.mul(t, gr)?,
-            None => gr,
-        };
-        let si = e.sum_sq(tg)?;
-        s = Some(match s {
-            Some(acc) => e.add(acc, si)?,
-            None => si,
-        });
-    }
-    let s = s.expect("invariant: at least one parameter");
-
     // (gradient, parameter the base step starts from) per tensor.
-    let (grads, bases) = match &spec.sam {
-        None => {
-            tag(&g, &mut phases, Phase::Metrics);
-            (g1.clone(), params.clone())
-        }
-        Some(_) => {
+    let (grads, bases, grad_sq) = match &spec.sam {
+        None => (g1.clone(), params.clone(), None),
+        Some(sam) => {
+            // The squared norm as a sum of per-tensor reductions.
+            let mut e = Ew(&mut g);
+            let t: Vec<Option<NodeId>> = match sam.adaptive {
+                Some(eta) => params
+                    .iter()
+                    .map(|&w| {
+                        let a = e.unary(UnaryOp::Abs, w)?;
+                        let c = e.c(eta, a)?;
+                        e.add(a, c).map(Some)
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => vec![None; params.len()],
+            };
+            let mut s = None;
+            for (i, &gr) in g1.iter().enumerate() {
+                let tg = match t[i] {
+                    Some(t) => e.mul(t, gr)?,
+                    None => gr,
+                };
+                let si = e.sum_sq(tg)?;
+                s = Some(match s {
+                    Some(acc) => e.add(acc, si)?,
+                    None => si,
+                });
+            }
+            let s = s.expect("invariant: at least one parameter");
+
             let rho = g.leaf(Op::Scalar { name: "rho".into() }, dtype, Shape::scalar())?;
             let mut e = Ew(&mut g);
             let n = e.unary(UnaryOp::Sqrt, s)?;
@@ -107,7 +104,7 @@ pub fn build_naive_step(model: &LossModel, spec: &OptimizerSpec) -> Result<Step,
             let mut e = Ew(&mut g);
             let restored = perts.iter().zip(&advs).map(|(&pert, &a)| e.sub(a, pert)).collect::<Result<Vec<_>, _>>()?;
             tag(&g, &mut phases, Phase::Ascent);
-            (g2, restored)
+            (g2, restored, Some(s))
         }
     };
 
@@ -130,7 +127,9 @@ pub fn build_naive_step(model: &LossModel, spec: &OptimizerSpec) -> Result<Step,
 
     g.add_output("loss", map[&model.loss], OutputKind::Value)?;
     g.add_output("accuracy", map[&model.accuracy], OutputKind::Value)?;
-    g.add_output("grad_sq_norm", s, OutputKind::Value)?;
+    if let Some(s) = grad_sq {
+        g.add_output("grad_sq_norm", s, OutputKind::Value)?;
+    }
     for (leaf, new) in updates {
         let name = leaf_name(&g.node(leaf).op).expect("invariant: named").to_string();
         g.add_output(name, new, OutputKind::StateUpdate { state: leaf })?;
