@@ -24,20 +24,27 @@ def he(key, shape, fan_in):
     return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
 
 
+# Parameters live in flat dicts under PyTorch's (and plateau's) names and layouts: module name
+# -> {"weight", "bias"}; a linear layer's weight is [out, in]; BatchNorm's running statistics
+# are in a second dict, module name -> {"running_mean", "running_var"}.
 def linear(key, i, o):
-    return {"w": he(key, (i, o), i), "b": jnp.zeros((o,), jnp.float32)}
+    return {"weight": he(key, (o, i), i), "bias": jnp.zeros((o,), jnp.float32)}
+
+
+def dense(p, h):
+    return h @ p["weight"].T + p["bias"]
 
 
 def conv(key, cin, cout, k, bias=True):
-    p = {"w": he(key, (cout, cin, k, k), cin * k * k)}
+    p = {"weight": he(key, (cout, cin, k, k), cin * k * k)}
     if bias:
-        p["b"] = jnp.zeros((cout,), jnp.float32)
+        p["bias"] = jnp.zeros((cout,), jnp.float32)
     return p
 
 
 def conv2d(p, x, stride=1, pad=1):
-    y = lax.conv_general_dilated(x, p["w"], (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
-    return y + p["b"][None, :, None, None] if "b" in p else y
+    y = lax.conv_general_dilated(x, p["weight"], (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + p["bias"][None, :, None, None] if "bias" in p else y
 
 
 def maxpool(x):
@@ -45,7 +52,7 @@ def maxpool(x):
 
 
 def bn_init(c):
-    return {"g": jnp.ones((c,)), "b": jnp.zeros((c,))}, {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
+    return {"weight": jnp.ones((c,)), "bias": jnp.zeros((c,))}, {"running_mean": jnp.zeros((c,)), "running_var": jnp.ones((c,))}
 
 
 def bn(p, s, x):
@@ -53,8 +60,8 @@ def bn(p, s, x):
     var = x.var(axis=(0, 2, 3))
     n = x.shape[0] * x.shape[2] * x.shape[3]
     y = (x - mean[None, :, None, None]) / jnp.sqrt(var[None, :, None, None] + 1e-5)
-    new = {"mean": 0.9 * s["mean"] + 0.1 * mean, "var": 0.9 * s["var"] + 0.1 * var * n / (n - 1)}
-    return y * p["g"][None, :, None, None] + p["b"][None, :, None, None], new
+    new = {"running_mean": 0.9 * s["running_mean"] + 0.1 * mean, "running_var": 0.9 * s["running_var"] + 0.1 * var * n / (n - 1)}
+    return y * p["weight"][None, :, None, None] + p["bias"][None, :, None, None], new
 
 
 def make(model, key):
@@ -64,9 +71,9 @@ def make(model, key):
 
         def apply(p, s, x):
             h = x.reshape(x.shape[0], -1)
-            h = jax.nn.relu(h @ p["0"]["w"] + p["0"]["b"])
-            h = jax.nn.relu(h @ p["2"]["w"] + p["2"]["b"])
-            return h @ p["4"]["w"] + p["4"]["b"], s
+            h = jax.nn.relu(dense(p["0"], h))
+            h = jax.nn.relu(dense(p["2"], h))
+            return dense(p["4"], h), s
         return params, {}, apply, (1, 28, 28)
     if model == "cnn":
         params = {"0": conv(next(ks), 1, 32, 3), "3": conv(next(ks), 32, 64, 3), "7": linear(next(ks), 64 * 7 * 7, 128), "9": linear(next(ks), 128, 10)}
@@ -74,8 +81,8 @@ def make(model, key):
         def apply(p, s, x):
             h = maxpool(jax.nn.relu(conv2d(p["0"], x)))
             h = maxpool(jax.nn.relu(conv2d(p["3"], h)))
-            h = jax.nn.relu(h.reshape(h.shape[0], -1) @ p["7"]["w"] + p["7"]["b"])
-            return h @ p["9"]["w"] + p["9"]["b"], s
+            h = jax.nn.relu(dense(p["7"], h.reshape(h.shape[0], -1)))
+            return dense(p["9"], h), s
         return params, {}, apply, (1, 28, 28)
     if model == "resnet18":
         params, state = {"conv1": conv(next(ks), 3, 64, 3, False)}, {}
@@ -90,8 +97,8 @@ def make(model, key):
                 params[name + ".bn2"], state[name + ".bn2"] = bn_init(cout)
                 down = st != 1 or cin != cout
                 if down:
-                    params[name + ".down"] = conv(next(ks), cin, cout, 1, False)
-                    params[name + ".downbn"], state[name + ".downbn"] = bn_init(cout)
+                    params[name + ".downsample.0"] = conv(next(ks), cin, cout, 1, False)
+                    params[name + ".downsample.1"], state[name + ".downsample.1"] = bn_init(cout)
                 blocks.append((name, st, down))
                 cin = cout
         params["fc"] = linear(next(ks), 512, 10)
@@ -106,12 +113,29 @@ def make(model, key):
             for name, st, down in blocks:
                 o = jax.nn.relu(b(name + ".bn1", conv2d(p[name + ".conv1"], h, st)))
                 o = b(name + ".bn2", conv2d(p[name + ".conv2"], o))
-                sc = b(name + ".downbn", conv2d(p[name + ".down"], h, st, 0)) if down else h
+                sc = b(name + ".downsample.1", conv2d(p[name + ".downsample.0"], h, st, 0)) if down else h
                 h = jax.nn.relu(o + sc)
             h = h.mean(axis=(2, 3))
-            return h @ p["fc"]["w"] + p["fc"]["b"], new
+            return dense(p["fc"], h), new
         return params, state, apply, (3, 32, 32)
     raise SystemExit(f"unknown model {model}")
+
+
+def flat(tree, prefix=""):
+    """{module: {leaf: array}} -> {prefix + "module.leaf": array}."""
+    return {f"{prefix}{m}.{k}": v for m, d in tree.items() for k, v in d.items()}
+
+
+def load(tree, tensors, what):
+    """Replaces every leaf of `tree` by the tensor of the same name (a plateau `--save` file)."""
+    want = flat(tree)
+    missing = sorted(set(want) - set(tensors))
+    if missing:
+        raise SystemExit(f"{what}: missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    for name, v in want.items():
+        if tuple(tensors[name].shape) != tuple(v.shape):
+            raise SystemExit(f"{what}: {name} has shape {list(tensors[name].shape)}, the model wants {list(v.shape)}")
+    return {m: {k: jnp.asarray(tensors[f"{m}.{k}"], v.dtype) for k, v in d.items()} for m, d in tree.items()}
 
 
 def cpu_name():
@@ -133,15 +157,35 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rho", type=float, default=0.05)
     ap.add_argument("--tf32", action="store_true", help="JAX's default matmul precision (TF32 on recent GPUs)")
+    ap.add_argument("--init", help="start from these weights: a safetensors state_dict (plateau's `train --save`)")
+    ap.add_argument("--batch-file", help="the batch: a safetensors file with `x` (f32) and `labels`")
+    ap.add_argument("--save", help="write both variants' final weights and statistics (`sgd.<name>`, `sam.<name>`) as safetensors")
+    ap.add_argument("--f64", action="store_true", help="compute in float64 (for checking against plateau's reference; see benches/check_peers.py)")
     a = ap.parse_args()
     if not a.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
+    if a.f64:
+        jax.config.update("jax_enable_x64", True)
     params, state, apply, shape = make(a.model, jax.random.PRNGKey(0))
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.uniform(k1, (a.batch, *shape))
-    y = jax.random.randint(k2, (a.batch,), 0, 10)
+    if a.init:
+        from safetensors.numpy import load_file
+        t = load_file(a.init)
+        params, state = load(params, t, a.init), load(state, t, a.init)
+    if a.batch_file:
+        from safetensors.numpy import load_file
+        t = load_file(a.batch_file)
+        x, y = jnp.asarray(t["x"], jnp.float32), jnp.asarray(t["labels"], jnp.int32)
+        if tuple(x.shape[1:]) != shape or y.shape != x.shape[:1]:
+            raise SystemExit(f"{a.batch_file}: x {list(x.shape)} and labels {list(y.shape)}, the model wants x [B, {', '.join(map(str, shape))}] and labels [B]")
+        a.batch = x.shape[0]
+    else:
+        k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+        x = jax.random.uniform(k1, (a.batch, *shape))
+        y = jax.random.randint(k2, (a.batch,), 0, 10)
     lr, mom, wd = 0.01, 0.9, 5e-4
     tm = jax.tree_util.tree_map
+    if a.f64:
+        params, state, x = tm(lambda v: v.astype(jnp.float64), (params, state, x))
 
     def loss(p, s):
         logits, new = apply(p, s, x)
@@ -179,6 +223,14 @@ def main():
             if r >= a.warmup:
                 times[n].append((time.perf_counter() - t) * 1e3)
             runs[n] = list(out[:3])
+    if a.save:
+        import numpy as np
+        from safetensors.numpy import save_file
+        out = {}
+        for n in ("sgd", "sam"):
+            out.update({k: np.asarray(v) for k, v in flat(runs[n][0], n + ".").items()})
+            out.update({k: np.asarray(v) for k, v in flat(runs[n][1], n + ".").items()})
+        save_file(out, a.save)
     dev = jax.devices()[0]
     peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform == "gpu" else None
     s, m = statistics.median(times["sgd"]), statistics.median(times["sam"])

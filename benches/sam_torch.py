@@ -120,21 +120,41 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rho", type=float, default=0.05)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions on a GPU")
+    ap.add_argument("--init", help="start from these weights: a safetensors state_dict (plateau's `train --save`)")
+    ap.add_argument("--batch-file", help="the batch: a safetensors file with `x` (f32) and `labels`")
+    ap.add_argument("--save", help="write both variants' final state_dicts (`sgd.<name>`, `sam.<name>`) as safetensors")
+    ap.add_argument("--f64", action="store_true", help="compute in float64 (for checking against plateau's reference; see benches/check_peers.py)")
     a = ap.parse_args()
+    dtype = torch.float64 if a.f64 else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
     dev = torch.device(a.device)
     torch.manual_seed(0)
     net, shape = make(a.model)
     he_init(net)
-    nets = []
+    if a.init:
+        from safetensors.torch import load_file
+        try:
+            net.load_state_dict(load_file(a.init))
+        except RuntimeError as e:
+            raise SystemExit(f"{a.init}: {e}")
+    plain, nets = [], []
     for _ in range(2):
-        m = make(a.model)[0].to(dev)
+        m = make(a.model)[0].to(dev, dtype)
         m.load_state_dict(net.state_dict())
+        plain.append(m)
         nets.append(torch.compile(m) if a.compile else m)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for m in nets]
-    x = torch.rand(a.batch, *shape, device=dev)
-    y = torch.randint(0, 10, (a.batch,), device=dev)
+    if a.batch_file:
+        from safetensors.torch import load_file
+        t = load_file(a.batch_file)
+        x, y = t["x"].to(dev, dtype), t["labels"].long().to(dev)
+        if tuple(x.shape[1:]) != shape or y.shape != x.shape[:1]:
+            raise SystemExit(f"{a.batch_file}: x {list(x.shape)} and labels {list(y.shape)}, the model wants x [B, {', '.join(map(str, shape))}] and labels [B]")
+        a.batch = x.shape[0]
+    else:
+        x = torch.rand(a.batch, *shape, device=dev, dtype=dtype)
+        y = torch.randint(0, 10, (a.batch,), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def sgd_step(m, opt):
@@ -186,6 +206,9 @@ def main():
                 # and optimizer state (both models stay resident so the steps interleave).
                 other = held(1 if n == "sgd" else 0)
                 peak[n] = max(peak.get(n, 0), torch.cuda.max_memory_allocated() - other)
+    if a.save:
+        from safetensors.torch import save_file
+        save_file({f"{n}.{k}": v.detach().cpu().contiguous() for n, m in zip(("sgd", "sam"), plain) for k, v in m.state_dict().items()}, a.save)
     sgd, sam = statistics.median(times["sgd"]), statistics.median(times["sam"])
     print(json.dumps({
         "framework": "torch.compile" if a.compile else "pytorch eager",
