@@ -88,5 +88,9 @@ for m in mlp cnn resnet18; do
   check bench.jsonl 120 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
   check bench.jsonl 90 $PY benches/sam_jax.py --model $m --rounds 30
 done
+# PyTorch as it comes (TF32 in cuDNN's convolutions), next to the f32 rows above.
+for m in mlp cnn; do
+  check bench.jsonl 60 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --tf32
+done
 du -sh "$PLATEAU_KERNEL_CACHE" >> "$out/times.txt" 2>&1
 echo "done: $(ls "$out")"

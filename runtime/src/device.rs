@@ -219,7 +219,7 @@ impl<R: Runtime> DeviceStep<R> {
         self.read(self.leaf(kind, name)?)
     }
 
-    /// Reads a value output (loss, accuracy, grad_sq_norm) of the last step.
+    /// Reads a value output (loss, accuracy and, under SAM, grad_sq_norm) of the last step.
     pub fn output(&self, name: &str) -> Result<Tensor, RuntimeError> {
         let id = self.graph.output(name).ok_or_else(|| RuntimeError::MissingBinding { kind: "output", name: name.into() })?;
         self.read(id)
