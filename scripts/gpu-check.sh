@@ -93,4 +93,6 @@ for m in mlp cnn; do
   check bench.jsonl 60 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --tf32
 done
 du -sh "$PLATEAU_KERNEL_CACHE" >> "$out/times.txt" 2>&1
+# Every row as BENCHMARKS.md's tables, and plateau's SGD step against PyTorch eager's.
+$PY scripts/bench-table.py "$out/bench.jsonl" > "$out/table.md" 2>> "$out/table.md.err"
 echo "done: $(ls "$out")"
