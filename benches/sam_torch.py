@@ -15,7 +15,8 @@ w + e runs with momentum 0, the usual `disable_running_stats`), as plateau does.
 
 `--compile` compiles the model (forward and backward) with torch.compile; the SAM loop and the
 optimizer step stay eager, as they are commonly written. TF32 is off unless `--tf32` is
-given: plateau computes in full f32, so the comparison is f32 against f32.
+given (PyTorch's defaults: TF32 in cuDNN's convolutions, not in matmuls): plateau computes in
+full f32, so the comparison is f32 against f32.
 """
 import argparse, json, math, statistics, time
 
@@ -119,16 +120,19 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rho", type=float, default=0.05)
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions on a GPU")
+    ap.add_argument("--tf32", action="store_true", help="keep PyTorch's TF32 defaults (on in cuDNN's convolutions) instead of full f32")
     ap.add_argument("--init", help="start from these weights: a safetensors state_dict (plateau's `train --save`)")
     ap.add_argument("--batch-file", help="the batch: a safetensors file with `x` (f32) and `labels`")
     ap.add_argument("--save", help="write both variants' final state_dicts (`sgd.<name>`, `sam.<name>`) as safetensors")
     ap.add_argument("--f64", action="store_true", help="compute in float64 (for checking against plateau's reference; see benches/check_peers.py)")
     a = ap.parse_args()
     dtype = torch.float64 if a.f64 else torch.float32
-    torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    torch.backends.cudnn.allow_tf32 = a.tf32
+    if not a.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     dev = torch.device(a.device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     torch.manual_seed(0)
     net, shape = make(a.model)
     he_init(net)

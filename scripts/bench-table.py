@@ -67,7 +67,9 @@ def framework(r):
 
 
 def device(r):
-    return (r.get("device_name") or r.get("device") or "") + (", TF32" if r.get("tf32") else "")
+    """The device the row names; TF32 marked where it applies (not on a CPU)."""
+    tf32 = r.get("tf32") and r.get("device") != "cpu"
+    return (r.get("device_name") or r.get("device") or "") + (", TF32" if tf32 else "")
 
 
 def main():
