@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from peer_common import check_batch, cpu_name
+
 
 def he(key, shape, fan_in):
     return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
@@ -138,17 +140,6 @@ def load(tree, tensors, what):
     return {m: {k: jnp.asarray(tensors[f"{m}.{k}"], v.dtype) for k, v in d.items()} for m, d in tree.items()}
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "cpu"
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="mlp")
@@ -175,8 +166,7 @@ def main():
         from safetensors.numpy import load_file
         t = load_file(a.batch_file)
         x, y = jnp.asarray(t["x"], jnp.float32), jnp.asarray(t["labels"], jnp.int32)
-        if tuple(x.shape[1:]) != shape or y.shape != x.shape[:1]:
-            raise SystemExit(f"{a.batch_file}: x {list(x.shape)} and labels {list(y.shape)}, the model wants x [B, {', '.join(map(str, shape))}] and labels [B]")
+        check_batch(a.batch_file, x.shape, y.shape, shape)
         a.batch = x.shape[0]
     else:
         k1, k2 = jax.random.split(jax.random.PRNGKey(1))

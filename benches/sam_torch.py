@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from peer_common import check_batch, cpu_name
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -75,17 +77,6 @@ def he_init(net):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return net
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "cpu"
 
 
 def running_stats(net, on):
@@ -153,8 +144,7 @@ def main():
         from safetensors.torch import load_file
         t = load_file(a.batch_file)
         x, y = t["x"].to(dev, dtype), t["labels"].long().to(dev)
-        if tuple(x.shape[1:]) != shape or y.shape != x.shape[:1]:
-            raise SystemExit(f"{a.batch_file}: x {list(x.shape)} and labels {list(y.shape)}, the model wants x [B, {', '.join(map(str, shape))}] and labels [B]")
+        check_batch(a.batch_file, x.shape, y.shape, shape)
         a.batch = x.shape[0]
     else:
         x = torch.rand(a.batch, *shape, device=dev, dtype=dtype)
