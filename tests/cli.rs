@@ -185,7 +185,7 @@ fn bench_reports_times_launches_and_memory_as_json() {
         let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {j}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
-    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(27), Some(49), Some(218)));
+    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(23), Some(43), Some(200)));
     let (sgd, sam) = (j["peak_memory_bytes_sgd"].as_u64().unwrap(), j["peak_memory_bytes_sam"].as_u64().unwrap());
     // SAM holds one more parameter-sized buffer (269,322 f32) and two scalars, 16-byte aligned.
     assert!(sam - sgd <= (4 * 269_322u64).next_multiple_of(16) + 32, "{sam} - {sgd}");
@@ -221,7 +221,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let phases = |v: &str| -> Vec<(String, u64)> {
         j["profile"][v]["phases"].as_array().unwrap().iter().map(|r| (r["phase"].as_str().unwrap().to_string(), r["launches"].as_u64().unwrap())).collect()
     };
-    for (v, launches) in [("sgd", 27), ("sam", 49)] {
+    for (v, launches) in [("sgd", 23), ("sam", 43)] {
         let p = &j["profile"][v];
         let total = p["total_ms"].as_f64().unwrap();
         assert!(total > 0.0, "{v}: {p}");
@@ -235,15 +235,15 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     // The ascent (the gradient norm, then the perturbation) and the descent are SAM's 3
     // optimizer launches; the pass at w + e needs neither the loss value nor the metrics.
     let named = |v: &str| -> Vec<String> { phases(v).into_iter().map(|(p, l)| format!("{p} {l}")).collect() };
-    assert_eq!(named("sam"), ["forward 11", "backward 15", "ascent 2", "forward@adv 7", "backward@adv 13", "descent 1"]);
+    assert_eq!(named("sam"), ["forward 10", "backward 12", "ascent 2", "forward@adv 7", "backward@adv 11", "descent 1"]);
     // A plain step spends nothing on metrics: its loss and accuracy come from the forward pass.
-    assert_eq!(named("sgd"), ["forward 11", "backward 15", "descent 1"]);
+    assert_eq!(named("sgd"), ["forward 10", "backward 12", "descent 1"]);
 
     let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = t["traceEvents"].as_array().unwrap();
     let names: Vec<&str> = events.iter().filter(|e| e["ph"] == "M").map(|e| e["args"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["sgd", "sam"]);
-    for (tid, launches) in [(0, 27), (1, 49)] {
+    for (tid, launches) in [(0, 23), (1, 43)] {
         let kernels: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["tid"] == tid).collect();
         assert_eq!(kernels.iter().map(|e| e["args"]["launches"].as_u64().unwrap()).sum::<u64>(), launches);
         // Laid end to end in launch order.

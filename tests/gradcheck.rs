@@ -254,3 +254,23 @@ fn f32_graphs_compute_in_f32() {
     b.set("input", "y", Tensor::new(DType::F32, [1], vec![2f64.powi(-30)]).unwrap());
     assert_eq!(evaluate(&g, &b, &[s]).unwrap()[0].data, vec![1.0]);
 }
+
+/// `stop_gradient(p)` is `p`'s value, differentiated as a constant: the gradient of
+/// `sum(stop_gradient(p) * p)` is `p`, where finite differences (which see the value) give 2p.
+#[test]
+fn stop_gradient_passes_the_value_and_no_gradient() {
+    let mut g = Graph::new();
+    let p = g.leaf(Op::Param { name: "p".into() }, DType::F64, vec![3, 4]).unwrap();
+    let sg = g.add(Op::StopGradient, &[p]).unwrap();
+    let prod = g.binary(BinaryOp::Mul, sg, p).unwrap();
+    let loss = g.sum_all(prod).unwrap();
+    let grads = differentiate(&mut g, loss, &[p]).unwrap();
+    let mut b = Bindings::new();
+    let pv = uniform(&mut rng(3), &[3, 4], -1.0, 1.0);
+    b.set("param", "p", pv.clone());
+    let values = evaluate(&g, &b, &[grads[0], sg]).unwrap();
+    assert_close("d/dp", &values[0].data, &pv.data, 0.0);
+    assert_close("value", &values[1].data, &pv.data, 0.0);
+    let fd = finite_difference(&g, &b, loss, p, &[0, 5], 1e-6);
+    assert_close("finite differences", &fd, &[2.0 * pv.data[0], 2.0 * pv.data[5]], 1e-6);
+}

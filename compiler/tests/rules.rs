@@ -132,3 +132,71 @@ fn sibling_outputs_share_one_kernel() {
     // Both outputs belong to kernel k1.
     assert_eq!(kernels(&text), ["%1 = fused{k1.0: exp($0) | [8]} %0 : f32[8]", "%2 = fused{k1.1: neg($0) | [8]} %0 : f32[8]"]);
 }
+
+#[test]
+fn a_scalar_computed_from_constants_is_inlined_through_a_reshape() {
+    // The backward's seed: the loss's cotangent 1.0 times the mean's -1/N, reshaped to
+    // [1,1] and broadcast. No kernel computes it: each user computes it in-kernel.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 10]);
+    let one = g.full(1.0, DType::F32, &Shape::scalar()).unwrap();
+    let seed = g.scale(one, -0.125).unwrap();
+    let r = g.reshape(seed, [1, 1]).unwrap();
+    let b = g.broadcast(r, &Shape(vec![8, 10])).unwrap();
+    let y = g.binary(BinaryOp::Mul, b, x).unwrap();
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, y, &[1]).unwrap();
+    let z = g.binary(BinaryOp::Add, b, x).unwrap();
+    g.add_output("s", s, OutputKind::Value).unwrap();
+    let (text, _) = fused(g, z);
+    assert_eq!(
+        kernels(&text),
+        [
+            "%1 = fused_reduce_sum{axes=1 over f32[8,10]: mul(mul(1.0, -0.125), $0) | [8,10]} %0 : f32[8,1]",
+            "%2 = fused{k1.0: add(mul(1.0, -0.125), $0) | [8,10]} %0 : f32[8,10]",
+        ]
+    );
+}
+
+/// A mean over every element, scaled after its reduction (as a mean loss is written).
+fn scalar_mean(scale: f64) -> (String, BTreeMap<&'static str, usize>) {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 10]);
+    let sq = g.binary(BinaryOp::Mul, x, x).unwrap();
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, sq, &[0, 1]).unwrap();
+    let s = g.reshape(s, []).unwrap();
+    let m = g.scale(s, scale).unwrap();
+    fused(g, m)
+}
+
+#[test]
+fn a_scalar_mean_scales_inside_its_reduction_when_that_is_exact() {
+    let (text, hits) = scalar_mean(0.125);
+    assert!(hits["scale-into-reduce"] > 0, "{hits:?}");
+    assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=0,1 over f32[8,10]: mul(mul($0, $0), 0.125) | [8,10]} %0 : f32[1,1]"]);
+    // 1/10 is not a power of two: scaling each term would round differently, so the scale
+    // keeps its own (one-element) kernel.
+    let (text, hits) = scalar_mean(0.1);
+    assert!(!hits.contains_key("scale-into-reduce"), "{hits:?}");
+    assert_eq!(
+        kernels(&text),
+        [
+            "%1 = fused_reduce_sum{axes=0,1 over f32[8,10]: mul($0, $0) | [8,10]} %0 : f32[1,1]",
+            "%2 = fused{k1.0: mul($0, 0.1) | []} %1 : f32[]",
+        ]
+    );
+}
+
+#[test]
+fn a_stop_gradient_costs_no_kernel() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let m = g.reduce(plateau_compiler::ir::ReduceOp::Max, x, &[1]).unwrap();
+    let m = g.add(Op::StopGradient, &[m]).unwrap();
+    let mb = g.broadcast(m, &Shape(vec![4, 5])).unwrap();
+    let z = g.binary(BinaryOp::Sub, x, mb).unwrap();
+    let (text, _) = fused(g, z);
+    assert_eq!(
+        kernels(&text),
+        ["%1 = fused_reduce_max{axes=1 over f32[4,5]: $0 | [4,5]} %0 : f32[4,1]", "%2 = fused{k1.0: sub($0, $1) | [4,5] [4,1]} %0, %1 : f32[4,5]"]
+    );
+}

@@ -18,7 +18,10 @@ pub fn softmax_cross_entropy(tr: &mut Tracer, logits: Var, labels: Var, smoothin
         return Err(FrontendError::config("cross_entropy", format!("label smoothing must be in [0, 1], got {smoothing}"), at));
     }
     let (n, k) = (s.0[0], s.0[1]);
+    // The row maximum only keeps exp() in range: `lse(x - m) + m` does not depend on `m`, so
+    // its exact gradient through `m` is zero and none is computed (as in JAX's logsumexp).
     let m = tr.max(logits, &[1])?;
+    let m = tr.stop_gradient(m)?;
     let z = tr.sub(logits, m)?;
     let e = tr.unary(UnaryOp::Exp, z)?;
     let se = tr.sum(e, &[1])?;

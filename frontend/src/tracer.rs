@@ -380,6 +380,13 @@ impl Tracer {
         self.apply_at(Location::caller(), Op::AvgPool2d(attrs), &[x])
     }
 
+    /// `x`'s value, through which no gradient flows (JAX's `stop_gradient`, PyTorch's
+    /// `detach`). It costs no kernel.
+    #[track_caller]
+    pub fn stop_gradient(&mut self, x: Var) -> Result<Var> {
+        self.apply_at(Location::caller(), Op::StopGradient, &[x])
+    }
+
     #[track_caller]
     pub fn one_hot(&mut self, labels: Var, classes: usize) -> Result<Var> {
         self.apply_at(Location::caller(), Op::OneHot { classes }, &[labels])

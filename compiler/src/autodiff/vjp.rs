@@ -59,7 +59,7 @@ pub(super) fn vjp(g: &mut Graph, node: NodeId, pos: usize, ct: NodeId) -> Result
                 }
             }
         }
-        Op::Compare(_) | Op::OneHot { .. } | Op::DropoutMask { .. } => return Ok(None),
+        Op::Compare(_) | Op::OneHot { .. } | Op::DropoutMask { .. } | Op::StopGradient => return Ok(None),
         Op::Select => {
             if pos == 0 {
                 return Ok(None);

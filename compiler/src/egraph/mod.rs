@@ -103,6 +103,11 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
     let mut class_of: HashMap<NodeId, Id> = HashMap::new();
     let mut class_phase: HashMap<Id, Phase> = HashMap::new();
     for id in g.node_ids() {
+        if g.node(id).op == Op::StopGradient {
+            // It computes nothing: its users read its operand.
+            class_of.insert(id, class_of[&g.operands(id)[0]]);
+            continue;
+        }
         let op = eg.analysis.intern(to_eop(g, id));
         let children = g.operands(id).iter().map(|o| class_of[o]).collect();
         let c = eg.add(ENode { op, children });
@@ -122,6 +127,9 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         cost: Cost::default(),
         seconds: 0.0,
     };
+    // Classes a rule created that hold no step node, with the class they serve: they take its
+    // phase.
+    let mut derived: Vec<(Id, Id)> = Vec::new();
     if rewrite {
         let rules = rules::all();
         'outer: loop {
@@ -140,6 +148,13 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
                         rules::Change::Add(op, children) => {
                             let op = eg.analysis.intern(op);
                             eg.add(ENode { op, children })
+                        }
+                        rules::Change::AddReshaped(op, children, shape) => {
+                            let op = eg.analysis.intern(op);
+                            let inner = eg.add(ENode { op, children });
+                            derived.push((inner, class));
+                            let reshape = eg.analysis.intern(EOp::Ir(Op::Reshape { shape }));
+                            eg.add(ENode { op: reshape, children: vec![inner] })
                         }
                     };
                     if eg.union(class, other) {
@@ -212,6 +227,14 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         let e = canon_phase.entry(eg.find(c)).or_insert(p);
         if p < *e {
             *e = p;
+        }
+    }
+    for &(inner, target) in &derived {
+        if let Some(&p) = canon_phase.get(&eg.find(target)) {
+            let e = canon_phase.entry(eg.find(inner)).or_insert(p);
+            if p < *e {
+                *e = p;
+            }
         }
     }
     let mut phases = BTreeMap::new();

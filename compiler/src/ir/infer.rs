@@ -52,6 +52,7 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             float(a)?;
             Ok(a.clone())
         }
+        Op::StopGradient => Ok(a.clone()),
         Op::Binary(_) | Op::Compare(_) => {
             let b = &operands[1];
             if a.shape != b.shape {

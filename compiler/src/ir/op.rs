@@ -83,6 +83,10 @@ pub enum Op {
     Compare(CmpOp),
     /// `select(cond, a, b)`: `a` where `cond` holds, else `b`.
     Select,
+    /// The operand's value, through which no gradient flows (JAX's `stop_gradient`,
+    /// PyTorch's `detach`): differentiation treats it as a constant. It computes nothing:
+    /// fusion reads the operand in its place.
+    StopGradient,
 
     // ---- reductions ---------------------------------------------------------
     Reduce { op: ReduceOp, axes: Vec<usize> },
@@ -138,6 +142,7 @@ impl Op {
         match self {
             Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. } => 0,
             Op::Unary(_)
+            | Op::StopGradient
             | Op::Reduce { .. }
             | Op::Reshape { .. }
             | Op::Permute { .. }
@@ -206,6 +211,7 @@ impl Op {
                 CmpOp::Ne => "ne",
             },
             Op::Select => "select",
+            Op::StopGradient => "stop_gradient",
             Op::Reduce { op: ReduceOp::Sum, .. } => "reduce_sum",
             Op::Reduce { op: ReduceOp::Max, .. } => "reduce_max",
             Op::Reshape { .. } => "reshape",

@@ -128,7 +128,7 @@ fn eval_node(graph: &Graph, id: NodeId, args: &[&Tensor], bindings: &Bindings) -
             args[0].data.iter().zip(&args[1].data).zip(&args[2].data).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect()
         }
         Op::Reduce { op, axes } => layout::reduce(*op, &args[0].data, args[0].shape(), axes),
-        Op::Reshape { .. } => args[0].data.clone(),
+        Op::Reshape { .. } | Op::StopGradient => args[0].data.clone(),
         Op::Permute { perm } => layout::permute(&args[0].data, args[0].shape(), perm),
         Op::Broadcast { shape } => layout::broadcast(&args[0].data, args[0].shape(), shape),
         Op::Slice { start, end } => layout::slice(&args[0].data, args[0].shape(), start, end),

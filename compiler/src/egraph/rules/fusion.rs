@@ -34,7 +34,64 @@ pub(super) fn rules() -> Vec<Rule> {
         Rule { name: "reshape-into-load", algebra: "f(reshape(x)) reads x", find: reshape_into_load },
         // map(f, const c) -> map(f with c inlined): constants are immediates, not buffers.
         Rule { name: "const-into-program", algebra: "f(c) computes c in-kernel", find: const_into_program },
+        // sum(g(x)) * c -> sum(g(x) * c) for c a power of two: a scalar mean needs no kernel
+        // after its reduction (exact: scaling by 2^k rounds nothing, barring subnormals).
+        Rule { name: "scale-into-reduce", algebra: "sum(x) * 2^k -> sum(x * 2^k)", find: scale_into_reduce },
     ]
+}
+
+/// Whether multiplying by `c` is exact in binary floating point: `c = ±2^k`, normal.
+fn is_power_of_two(c: f64) -> bool {
+    c.is_normal() && c.to_bits() & ((1u64 << 52) - 1) == 0 && (c as f32).is_normal()
+}
+
+/// `mul($0, c)` (or `mul(c, $0)`) reading its one operand whole: `c`, if the program is that.
+fn scale_of(p: &Program) -> Option<f64> {
+    use crate::ir::{BinaryOp, Instr};
+    if p.views.len() != 1 || p.instrs.len() != 3 || p.outputs.len() != 1 {
+        return None;
+    }
+    let Instr::Binary(BinaryOp::Mul, a, b) = p.instrs[p.outputs[0] as usize] else { return None };
+    match (p.instrs[a as usize], p.instrs[b as usize]) {
+        (Instr::Load(0), Instr::Const(bits)) | (Instr::Const(bits), Instr::Load(0)) => Some(f64::from_bits(bits)),
+        _ => None,
+    }
+}
+
+fn scale_into_reduce(eg: &EG) -> Vec<(Id, Change)> {
+    let mut out = Vec::new();
+    for class in eg.classes() {
+        let Some(t) = ty(eg, class.id) else { continue };
+        for node in &class.nodes {
+            let Some((p, Kernel::Map { .. })) = program_node(eg, node) else { continue };
+            let Some(c) = scale_of(&p).filter(|&c| is_power_of_two(c)) else { continue };
+            let sum = node.children[0];
+            // Only for a scalar, such as a mean loss or metric that is a step output: a larger
+            // scaled sum (a BatchNorm mean) has consumers the scale fuses into at no launch, and
+            // where the sum also stays (its other readers) the scaled copy would be a second
+            // reduction, which the extractor, greedy per class, does not always see.
+            if t.shape.numel() != 1 || p.views[0] != t.shape || ty(eg, sum).map(|s| s.shape.numel()) != Some(1) {
+                continue;
+            }
+            for inner in &eg[sum].nodes {
+                let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space }) = eg.analysis.op(inner.op) else { continue };
+                let mut q = program.clone();
+                let at = q.instrs.len() as u32;
+                q.instrs.push(crate::ir::Instr::Const(c.to_bits()));
+                q.instrs.push(crate::ir::Instr::Binary(crate::ir::BinaryOp::Mul, q.outputs[0], at));
+                q.outputs = vec![at + 1];
+                let kernel = Kernel::Reduce { op: crate::ir::ReduceOp::Sum, axes: axes.clone(), space: space.clone() };
+                let Some((op, ops)) = finish(&kernel, &q, &inner.children) else { continue };
+                // The reduction keeps its axes (a [1,1] sum); a scalar mean is that reshaped.
+                if ty(eg, sum) == Some(t) {
+                    out.push((class.id, Change::Add(op, ops)));
+                } else {
+                    out.push((class.id, Change::AddReshaped(op, ops, t.shape.clone())));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A program-carrying node: a fused map or a reduction with its prologue.
@@ -81,12 +138,31 @@ fn finish(kernel: &Kernel, program: &Program, operands: &[Id]) -> Option<(EOp, V
 struct Index {
     /// Classes a leaf or view computes (reading them needs no kernel of their own).
     free: HashSet<Id>,
+    /// Classes a leaf computes, or a view of such classes only: a view of a kernel's output
+    /// (a reshape of it, say) still needs that kernel.
+    leaf_rooted: HashSet<Id>,
 }
 
 impl Index {
     fn new(eg: &EG) -> Self {
         let free = eg.classes().filter(|c| c.nodes.iter().any(|n| crate::egraph::cost::is_view(eg, n))).map(|c| c.id).collect();
-        Index { free }
+        let mut leaf_rooted: HashSet<Id> = HashSet::new();
+        loop {
+            let before = leaf_rooted.len();
+            for c in eg.classes() {
+                if !leaf_rooted.contains(&c.id)
+                    && c.nodes.iter().any(|n| {
+                        crate::egraph::cost::is_view(eg, n) && n.children.iter().all(|&ch| leaf_rooted.contains(&eg.find(ch)))
+                    })
+                {
+                    leaf_rooted.insert(c.id);
+                }
+            }
+            if leaf_rooted.len() == before {
+                break;
+            }
+        }
+        Index { free, leaf_rooted }
     }
 
     /// Operands of `n` that need a kernel of their own.
@@ -94,16 +170,31 @@ impl Index {
         n.children.iter().filter(|&&c| !self.free.contains(&eg.find(c))).count()
     }
 
+    /// Operands of `n` that are views of a kernel's output: a producer read through them
+    /// cannot be inlined until a rule reads it directly.
+    fn reads_through_views(&self, eg: &EG, n: &ENode) -> usize {
+        n.children
+            .iter()
+            .filter(|&&c| {
+                let c = eg.find(c);
+                self.free.contains(&c) && !self.leaf_rooted.contains(&c) && eg[c].nodes.iter().all(|m| program_node(eg, m).is_none())
+            })
+            .count()
+    }
+
     /// The most fused program node of a class (maps, or reductions when `reduce`): the one
     /// that absorbed the most work (the longest program), then the one reading the fewest
-    /// classes that need their own kernel.
+    /// classes that need their own kernel, counting a view of a kernel's output as one (a
+    /// producer read through a view cannot be inlined until a rule reads it directly).
     fn most_fused<'a>(&self, eg: &'a EG, class: Id, reduce: bool) -> Option<(Program, Kernel, &'a ENode)> {
         eg[class]
             .nodes
             .iter()
             .filter_map(|n| program_node(eg, n).map(|(p, k)| (p, k, n)))
             .filter(|(_, k, _)| matches!(k, Kernel::Reduce { .. }) == reduce)
-            .min_by_key(|(p, _, n)| (std::cmp::Reverse(p.instrs.len()), self.reads_kernels(eg, n), n.children.clone()))
+            .min_by_key(|(p, _, n)| {
+                (std::cmp::Reverse(p.instrs.len()), self.reads_kernels(eg, n) + self.reads_through_views(eg, n), n.children.clone())
+            })
     }
 
     /// The map of a class that reads the fewest classes needing their own kernel, then the
@@ -163,12 +254,13 @@ fn map_into_reduce(eg: &EG) -> Vec<(Id, Change)> {
 }
 
 /// Replaces every operand that is a broadcast (or reshape) of some `x` by `x` read through
-/// the composed view: one new node per consumer.
+/// the composed view: one new node per program node of a consumer (all of them, not only the
+/// most fused: a form with fewer operands is always an alternative worth having, and its own
+/// operands are views no more, so this adds at most one node per node).
 fn view_into_load(eg: &EG, broadcast: bool) -> Vec<(Id, Change)> {
-    let index = Index::new(eg);
     let mut out = Vec::new();
     for class in eg.classes() {
-        for (program, kernel, node) in [false, true].iter().filter_map(|&r| index.most_fused(eg, class.id, r)) {
+        for (program, kernel, node) in class.nodes.iter().filter_map(|n| program_node(eg, n).map(|(p, k)| (p, k, n))) {
             let (mut p, mut ops) = (program.clone(), node.children.clone());
             let mut changed = false;
             for (slot, &child) in node.children.iter().enumerate() {
@@ -196,11 +288,12 @@ fn view_into_load(eg: &EG, broadcast: bool) -> Vec<(Id, Change)> {
     out
 }
 
+/// Inlines every constant operand as an immediate, in every program node of a class (as
+/// [`view_into_load`], and for the same reason).
 fn const_into_program(eg: &EG) -> Vec<(Id, Change)> {
-    let index = Index::new(eg);
     let mut out = Vec::new();
     for class in eg.classes() {
-        for (program, kernel, node) in [false, true].iter().filter_map(|&r| index.most_fused(eg, class.id, r)) {
+        for (program, kernel, node) in class.nodes.iter().filter_map(|n| program_node(eg, n).map(|(p, k)| (p, k, n))) {
             let mut p = program.clone();
             let mut changed = false;
             for (slot, &child) in node.children.iter().enumerate() {

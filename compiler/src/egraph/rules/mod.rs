@@ -17,6 +17,9 @@ pub(crate) enum Change {
     Union(Id),
     /// The class also contains this new e-node.
     Add(EOp, Vec<Id>),
+    /// The class also contains a reshape (to the class's shape) of this new e-node, which has
+    /// the same elements in another shape.
+    AddReshaped(EOp, Vec<Id>, crate::ir::Shape),
 }
 
 /// A named rule: a one-line algebra comment and the search that applies it.
