@@ -78,10 +78,12 @@ fn compile_reports_the_schedule_as_json() {
     let out = plateau(&["compile", "--model", "mlp", "--optimizer", "sam", "--batch-size", "16", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["optimizer_launches"], 3);
+    // The norm (a split sum: two launches), the perturbation, the descent.
+    assert_eq!(v["optimizer_launches"], 4);
     assert_eq!(v["param_count"], 269_322);
     let kernels = v["kernels"].as_array().unwrap();
-    assert_eq!(kernels.len() as u64, v["launches"].as_u64().unwrap());
+    // One kernel is a split sum, two launches.
+    assert_eq!(kernels.len() as u64 + 1, v["launches"].as_u64().unwrap());
     for k in ["name", "phase", "inputs", "outputs", "bytes"] {
         assert!(kernels[0].get(k).is_some(), "kernel field {k}");
     }
@@ -162,9 +164,10 @@ fn compile_emits_the_cuda_of_every_kernel_without_a_gpu() {
     }
     // At batch 8, in each of SAM's two passes: the first linear layer (8 x 128 outputs, 3,136
     // terms: 6 slices), the second convolution's weight gradient (5 tiles, 1,568 terms: 3)
-    // and the first's (1 tile, 6,272 terms: 12).
+    // and the first's (1 tile, 6,272 terms: 12); between them the ascent's squared norm of
+    // the 421,642-parameter arena (a split sum: 102 slices).
     let split: Vec<u64> = kernels.iter().filter_map(|k| k["workspace"].as_u64().map(|_| k["split"].as_u64().unwrap())).collect();
-    assert_eq!(split, [6, 3, 12, 6, 3, 12]);
+    assert_eq!(split, [6, 3, 12, 102, 6, 3, 12]);
     assert_eq!(split_kernels.len(), split.len());
     assert!(files.iter().any(|f| f.to_str().unwrap().ends_with("_conv2d_grad_weight.cu")));
     let blocked = dir.path().join("file");
@@ -185,7 +188,7 @@ fn bench_reports_times_launches_and_memory_as_json() {
         let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {j}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
-    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(23), Some(43), Some(200)));
+    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(23), Some(44), Some(202)));
     let (sgd, sam) = (j["peak_memory_bytes_sgd"].as_u64().unwrap(), j["peak_memory_bytes_sam"].as_u64().unwrap());
     // SAM holds one more parameter-sized buffer (269,322 f32) and two scalars, 16-byte aligned.
     assert!(sam - sgd <= (4 * 269_322u64).next_multiple_of(16) + 32, "{sam} - {sgd}");
@@ -221,7 +224,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let phases = |v: &str| -> Vec<(String, u64)> {
         j["profile"][v]["phases"].as_array().unwrap().iter().map(|r| (r["phase"].as_str().unwrap().to_string(), r["launches"].as_u64().unwrap())).collect()
     };
-    for (v, launches) in [("sgd", 23), ("sam", 43)] {
+    for (v, launches) in [("sgd", 23), ("sam", 44)] {
         let p = &j["profile"][v];
         let total = p["total_ms"].as_f64().unwrap();
         assert!(total > 0.0, "{v}: {p}");
@@ -235,7 +238,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     // The ascent (the gradient norm, then the perturbation) and the descent are SAM's 3
     // optimizer launches; the pass at w + e needs neither the loss value nor the metrics.
     let named = |v: &str| -> Vec<String> { phases(v).into_iter().map(|(p, l)| format!("{p} {l}")).collect() };
-    assert_eq!(named("sam"), ["forward 10", "backward 12", "ascent 2", "forward@adv 7", "backward@adv 11", "descent 1"]);
+    assert_eq!(named("sam"), ["forward 10", "backward 12", "ascent 3", "forward@adv 7", "backward@adv 11", "descent 1"]);
     // A plain step spends nothing on metrics: its loss and accuracy come from the forward pass.
     assert_eq!(named("sgd"), ["forward 10", "backward 12", "descent 1"]);
 
@@ -243,7 +246,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let events = t["traceEvents"].as_array().unwrap();
     let names: Vec<&str> = events.iter().filter(|e| e["ph"] == "M").map(|e| e["args"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["sgd", "sam"]);
-    for (tid, launches) in [(0, 23), (1, 43)] {
+    for (tid, launches) in [(0, 23), (1, 44)] {
         let kernels: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["tid"] == tid).collect();
         assert_eq!(kernels.iter().map(|e| e["args"]["launches"].as_u64().unwrap()).sum::<u64>(), launches);
         // Laid end to end in launch order.

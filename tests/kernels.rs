@@ -223,7 +223,7 @@ fn check_device_step_with(name: &str, model: &plateau::ModelSpec, spec: plateau:
 
 /// As above, at batch `batch` of `side x side` images, and with `paged = Some(bytes)` the pool
 /// laid out in pages of that size on a device binding at most that much per buffer; returns
-/// the number of split GEMMs and of pool buffers.
+/// the number of split kernels (GEMMs and sums) and of pool buffers.
 fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::OptimizerSpec, rewrite: bool, batch: usize, side: usize, paged: Option<u64>) -> (usize, usize) {
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, run_step, TraceOptions};
@@ -286,15 +286,16 @@ fn cnn_steps_on_wgpu_match_the_reference() {
 }
 
 
-/// Split GEMMs (the convolution weight gradients sum over 64 x 64 positions) with their
-/// workspaces in the pool, in a whole step.
+/// Split GEMMs (the convolution weight gradients sum over 64 x 64 positions) and a split sum
+/// with their workspaces in the pool, in a whole step.
 #[test]
 fn split_gemm_steps_on_wgpu_match_the_reference() {
     use plateau::{BaseOptimizer, OptimizerSpec, Sam};
     let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
     let (splits, pages) = check_device_step_at("cnn sam at batch 64", &plateau::ModelSpec::Cnn, spec, true, 64, 8, None);
-    // Both convolution weight gradients, in each of SAM's two passes.
-    assert_eq!((splits, pages), (4, 1));
+    // Both convolution weight gradients, in each of SAM's two passes, and the ascent's
+    // squared norm of the arena (a split sum).
+    assert_eq!((splits, pages), (5, 1));
 }
 
 /// A pool larger than the device binds at once, held as one buffer per page: no temporary
@@ -361,6 +362,34 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
     }
     l.call.launch(&client, args, outs);
     download(&client, out, n + 5).unwrap()[5..].to_vec()
+}
+
+/// Long sums with few outputs run split (slices into a workspace at an offset, then their
+/// sum): SAM's norm of the MLP's arena, a per-channel sum over the other axes, a length no
+/// slice divides.
+#[test]
+fn split_sums_match_the_reference() {
+    use plateau::compiler::ir::ReduceOp;
+    use plateau::kernels::lower::{lower, KernelCall};
+    for (dims, axes, splits) in [(vec![269_322], vec![0], 65), (vec![16, 4, 32, 32], vec![0, 2, 3], 4), (vec![3, 100_003], vec![1], 24)] {
+        let space = Shape(dims.clone());
+        let n = space.numel();
+        let mut g = Graph::new();
+        let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
+        let sq = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
+        let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+        let r = g.add(Op::FusedReduce { program: sq, op: ReduceOp::Sum, axes: axes.clone(), space: ty }, &[x]).unwrap();
+        let l = lower(&g, &[r], &|_| 0, Some(9)).unwrap();
+        let outputs = g.shape(r).numel();
+        assert!(matches!(l.call, KernelCall::Reduce { split, .. } if split == splits), "{dims:?}: {:?}", l.call);
+        assert_eq!(l.workspace_len, splits * outputs);
+        let data = random(n, 10);
+        let mut b = Bindings::new();
+        b.set("input", "x", Tensor::from_f32(dims.clone(), &data).unwrap());
+        let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
+        let got = run_lowered(&g, r, &[&data]);
+        assert_close_scaled(&format!("sum of squares over {axes:?} of {dims:?}"), &got, &want);
+    }
 }
 
 /// `got` against `want` relative to the largest magnitude (sums are ordered differently).

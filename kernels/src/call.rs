@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{launch_reduce, CUBE_REDUCE_MIN, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_sum_slices, launch_reduce, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
@@ -42,7 +42,8 @@ impl KernelCall {
     fn units(&self) -> (usize, u32) {
         match self {
             KernelCall::Map { n, .. } => (*n, BLOCK),
-            KernelCall::Reduce { layout, .. } if layout.reduce_len >= CUBE_REDUCE_MIN => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
+            KernelCall::Reduce { layout, split, .. } if *split > 1 => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
+            KernelCall::Reduce { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
             KernelCall::Gemm(s) => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
@@ -56,8 +57,8 @@ impl KernelCall {
     }
 
     /// Launches the call; `inputs` and `outputs` are the arrays in argument order. A split
-    /// GEMM takes its workspace buffer twice after its output (written by the slices, then
-    /// read by their sum).
+    /// GEMM or sum takes its workspace buffer twice after its output (written by the slices,
+    /// then read by their sum).
     pub fn launch<R: Runtime>(&self, client: &ComputeClient<R>, inputs: Vec<ArrayArg<R>>, outputs: Vec<ArrayArg<R>>) {
         let (units, block) = self.units();
         if units == 0 {
@@ -84,7 +85,19 @@ impl KernelCall {
                 }
                 fused_map::launch::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
             }
-            KernelCall::Reduce { op, layout, prog } => {
+            KernelCall::Reduce { layout, prog, split, workspace, .. } if split > 1 => {
+                let mut s_in = SequenceArg::new();
+                for _ in 0..prog.access.len() {
+                    s_in.push(next_in());
+                }
+                let out = outs.next().expect("one output");
+                let ws = outs.next().expect("a split sum's workspace");
+                let ws_again = outs.next().expect("a split sum's workspace, again");
+                let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, prog.output_offsets[0]);
+                fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, s_in, ws, layout, prog, split, workspace);
+                launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], out, sum_layout, sum_prog);
+            }
+            KernelCall::Reduce { op, layout, prog, .. } => {
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
                 launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
             }
@@ -122,8 +135,8 @@ impl KernelCall {
     }
 
     /// The CUDA C++ of each of the call's launches, as (kernel name, source), expanded and
-    /// compiled with no device: one kernel, or two for a split GEMM (the slices, then their
-    /// sum named `{name}_sum`). Each source is a whole translation unit, as NVRTC compiles it.
+    /// compiled with no device: one kernel, or two for a split GEMM or sum (the slices, then
+    /// their sum named `{name}_sum`). Each source is a whole translation unit, as NVRTC compiles it.
     pub fn cuda_sources(&self, name: &str) -> Result<Vec<(String, String)>, String> {
         let mut b = KernelBuilder::default();
         let addr = AddressType::U32;
@@ -150,10 +163,24 @@ impl KernelCall {
                     fused_map::expand::<Const<1>>(&mut b.scope, 1, i, s, o, n, prog);
                 }
             }
-            KernelCall::Reduce { op, layout, prog } => {
+            KernelCall::Reduce { layout, prog, split, workspace, .. } if split > 1 => {
+                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
+                let ws = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
+                let out_offset = prog.output_offsets[0];
+                crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, ws, layout.clone(), prog, split, workspace);
+                // The second launch, the sum of the slices, follows as its own kernel.
+                let first = Self::compile_cuda(b, block, name)?;
+                let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, out_offset);
+                let sum_call = KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout: sum_layout, prog: sum_prog, split: 1, workspace: 0 };
+                let sum = format!("{name}_sum");
+                let mut second = sum_call.cuda_sources(&sum)?;
+                second.insert(0, (name.to_string(), first));
+                return Ok(second);
+            }
+            KernelCall::Reduce { op, layout, prog, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
                 let o = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
-                let cube = layout.reduce_len >= CUBE_REDUCE_MIN;
+                let cube = layout.cube;
                 match (op, cube) {
                     (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
                     (plateau_compiler::ir::ReduceOp::Max, false) => crate::reduce::fused_reduce_max::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),

@@ -25,7 +25,9 @@ pub enum WindowKind {
 pub enum KernelCall {
     /// `fused_map` over `n` positions, each a vector of `prog.width` elements.
     Map { prog: KernelProgram, n: usize },
-    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram },
+    /// A reduction; a split sum (`split > 1`) writes its slices' partial sums at element
+    /// `workspace` of its workspace buffer, then sums them (two launches).
+    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
@@ -54,8 +56,9 @@ pub struct Lowered {
     pub outputs: Vec<Option<NodeId>>,
     /// Element count of each output.
     pub output_len: Vec<usize>,
-    /// Elements a split GEMM needs in its workspace after its offset (0: none). The caller
-    /// passes the workspace buffer twice more after the output (see `KernelCall::launch`).
+    /// Elements a split GEMM or sum needs in its workspace after its offset (0: none). The
+    /// caller passes the workspace buffer twice more after the output (see
+    /// `KernelCall::launch`).
     pub workspace_len: usize,
 }
 
@@ -65,16 +68,26 @@ fn identity(space: &Shape) -> Program {
 
 /// Lowers the kernel computing `nodes` (one node, or every output node of a multi-output
 /// program); `offset` gives each node's element offset in its buffer, `workspace` the element
-/// offset of a split GEMM's workspace (the schedule's `Kernel::workspace`).
+/// offset of a split kernel's workspace (the schedule's `Kernel::workspace`).
 pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
     let mut l = lower_call(g, nodes, offset)?;
-    if let KernelCall::Gemm(spec) = &mut l.call {
-        l.workspace_len = spec.workspace_len();
-        match workspace {
-            Some(w) => spec.workspace = w,
-            None if spec.split > 1 => return Err(format!("the split GEMM computing {} was given no workspace", nodes[0])),
-            None => {}
+    match &mut l.call {
+        KernelCall::Gemm(spec) => {
+            l.workspace_len = spec.workspace_len();
+            match workspace {
+                Some(w) => spec.workspace = w,
+                None if spec.split > 1 => return Err(format!("the split GEMM computing {} was given no workspace", nodes[0])),
+                None => {}
+            }
         }
+        KernelCall::Reduce { op: ReduceOp::Sum, layout, split, workspace: at, .. } => {
+            *split = plateau_compiler::schedule::reduce::reduce_split(layout.outputs, layout.reduce_len);
+            if *split > 1 {
+                l.workspace_len = *split * layout.outputs;
+                *at = workspace.ok_or_else(|| format!("the split sum computing {} was given no workspace", nodes[0]))?;
+            }
+        }
+        _ => {}
     }
     Ok(l)
 }
@@ -103,7 +116,7 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
         Op::FusedReduce { program, op, axes, space } => {
             let layout = ReduceLayout::new(&space.shape, &axes);
             let prog = KernelProgram::new(&program, &space.shape).with_offsets(&in_off, &[offset(first)]);
-            single(KernelCall::Reduce { op, layout, prog }, operands)
+            single(KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0 }, operands)
         }
         Op::MatMul { ta, tb } => {
             let a = g.shape(operands[0]);

@@ -1,6 +1,10 @@
 //! Reductions with a fused prologue: each output element is computed by one unit, which
-//! walks the reduced axes, evaluates the prologue program at each position and accumulates.
-//! The kernels are written over `N`-wide vectors and launched with `N = 1`.
+//! walks the reduced axes, evaluates the prologue program at each position and accumulates,
+//! or by a cube (long reductions), whose units stride over the terms and meet in a tree.
+//! Sums keep four partial sums per unit, so that four terms' loads are in flight at once
+//! rather than each waiting for the previous addition. A split sum (few outputs, see
+//! `plateau_compiler::schedule::reduce`) runs its slices as cubes into a workspace, then sums
+//! them. The kernels are written over `N`-wide vectors and launched with `N = 1`.
 
 use crate::elementwise::run_program;
 use crate::program::KernelProgram;
@@ -15,6 +19,8 @@ pub struct ReduceLayout {
     pub reduced: Vec<(usize, usize, usize)>,
     pub outputs: usize,
     pub reduce_len: usize,
+    /// A cube per output (long reductions), else a unit per output.
+    pub cube: bool,
 }
 
 impl ReduceLayout {
@@ -35,6 +41,7 @@ impl ReduceLayout {
             reduced,
             outputs: space.numel() / red_dims.iter().product::<usize>().max(1),
             reduce_len: red_dims.iter().product(),
+            cube: red_dims.iter().product::<usize>() >= CUBE_REDUCE_MIN,
         }
     }
 }
@@ -62,16 +69,45 @@ fn prologue_at<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, r
     *regs.index(comptime!(prog.outputs[0]))
 }
 
+/// The sum of the prologue over reduced indices `start, start + step, ...` below `end`, as
+/// four interleaved partial sums (four independent loads per iteration), added in a fixed
+/// order at the end.
+#[cube]
+fn strided_sum<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    base: usize,
+    start: usize,
+    end: usize,
+    #[comptime] step: usize,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+) -> Vector<f32, N> {
+    let mut a0 = Vector::<f32, N>::new(0.0);
+    let mut a1 = Vector::<f32, N>::new(0.0);
+    let mut a2 = Vector::<f32, N>::new(0.0);
+    let mut a3 = Vector::<f32, N>::new(0.0);
+    let mut r = start;
+    while r + comptime!(3 * step) < end {
+        a0 += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
+        a1 += prologue_at::<N>(inputs, base, r + comptime!(step), layout.clone(), prog.clone());
+        a2 += prologue_at::<N>(inputs, base, r + comptime!(2 * step), layout.clone(), prog.clone());
+        a3 += prologue_at::<N>(inputs, base, r + comptime!(3 * step), layout.clone(), prog.clone());
+        r += comptime!(4 * step);
+    }
+    while r < end {
+        a0 += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
+        r += comptime!(step);
+    }
+    (a0 + a1) + (a2 + a3)
+}
+
 /// `output[o] = sum_r prologue(space position of (o, r))`.
 #[cube(launch)]
 pub fn fused_reduce_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = ABSOLUTE_POS;
     if o < comptime!(layout.outputs) {
         let base = position(o, comptime!(layout.kept.clone()));
-        let mut acc = Vector::<f32, N>::new(0.0);
-        for r in 0..comptime!(layout.reduce_len) {
-            acc += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
-        }
+        let acc = strided_sum::<N>(inputs, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), prog.clone());
         output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
 }
@@ -132,13 +168,7 @@ pub fn fused_reduce_sum_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, 
     let tid = UNIT_POS as usize;
     let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
     let base = position(o, comptime!(layout.kept.clone()));
-    let mut acc = Vector::<f32, N>::new(0.0);
-    let mut r = tid;
-    while r < comptime!(layout.reduce_len) {
-        acc += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
-        r += comptime!(CUBE_REDUCE_UNITS);
-    }
-    smem[tid] = acc;
+    smem[tid] = strided_sum::<N>(inputs, base, tid, comptime!(layout.reduce_len), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone());
     let total = tree_sum::<N>(smem, tid);
     if tid == 0 && o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = total;
@@ -166,6 +196,46 @@ pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, 
     }
 }
 
+/// Slice `s` of output `o` of a split sum (see `plateau_compiler::schedule::reduce`): cube
+/// `s * outputs + o` sums the slice's terms into `workspace[workspace_offset + s * outputs + o]`.
+#[cube(launch)]
+pub fn fused_reduce_sum_slices<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    workspace: &mut Array<Vector<f32, N>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] split: usize,
+    #[comptime] workspace_offset: usize,
+) {
+    let cube = CUBE_POS;
+    let o = cube % comptime!(layout.outputs);
+    let s = cube / comptime!(layout.outputs);
+    let tid = UNIT_POS as usize;
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
+    let base = position(o, comptime!(layout.kept.clone()));
+    let slice = comptime!(layout.reduce_len.div_ceil(split));
+    // Cubes past the last slice (the grid is rounded up) find no terms.
+    let mut end = s * slice + slice;
+    if end > comptime!(layout.reduce_len) {
+        end = comptime!(layout.reduce_len);
+    }
+    smem[tid] = strided_sum::<N>(inputs, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone());
+    let total = tree_sum::<N>(smem, tid);
+    if tid == 0 && s < comptime!(split) {
+        workspace[comptime!(workspace_offset) + cube] = total;
+    }
+}
+
+/// The second launch of a split sum: each output's slices, summed from the workspace (read
+/// as `[split, outputs]`) into the output at `output_offset` by a cube per output, in a fixed
+/// order (a strided walk, then the tree), so that no unit waits on a chain of loads.
+pub fn slices_sum(outputs: usize, split: usize, workspace_offset: usize, output_offset: usize) -> (ReduceLayout, KernelProgram) {
+    let space = Shape(vec![split, outputs]);
+    let identity = plateau_compiler::ir::Program { views: vec![space.clone()], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+    let layout = ReduceLayout { cube: true, ..ReduceLayout::new(&space, &[0]) };
+    (layout, KernelProgram::new(&identity, &space).with_offsets(&[workspace_offset], &[output_offset]))
+}
+
 /// Launches the reduction of `prog` with `layout` (choosing the form by length).
 pub fn launch_reduce<R: Runtime>(
     client: &ComputeClient<R>,
@@ -184,7 +254,7 @@ pub fn launch_reduce<R: Runtime>(
         s
     }
     let outputs = layout.outputs.max(1);
-    if layout.reduce_len >= CUBE_REDUCE_MIN {
+    if layout.cube {
         let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
         let count = cubecl::calculate_cube_count_elemwise(client, outputs * CUBE_REDUCE_UNITS, dim);
         match op {

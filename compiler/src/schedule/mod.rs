@@ -3,6 +3,7 @@
 
 pub mod gemm;
 mod plan;
+pub mod reduce;
 
 use crate::egraph::{Fused, Report};
 use crate::ir::{Graph, NodeId, Op, OutputKind};
@@ -29,9 +30,10 @@ pub struct Kernel {
     pub outputs: Vec<String>,
     /// Bytes read plus bytes written.
     pub bytes: u64,
-    /// K slices of a split GEMM (1: not split; see [`gemm`]). A split kernel is two launches.
+    /// Slices of a split GEMM (along k; see [`gemm`]) or of a split sum (see [`reduce`]); 1:
+    /// not split. A split kernel is two launches.
     pub split: usize,
-    /// The buffer of a split GEMM's partial products.
+    /// The buffer of a split kernel's partial results.
     pub workspace: Option<usize>,
     /// The fused-graph nodes this kernel computes.
     #[serde(skip)]
@@ -39,7 +41,7 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Device launches: one, or two for a split GEMM (the slices, then their sum).
+    /// Device launches: one, or two for a split kernel (the slices, then their sum).
     pub fn launches(&self) -> usize {
         if self.split > 1 { 2 } else { 1 }
     }
@@ -125,7 +127,7 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
             inputs: vec![],
             outputs: vec![],
             bytes: 0,
-            split: gemm::split_of(g, id),
+            split: split_of(g, id),
             workspace: None,
             nodes: vec![id],
         });
@@ -147,7 +149,7 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
         k.outputs = k.nodes.iter().map(|&n| plan.location(n)).collect();
         let size = |n: &NodeId| (g.shape(*n).numel() * g.dtype(*n).size_bytes()) as u64;
         k.bytes = inputs.iter().map(size).sum::<u64>() + k.nodes.iter().map(size).sum::<u64>();
-        // A split GEMM writes its partial products and reads them back.
+        // A split kernel writes its partial results and reads them back.
         k.bytes += k.workspace.map_or(0, |b| 2 * plan.buffers[b].bytes);
     }
     let schedule = Schedule {
@@ -174,7 +176,7 @@ impl Schedule {
         m
     }
 
-    /// The element offset in the pool of kernel `k`'s workspace (a split GEMM's).
+    /// The element offset in the pool of kernel `k`'s workspace (a split kernel's).
     pub fn workspace_offset(&self, k: &Kernel) -> Option<usize> {
         k.workspace.map(|b| match self.buffers[b].kind {
             BufferKind::Temp { offset, .. } => offset as usize / 4,
@@ -192,8 +194,13 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::new();
-        let split = self.kernels.iter().filter(|k| k.split > 1).count();
-        let kernels = if split > 0 { format!(" in {} kernels ({split} split GEMMs)", self.kernels.len()) } else { String::new() };
+        let split = |sums: bool| self.kernels.iter().filter(|k| k.split > 1 && k.name.starts_with("fused_reduce") == sums).count();
+        let parts: Vec<String> = [(split(false), "GEMM"), (split(true), "sum")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} split {what}{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        let kernels = if parts.is_empty() { String::new() } else { format!(" in {} kernels ({})", self.kernels.len(), parts.join(", ")) };
         let _ = writeln!(
             s,
             "schedule: {} launches ({} optimizer){kernels}, {} bytes moved, peak memory {} bytes, {} parameters",
@@ -214,6 +221,16 @@ impl fmt::Display for Schedule {
         }
         f.write_str(&s)
     }
+}
+
+/// The slices of the kernel computing `id`: a split GEMM's or a split sum's (1: not split).
+pub fn split_of(g: &Graph, id: NodeId) -> usize {
+    gemm::split_of(g, id).max(reduce::split_of(g, id))
+}
+
+/// Workspace elements (f32) of the kernel computing `id` (0: none).
+pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
+    gemm::workspace_len(g, id).max(reduce::workspace_len(g, id))
 }
 
 /// Whether an output of the fused graph is read by the caller after the step.

@@ -2,8 +2,8 @@
 //! kernel results live in a pool from their producer to their last reader. Views (reshapes,
 //! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
 //! kernel may write over an operand that dies with it, and a state's new value overwrites
-//! the state once nothing reads the old one. A split GEMM gets a workspace for its partial
-//! products, live only during its kernel. The pool is laid out in pages (`POOL_PAGE`) that
+//! the state once nothing reads the old one. A split GEMM or sum gets a workspace for its
+//! partial results, live only during its kernel. The pool is laid out in pages (`POOL_PAGE`) that
 //! no page-sized temporary straddles, so a device can hold it as one buffer per page.
 
 use super::{is_value_output, Kernel};
@@ -197,10 +197,10 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
     }
 
-    // A split GEMM's partial products live only while its kernel runs.
+    // A split kernel's partial results live only while it runs.
     let mut workspace = BTreeMap::new();
     for (k, kernel) in kernels.iter().enumerate() {
-        let len = kernel.nodes.iter().map(|&n| super::gemm::workspace_len(g, n)).max().unwrap_or(0);
+        let len = kernel.nodes.iter().map(|&n| super::workspace_len(g, n)).max().unwrap_or(0);
         if len > 0 {
             let b = new_buffer(&mut buffers, &mut first, &mut last, (len * g.dtype(kernel.nodes[0]).size_bytes()) as u64, BufferKind::Temp { offset: 0, from: k, to: k }, k);
             workspace.insert(k, b);

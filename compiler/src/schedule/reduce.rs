@@ -1,0 +1,83 @@
+//! How a long sum runs. A reduction kernel gives each output one cube (256 units striding
+//! over its terms, four loads in flight each, then a tree in shared memory) when its terms are
+//! many, else one unit. A sum with very few outputs leaves a GPU nearly idle that way: the
+//! squared norm of ResNet-18's 11.2M-parameter arena (SAM's ascent) would be one cube on one
+//! SM walking 44.7 MB.
+//!
+//! So a sum with fewer than [`REDUCE_SPLIT_OUTPUTS`] outputs is cut, like a split GEMM, into
+//! `split` slices of at least [`REDUCE_MIN_SLICE`] terms each, enough for about
+//! [`REDUCE_TARGET_CUBES`] cubes (an H100 or H200 keeps about eight 256-unit cubes on each of
+//! its 132 SMs). Slice `s` of output `o` writes its partial sum to
+//! `workspace[s * outputs + o]` (placed by the memory plan, live only during the kernel), and
+//! a second launch sums each output's slices in a fixed order (deterministic, no atomics).
+//! Such a kernel counts as two launches. The rules are shared by the schedule (launches and
+//! workspace memory) and the lowering.
+
+use crate::ir::{Graph, NodeId, Op, ReduceOp};
+
+/// A split sum aims for about this many cubes.
+pub const REDUCE_TARGET_CUBES: usize = 1024;
+/// Only sums with fewer outputs than this split (the squared norms of SAM's ascent, whose
+/// one cube would run on one SM). With more, each output's cube keeps four loads in flight
+/// per unit (see `plateau_kernels::reduce`), and the second launch and its dependency cost
+/// more than they save: on lavapipe, splitting the CNN's bias gradients (32 and 64 outputs
+/// over 100,352 and 25,088 terms) made its SAM step 2-3% slower against two SGD steps.
+pub const REDUCE_SPLIT_OUTPUTS: usize = 8;
+/// A split sum never makes a slice shorter than this many terms (16 per unit of a cube).
+pub const REDUCE_MIN_SLICE: usize = 4096;
+
+/// The number of slices of a sum with `outputs` outputs of `len` terms each (1: no split).
+pub fn reduce_split(outputs: usize, len: usize) -> usize {
+    if outputs >= REDUCE_SPLIT_OUTPUTS {
+        return 1;
+    }
+    REDUCE_TARGET_CUBES.div_ceil(outputs.max(1)).min(len / REDUCE_MIN_SLICE).max(1)
+}
+
+/// `(outputs, terms per output)` of the sum computing node `id`, if it is a sum.
+pub fn reduce_dims(g: &Graph, id: NodeId) -> Option<(usize, usize)> {
+    match &g.node(id).op {
+        Op::FusedReduce { op: ReduceOp::Sum, axes, space, .. } => {
+            let len: usize = axes.iter().map(|&a| space.shape.0[a]).product();
+            Some((space.shape.numel() / len.max(1), len))
+        }
+        _ => None,
+    }
+}
+
+/// The split of the sum computing `id` (1 for any other node).
+pub fn split_of(g: &Graph, id: NodeId) -> usize {
+    reduce_dims(g, id).map_or(1, |(outputs, len)| reduce_split(outputs, len))
+}
+
+/// Workspace elements (f32) the kernel computing `id` needs: `split * outputs` for a split
+/// sum, else 0.
+pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
+    match (split_of(g, id), reduce_dims(g, id)) {
+        (split, Some((outputs, _))) if split > 1 => split * outputs,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_sums_with_few_outputs_split() {
+        // SAM's squared norm of ResNet-18's arena: one output, 11,173,962 terms.
+        assert_eq!(reduce_split(1, 11_173_962), 1024);
+        // The MLP's arena (269,322 terms): slices of at least 4,096 cap it at 65.
+        assert_eq!(reduce_split(1, 269_322), 65);
+        // Too short to split, or enough outputs: a mean loss over 1,280 terms, the CNN's
+        // first bias gradient (32 outputs over 100,352 terms), a BatchNorm statistic of
+        // ResNet-18's first stage (64 channels over 131,072 terms), a bias gradient of the
+        // MLP (256 outputs over a batch of 128).
+        assert_eq!(reduce_split(1, 1_280), 1);
+        assert_eq!(reduce_split(7, 1 << 20), 147);
+        assert_eq!(reduce_split(8, 1 << 20), 1);
+        assert_eq!(reduce_split(32, 100_352), 1);
+        assert_eq!(reduce_split(64, 131_072), 1);
+        assert_eq!(reduce_split(256, 128), 1);
+    }
+}
