@@ -235,8 +235,9 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
         }
         assert_eq!(j[format!("launches_{v}")].as_u64(), Some(launches));
     }
-    // The ascent (the gradient norm, then the perturbation) and the descent are SAM's 3
-    // optimizer launches; the pass at w + e needs neither the loss value nor the metrics.
+    // The ascent (the gradient norm, a split sum of two launches, then the perturbation) and
+    // the descent are SAM's 4 optimizer launches; the pass at w + e needs neither the loss
+    // value nor the metrics.
     let named = |v: &str| -> Vec<String> { phases(v).into_iter().map(|(p, l)| format!("{p} {l}")).collect() };
     assert_eq!(named("sam"), ["forward 10", "backward 12", "ascent 3", "forward@adv 7", "backward@adv 11", "descent 1"]);
     // A plain step spends nothing on metrics: its loss and accuracy come from the forward pass.

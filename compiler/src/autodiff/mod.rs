@@ -5,7 +5,7 @@
 mod vjp;
 
 use crate::error::IrError;
-use crate::ir::{BinaryOp, Graph, NodeId};
+use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use std::collections::BTreeMap;
 
 /// Appends the gradient of the scalar `loss` with respect to each node of `wrt` and returns
@@ -29,12 +29,13 @@ pub fn differentiate(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<
         }
     }
 
-    // Nodes that depend on some `wrt` (forward) and that `loss` depends on (backward).
+    // Nodes that depend on some `wrt` (forward) and that `loss` depends on (backward). A
+    // stop_gradient depends on nothing: no cotangent is carried into it.
     let order: Vec<NodeId> = g.node_ids().take_while(|&id| id <= loss).collect();
     let mut depends = BTreeMap::new();
     for &id in &order {
         let d = wrt.contains(&id) || g.operands(id).iter().any(|o| depends.get(o) == Some(&true));
-        depends.insert(id, d && g.dtype(id).is_float());
+        depends.insert(id, d && g.dtype(id).is_float() && g.node(id).op != Op::StopGradient);
     }
     let mut needed = BTreeMap::new();
     needed.insert(loss, true);

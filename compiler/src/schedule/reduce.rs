@@ -28,10 +28,10 @@ pub const REDUCE_MIN_SLICE: usize = 4096;
 
 /// The number of slices of a sum with `outputs` outputs of `len` terms each (1: no split).
 pub fn reduce_split(outputs: usize, len: usize) -> usize {
-    if outputs >= REDUCE_SPLIT_OUTPUTS {
+    if outputs == 0 || outputs >= REDUCE_SPLIT_OUTPUTS {
         return 1;
     }
-    REDUCE_TARGET_CUBES.div_ceil(outputs.max(1)).min(len / REDUCE_MIN_SLICE).max(1)
+    REDUCE_TARGET_CUBES.div_ceil(outputs).min(len / REDUCE_MIN_SLICE).max(1)
 }
 
 /// `(outputs, terms per output)` of the sum computing node `id`, if it is a sum.
