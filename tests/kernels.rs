@@ -195,7 +195,7 @@ fn fused_reductions_match_the_reference() {
                 })
                 .collect();
             let space_ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
-            let r = g.add(Op::FusedReduce { program: p.clone(), op, axes: axes.clone(), space: space_ty }, &ops).unwrap();
+            let r = g.add(Op::FusedReduce { program: p.clone(), op, axes: axes.clone(), space: space_ty, group: 0 }, &ops).unwrap();
             let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
             let got = fused_reduce_on(&client, &p, op, &axes, &space, &data).unwrap();
             assert!(close(&got, &want), "{op:?} over {axes:?}: {got:?} vs {want:?}");
@@ -378,7 +378,7 @@ fn split_sums_match_the_reference() {
         let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
         let sq = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
         let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
-        let r = g.add(Op::FusedReduce { program: sq, op: ReduceOp::Sum, axes: axes.clone(), space: ty }, &[x]).unwrap();
+        let r = g.add(Op::FusedReduce { program: sq, op: ReduceOp::Sum, axes: axes.clone(), space: ty, group: 0 }, &[x]).unwrap();
         let l = lower(&g, &[r], &|_| 0, Some(9)).unwrap();
         let outputs = g.shape(r).numel();
         assert!(matches!(l.call, KernelCall::Reduce { split, .. } if split == splits), "{dims:?}: {:?}", l.call);
@@ -389,6 +389,54 @@ fn split_sums_match_the_reference() {
         let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
         let got = run_lowered(&g, r, &[&data]);
         assert_close_scaled(&format!("sum of squares over {axes:?} of {dims:?}"), &got, &want);
+    }
+}
+
+/// A sum that also writes its prologue as a map (one kernel for a gradient and its bias
+/// gradient), in each form: a unit per output, a cube per output, split into slices.
+#[test]
+fn sums_that_write_their_map_match_the_reference() {
+    use plateau::compiler::ir::ReduceOp;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::{lower, KernelCall};
+    let client = client();
+    for (dims, axes, cube, split) in [(vec![128, 10], vec![0], false, 1), (vec![16, 4, 8, 8], vec![0, 2, 3], true, 1), (vec![3, 20_000], vec![1], true, 4)] {
+        let space = Shape(dims.clone());
+        let n = space.numel();
+        let mut g = Graph::new();
+        let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
+        let p = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0), Instr::Unary(UnaryOp::Exp, 0), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+        let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+        let r = g.add(Op::FusedReduce { program: p.clone(), op: ReduceOp::Sum, axes: axes.clone(), space: ty.clone(), group: 1 }, &[x]).unwrap();
+        let m = g.add(Op::Fused { program: p, output: 0, group: 1, ty }, &[x]).unwrap();
+        // Input at 3, sum at 5, map at 7, workspace at 9, each in its own buffer.
+        let place = |id: plateau::NodeId| if id == r { 5 } else if id == m { 7 } else { 3 };
+        let l = lower(&g, &[r, m], &place, Some(9)).unwrap();
+        assert!(matches!(l.call, KernelCall::Reduce { split: sp, map: Some(7), ref layout, .. } if sp == split && layout.cube == cube), "{dims:?}: {:?}", l.call);
+        assert_eq!(l.outputs, [Some(r), Some(m)]);
+        let data: Vec<f32> = random(n, 13).iter().map(|v| v * 0.5).collect();
+        let mut b = Bindings::new();
+        b.set("input", "x", plateau::Tensor::from_f32(dims.clone(), &data).unwrap());
+        let want = evaluate(&g, &b, &[r, m]).unwrap();
+        let mut padded = vec![f32::NAN; 3];
+        padded.extend_from_slice(&data);
+        let sums = g.shape(r).numel();
+        let (out, map) = (upload(&client, &vec![f32::NAN; sums + 5]), upload(&client, &vec![f32::NAN; n + 7]));
+        let ws_len = 9 + l.workspace_len;
+        let ws = client.empty(ws_len * 4);
+        // SAFETY: every handle holds the stated number of f32 values.
+        let args = vec![unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }];
+        let mut outs = unsafe { vec![ArrayArg::from_raw_parts(out.clone(), sums + 5), ArrayArg::from_raw_parts(map.clone(), n + 7)] };
+        if l.workspace_len > 0 {
+            // SAFETY: as above.
+            outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+        }
+        l.call.launch(&client, args, outs);
+        let got_sum = download(&client, out, sums + 5).unwrap()[5..].to_vec();
+        let got_map = download(&client, map, n + 7).unwrap()[7..].to_vec();
+        assert_close_scaled(&format!("sum over {axes:?} of {dims:?}"), &got_sum, &want[0].to_f32());
+        assert!(close(&got_map, &want[1].to_f32()), "map over {dims:?}");
     }
 }
 
@@ -588,7 +636,7 @@ fn elementwise_kernels_vectorize_where_sizes_allow() {
     ];
     // The optimizer's arena kernels stay scalar: neither arena (269,322 and 545,098 elements)
     // is a multiple of four.
-    assert_eq!(figures, [(6, 4), (12, 8), (8, 6), (16, 12)]);
+    assert_eq!(figures, [(3, 2), (6, 4), (4, 3), (8, 6)]);
 }
 
 /// A kernel the device cannot compile (WGSL has no infinite float literal) is an error, not

@@ -200,3 +200,24 @@ fn a_stop_gradient_costs_no_kernel() {
         ["%1 = fused_reduce_max{axes=1 over f32[4,5]: $0 | [4,5]} %0 : f32[4,1]", "%2 = fused{k1.0: sub($0, $1) | [4,5] [4,1]} %0, %1 : f32[4,5]"]
     );
 }
+
+#[test]
+fn a_sum_and_the_map_it_sums_share_one_kernel() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let b = input(&mut g, "b", &[5]);
+    let bb = g.broadcast(b, &Shape(vec![4, 5])).unwrap();
+    let y = g.binary(BinaryOp::Mul, x, bb).unwrap();
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, y, &[0]).unwrap();
+    g.add_output("s", s, OutputKind::Value).unwrap();
+    let (text, hits) = fused(g, y);
+    assert!(hits["sum-with-map"] > 0, "{hits:?}");
+    // One kernel, k1: the map and the sum of the same program.
+    assert_eq!(
+        kernels(&text),
+        [
+            "%2 = fused{k1.0: mul($0, $1) | [4,5] [5]} %0, %1 : f32[4,5]",
+            "%3 = fused_reduce_sum{k1 axes=0 over f32[4,5]: mul($0, $1) | [4,5] [5]} %0, %1 : f32[1,5]",
+        ]
+    );
+}

@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{fused_reduce_sum_slices, launch_reduce, slices_sum, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
@@ -85,21 +85,31 @@ impl KernelCall {
                 }
                 fused_map::launch::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
             }
-            KernelCall::Reduce { layout, prog, split, workspace, .. } if split > 1 => {
-                let mut s_in = SequenceArg::new();
-                for _ in 0..prog.access.len() {
-                    s_in.push(next_in());
+            KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
+                let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
+                fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
+                    let mut s = SequenceArg::new();
+                    for a in arrays {
+                        s.push(a);
+                    }
+                    s
                 }
                 let out = outs.next().expect("one output");
+                let map_out = map.map(|at| (outs.next().expect("the map output"), at));
                 let ws = outs.next().expect("a split sum's workspace");
                 let ws_again = outs.next().expect("a split sum's workspace, again");
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, prog.output_offsets[0]);
-                fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, s_in, ws, layout, prog, split, workspace);
+                match map_out {
+                    Some((m, at)) => fused_reduce_sum_slices_map::launch::<R>(client, count, dim, 1, seq(ins), ws, m, layout, prog, split, workspace, at),
+                    None => fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, seq(ins), ws, layout, prog, split, workspace),
+                }
                 launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], out, sum_layout, sum_prog);
             }
-            KernelCall::Reduce { op, layout, prog, .. } => {
+            KernelCall::Reduce { op, layout, prog, map, .. } => {
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
-                launch_reduce::<R>(client, op, s_in, outs.next().expect("one output"), layout, prog);
+                let out = outs.next().expect("one output");
+                let map_out = map.map(|at| (outs.next().expect("the map output"), at));
+                launch_reduce_map::<R>(client, op, s_in, out, map_out, layout, prog);
             }
             KernelCall::Gemm(s) if s.split > 1 => {
                 let (a, b) = (next_in(), next_in());
@@ -163,19 +173,35 @@ impl KernelCall {
                     fused_map::expand::<Const<1>>(&mut b.scope, 1, i, s, o, n, prog);
                 }
             }
-            KernelCall::Reduce { layout, prog, split, workspace, .. } if split > 1 => {
+            KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
                 let ws = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
                 let out_offset = prog.output_offsets[0];
-                crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, ws, layout.clone(), prog, split, workspace);
+                match map {
+                    Some(at) => {
+                        let m = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
+                        crate::reduce::fused_reduce_sum_slices_map::expand::<Const<1>>(&mut b.scope, 1, i, ws, m, layout.clone(), prog, split, workspace, at)
+                    }
+                    None => crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, ws, layout.clone(), prog, split, workspace),
+                }
                 // The second launch, the sum of the slices, follows as its own kernel.
                 let first = Self::compile_cuda(b, block, name)?;
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, out_offset);
-                let sum_call = KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout: sum_layout, prog: sum_prog, split: 1, workspace: 0 };
+                let sum_call = KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout: sum_layout, prog: sum_prog, split: 1, workspace: 0, map: None };
                 let sum = format!("{name}_sum");
                 let mut second = sum_call.cuda_sources(&sum)?;
                 second.insert(0, (name.to_string(), first));
                 return Ok(second);
+            }
+            KernelCall::Reduce { op, layout, prog, map: Some(at), .. } => {
+                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
+                let o = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
+                let m = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
+                match (op, layout.cube) {
+                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum_map::expand::<Const<1>>(&mut b.scope, 1, i, o, m, layout, prog, at),
+                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube_map::expand::<Const<1>>(&mut b.scope, 1, i, o, m, layout, prog, at),
+                    (plateau_compiler::ir::ReduceOp::Max, _) => return Err("a max reduction writes no map".into()),
+                }
             }
             KernelCall::Reduce { op, layout, prog, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);

@@ -27,7 +27,9 @@ pub enum KernelCall {
     Map { prog: KernelProgram, n: usize },
     /// A reduction; a split sum (`split > 1`) writes its slices' partial sums at element
     /// `workspace` of its workspace buffer, then sums them (two launches).
-    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize },
+    /// `map`: the element offset of a map output, when the kernel also writes every prologue
+    /// value (a sum and a map of the same program in one kernel).
+    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize> },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
@@ -113,10 +115,20 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
             let n = ty.shape.numel();
             Lowered { call: KernelCall::map(prog, n), inputs: operands, output_len: vec![n; outputs.len()], outputs, workspace_len: 0 }
         }
-        Op::FusedReduce { program, op, axes, space } => {
+        Op::FusedReduce { program, op, axes, space, group } => {
             let layout = ReduceLayout::new(&space.shape, &axes);
             let prog = KernelProgram::new(&program, &space.shape).with_offsets(&in_off, &[offset(first)]);
-            single(KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0 }, operands)
+            let map_node = nodes[1..].iter().copied().find(|&n| group != 0 && matches!(g.node(n).op, Op::Fused { group: gr, .. } if gr == group));
+            match map_node {
+                Some(m) => Lowered {
+                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: Some(offset(m)) },
+                    inputs: operands,
+                    outputs: vec![Some(first), Some(m)],
+                    output_len: vec![out_shape.numel(), space.shape.numel()],
+                    workspace_len: 0,
+                },
+                None => single(KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None }, operands),
+            }
         }
         Op::MatMul { ta, tb } => {
             let a = g.shape(operands[0]);

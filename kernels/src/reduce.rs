@@ -69,18 +69,40 @@ fn prologue_at<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, r
     *regs.index(comptime!(prog.outputs[0]))
 }
 
+/// [`prologue_at`], also storing the value at its position of the space in `map_out` (at
+/// element offset `map`) when the kernel writes the prologue as a map too.
+#[cube]
+fn prologue_store<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    map_out: &mut Array<Vector<f32, N>>,
+    base: usize,
+    r: usize,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] map: Option<usize>,
+) -> Vector<f32, N> {
+    let v = prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
+    if comptime!(map.is_some()) {
+        map_out[comptime!(map.unwrap_or(0)) + base + position(r, comptime!(layout.reduced.clone()))] = v;
+    }
+    v
+}
+
 /// The sum of the prologue over reduced indices `start, start + step, ...` below `end`, as
 /// four interleaved partial sums (four independent loads per iteration), added in a fixed
-/// order at the end.
+/// order at the end; each value is also stored in `map_out` when `map` is set.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn strided_sum<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
+    map_out: &mut Array<Vector<f32, N>>,
     base: usize,
     start: usize,
     end: usize,
     #[comptime] step: usize,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
+    #[comptime] map: Option<usize>,
 ) -> Vector<f32, N> {
     let mut a0 = Vector::<f32, N>::new(0.0);
     let mut a1 = Vector::<f32, N>::new(0.0);
@@ -88,26 +110,54 @@ fn strided_sum<N: Size>(
     let mut a3 = Vector::<f32, N>::new(0.0);
     let mut r = start;
     while r + comptime!(3 * step) < end {
-        a0 += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
-        a1 += prologue_at::<N>(inputs, base, r + comptime!(step), layout.clone(), prog.clone());
-        a2 += prologue_at::<N>(inputs, base, r + comptime!(2 * step), layout.clone(), prog.clone());
-        a3 += prologue_at::<N>(inputs, base, r + comptime!(3 * step), layout.clone(), prog.clone());
+        a0 += prologue_store::<N>(inputs, map_out, base, r, layout.clone(), prog.clone(), map);
+        a1 += prologue_store::<N>(inputs, map_out, base, r + comptime!(step), layout.clone(), prog.clone(), map);
+        a2 += prologue_store::<N>(inputs, map_out, base, r + comptime!(2 * step), layout.clone(), prog.clone(), map);
+        a3 += prologue_store::<N>(inputs, map_out, base, r + comptime!(3 * step), layout.clone(), prog.clone(), map);
         r += comptime!(4 * step);
     }
     while r < end {
-        a0 += prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
+        a0 += prologue_store::<N>(inputs, map_out, base, r, layout.clone(), prog.clone(), map);
         r += comptime!(step);
     }
     (a0 + a1) + (a2 + a3)
+}
+
+/// The sum of unit `o`'s output (`o` past the last output: nothing).
+#[cube]
+fn unit_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, map_out: &mut Array<Vector<f32, N>>, o: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram, #[comptime] map: Option<usize>) -> Vector<f32, N> {
+    let base = position(o, comptime!(layout.kept.clone()));
+    let mut end = 0usize;
+    if o < comptime!(layout.outputs) {
+        end = comptime!(layout.reduce_len);
+    }
+    strided_sum::<N>(inputs, map_out, base, 0usize, end, comptime!(1usize), layout.clone(), prog.clone(), map)
 }
 
 /// `output[o] = sum_r prologue(space position of (o, r))`.
 #[cube(launch)]
 pub fn fused_reduce_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = ABSOLUTE_POS;
+    let acc = unit_sum::<N>(inputs, output, o, layout.clone(), prog.clone(), comptime!(None));
     if o < comptime!(layout.outputs) {
-        let base = position(o, comptime!(layout.kept.clone()));
-        let acc = strided_sum::<N>(inputs, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), prog.clone());
+        output[comptime!(prog.output_offsets[0]) + o] = acc;
+    }
+}
+
+/// [`fused_reduce_sum`], also writing every prologue value to `map_out` at element offset
+/// `map` (the kernel of a reduction and the map of the same program).
+#[cube(launch)]
+pub fn fused_reduce_sum_map<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    output: &mut Array<Vector<f32, N>>,
+    map_out: &mut Array<Vector<f32, N>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] map: usize,
+) {
+    let o = ABSOLUTE_POS;
+    let acc = unit_sum::<N>(inputs, map_out, o, layout.clone(), prog.clone(), comptime!(Some(map)));
+    if o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = acc;
     }
 }
@@ -161,16 +211,43 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
     smem[0]
 }
 
+/// The sum of cube `o`'s output (a cube past the last output finds no terms).
+#[cube]
+fn cube_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, map_out: &mut Array<Vector<f32, N>>, o: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram, #[comptime] map: Option<usize>) -> Vector<f32, N> {
+    let tid = UNIT_POS as usize;
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
+    let base = position(o, comptime!(layout.kept.clone()));
+    let mut end = 0usize;
+    if o < comptime!(layout.outputs) {
+        end = comptime!(layout.reduce_len);
+    }
+    smem[tid] = strided_sum::<N>(inputs, map_out, base, tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+    tree_sum::<N>(smem, tid)
+}
+
 /// `output[o] = sum_r prologue(..)` with cube `o` computing output `o`.
 #[cube(launch)]
 pub fn fused_reduce_sum_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = CUBE_POS;
-    let tid = UNIT_POS as usize;
-    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
-    let base = position(o, comptime!(layout.kept.clone()));
-    smem[tid] = strided_sum::<N>(inputs, base, tid, comptime!(layout.reduce_len), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone());
-    let total = tree_sum::<N>(smem, tid);
-    if tid == 0 && o < comptime!(layout.outputs) {
+    let total = cube_sum::<N>(inputs, output, o, layout.clone(), prog.clone(), comptime!(None));
+    if UNIT_POS == 0 && o < comptime!(layout.outputs) {
+        output[comptime!(prog.output_offsets[0]) + o] = total;
+    }
+}
+
+/// [`fused_reduce_sum_cube`], also writing every prologue value to `map_out` at offset `map`.
+#[cube(launch)]
+pub fn fused_reduce_sum_cube_map<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    output: &mut Array<Vector<f32, N>>,
+    map_out: &mut Array<Vector<f32, N>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] map: usize,
+) {
+    let o = CUBE_POS;
+    let total = cube_sum::<N>(inputs, map_out, o, layout.clone(), prog.clone(), comptime!(Some(map)));
+    if UNIT_POS == 0 && o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = total;
     }
 }
@@ -207,6 +284,41 @@ pub fn fused_reduce_sum_slices<N: Size>(
     #[comptime] split: usize,
     #[comptime] workspace_offset: usize,
 ) {
+    let total = slice_sum::<N>(inputs, workspace, layout.clone(), prog.clone(), split, comptime!(None));
+    if UNIT_POS == 0 && CUBE_POS / comptime!(layout.outputs) < comptime!(split) {
+        workspace[comptime!(workspace_offset) + CUBE_POS] = total;
+    }
+}
+
+/// [`fused_reduce_sum_slices`], also writing every prologue value to `map_out` at offset `map`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_reduce_sum_slices_map<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    workspace: &mut Array<Vector<f32, N>>,
+    map_out: &mut Array<Vector<f32, N>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] split: usize,
+    #[comptime] workspace_offset: usize,
+    #[comptime] map: usize,
+) {
+    let total = slice_sum::<N>(inputs, map_out, layout.clone(), prog.clone(), split, comptime!(Some(map)));
+    if UNIT_POS == 0 && CUBE_POS / comptime!(layout.outputs) < comptime!(split) {
+        workspace[comptime!(workspace_offset) + CUBE_POS] = total;
+    }
+}
+
+/// The sum of one slice of a split sum: cube `s * outputs + o` takes slice `s` of output `o`.
+#[cube]
+fn slice_sum<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    map_out: &mut Array<Vector<f32, N>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] split: usize,
+    #[comptime] map: Option<usize>,
+) -> Vector<f32, N> {
     let cube = CUBE_POS;
     let o = cube % comptime!(layout.outputs);
     let s = cube / comptime!(layout.outputs);
@@ -219,11 +331,8 @@ pub fn fused_reduce_sum_slices<N: Size>(
     if end > comptime!(layout.reduce_len) {
         end = comptime!(layout.reduce_len);
     }
-    smem[tid] = strided_sum::<N>(inputs, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone());
-    let total = tree_sum::<N>(smem, tid);
-    if tid == 0 && s < comptime!(split) {
-        workspace[comptime!(workspace_offset) + cube] = total;
-    }
+    smem[tid] = strided_sum::<N>(inputs, map_out, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+    tree_sum::<N>(smem, tid)
 }
 
 /// The second launch of a split sum: each output's slices, summed from the workspace (read
@@ -245,6 +354,20 @@ pub fn launch_reduce<R: Runtime>(
     layout: ReduceLayout,
     prog: KernelProgram,
 ) {
+    launch_reduce_map::<R>(client, op, inputs, output, None, layout, prog)
+}
+
+/// [`launch_reduce`]; with `map` (an array and the element offset in it), a sum also writes
+/// every prologue value there.
+pub fn launch_reduce_map<R: Runtime>(
+    client: &ComputeClient<R>,
+    op: plateau_compiler::ir::ReduceOp,
+    inputs: Vec<ArrayArg<R>>,
+    output: ArrayArg<R>,
+    map: Option<(ArrayArg<R>, usize)>,
+    layout: ReduceLayout,
+    prog: KernelProgram,
+) {
     use plateau_compiler::ir::ReduceOp;
     fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
         let mut s = SequenceArg::new();
@@ -257,16 +380,18 @@ pub fn launch_reduce<R: Runtime>(
     if layout.cube {
         let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
         let count = cubecl::calculate_cube_count_elemwise(client, outputs * CUBE_REDUCE_UNITS, dim);
-        match op {
-            ReduceOp::Sum => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-            ReduceOp::Max => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+        match (op, map) {
+            (ReduceOp::Sum, None) => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+            (ReduceOp::Sum, Some((m, at))) => fused_reduce_sum_cube_map::launch::<R>(client, count, dim, 1, seq(inputs), output, m, layout, prog, at),
+            (ReduceOp::Max, _) => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
         }
     } else {
         let dim = CubeDim::new_1d(crate::host::BLOCK);
         let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
-        match op {
-            ReduceOp::Sum => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-            ReduceOp::Max => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+        match (op, map) {
+            (ReduceOp::Sum, None) => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
+            (ReduceOp::Sum, Some((m, at))) => fused_reduce_sum_map::launch::<R>(client, count, dim, 1, seq(inputs), output, m, layout, prog, at),
+            (ReduceOp::Max, _) => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
         }
     }
 }

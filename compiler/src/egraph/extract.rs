@@ -118,14 +118,15 @@ fn dag_cost(eg: &EG, roots: &[Id], best: &HashMap<Id, ENode>) -> Option<Cost> {
 }
 
 /// The greedy pass judges each class alone, so it cannot see that several outputs computed
-/// by one multi-output kernel share its launch. For each multi-output kernel, try reading
+/// by one multi-output kernel (several maps, or a sum and its map) share its launch. For each
+/// multi-output kernel, try reading
 /// every class it computes through it, and keep that when the whole program gets cheaper.
 fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>) {
     let Some(mut current) = dag_cost(eg, roots, best) else { return };
     let mut multis: Vec<(Id, ENode)> = Vec::new();
     for class in eg.classes() {
         for node in &class.nodes {
-            if matches!(eg.analysis.op(node.op), EOp::Multi { .. }) {
+            if matches!(eg.analysis.op(node.op), EOp::Multi { .. } | EOp::ReduceMap { .. }) {
                 multis.push((class.id, node.clone()));
             }
         }

@@ -17,8 +17,26 @@ pub enum EOp {
     /// Several elementwise outputs of one kernel over one iteration space; its e-class is a
     /// tuple, read through `Proj`.
     Multi { program: Program, types: Vec<TensorType> },
-    /// Output `i` of a `Multi`.
+    /// A sum that also writes every value of its prologue: output 0 is the reduction over
+    /// `axes`, output 1 the map of `program` over `space`. Its e-class is a tuple.
+    ReduceMap { program: Program, axes: Vec<usize>, space: TensorType },
+    /// Output `i` of a `Multi` or a `ReduceMap`.
     Proj(u32),
+}
+
+/// The types of a tuple e-node's outputs.
+pub fn tuple_types(op: &EOp) -> Option<Vec<TensorType>> {
+    match op {
+        EOp::Multi { types, .. } => Some(types.clone()),
+        EOp::ReduceMap { axes, space, .. } => {
+            let mut dims = space.shape.0.clone();
+            for &a in axes {
+                dims[a] = 1;
+            }
+            Some(vec![TensorType { dtype: space.dtype, shape: crate::ir::Shape(dims) }, space.clone()])
+        }
+        _ => None,
+    }
 }
 
 /// An interned op with its children.
@@ -83,14 +101,8 @@ impl egg::Analysis<ENode> for Types {
         let ch = |i: usize| egraph[enode.children[i]].data.clone();
         match egraph.analysis.op(enode.op) {
             EOp::Leaf { ty, .. } => Some(ty.clone()),
-            EOp::Multi { .. } => None,
-            EOp::Proj(i) => {
-                let multi = egraph[enode.children[0]].nodes.iter().find_map(|n| match egraph.analysis.op(n.op) {
-                    EOp::Multi { types, .. } => types.get(*i as usize).cloned(),
-                    _ => None,
-                });
-                multi
-            }
+            EOp::Multi { .. } | EOp::ReduceMap { .. } => None,
+            EOp::Proj(i) => egraph[enode.children[0]].nodes.iter().find_map(|n| tuple_types(egraph.analysis.op(n.op)).and_then(|t| t.get(*i as usize).cloned())),
             EOp::Ir(op) => {
                 let types: Option<Vec<TensorType>> = (0..enode.children.len()).map(ch).collect();
                 types.and_then(|types| crate::ir::infer(op, &types).ok())

@@ -84,7 +84,7 @@ fn to_eop(g: &Graph, id: NodeId) -> EOp {
         Op::Reduce { op, axes } => {
             let x = g.operands(id)[0];
             let program = Program { views: vec![g.shape(x).clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] };
-            EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: g.ty(x).clone() })
+            EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: g.ty(x).clone(), group: 0 })
         }
         op => EOp::Ir(op.clone()),
     }
@@ -191,6 +191,10 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         if groups > 0 {
             report.rule_hits.insert("sibling-outputs", groups);
         }
+        let pairs = rules::sum_with_map(&mut eg);
+        if pairs > 0 {
+            report.rule_hits.insert("sum-with-map", pairs);
+        }
     }
     report.egraph_nodes = eg.total_number_of_nodes();
     report.egraph_classes = eg.number_of_classes();
@@ -289,9 +293,6 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
             EOp::Proj(i) => {
                 let multi = cx.eg.find(node.children[0]);
                 let mnode = cx.choice.get(&multi).ok_or_else(|| IrError::Invariant("projection of an unchosen kernel".into()))?.clone();
-                let EOp::Multi { program, types } = cx.eg.analysis.op(mnode.op).clone() else {
-                    return Err(IrError::Invariant("projection of a non-tuple".into()));
-                };
                 let ops = mnode.children.iter().map(|&ch| visit(cx, ch)).collect::<Result<Vec<_>, _>>()?;
                 let group = match cx.groups.get(&multi) {
                     Some(&gid) => gid,
@@ -301,9 +302,16 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                         cx.next_group
                     }
                 };
-                cx.g.add(Op::Fused { program, output: i, group, ty: types[i as usize].clone() }, &ops)?
+                match cx.eg.analysis.op(mnode.op).clone() {
+                    EOp::Multi { program, types } => cx.g.add(Op::Fused { program, output: i, group, ty: types[i as usize].clone() }, &ops)?,
+                    EOp::ReduceMap { program, axes, space } if i == 0 => {
+                        cx.g.add(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, group }, &ops)?
+                    }
+                    EOp::ReduceMap { program, space, .. } => cx.g.add(Op::Fused { program, output: 0, group, ty: space }, &ops)?,
+                    _ => return Err(IrError::Invariant("projection of a non-tuple".into())),
+                }
             }
-            EOp::Multi { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
+            EOp::Multi { .. } | EOp::ReduceMap { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
         };
         cx.visiting.remove(&c);
         cx.done.insert(c, id);

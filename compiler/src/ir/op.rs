@@ -133,7 +133,9 @@ pub enum Op {
     Fused { program: Program, output: u32, group: u32, ty: TensorType },
     /// A reduction over `axes` of the single output of `program` (its prologue), evaluated
     /// over the iteration space `space`; reduced axes are kept with size 1.
-    FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType },
+    /// A nonzero `group` shares the kernel with the `Op::Fused` node of that group, a map over
+    /// `space` of the same program: the kernel also writes each prologue value it sums.
+    FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType, group: u32 },
 }
 
 impl Op {
@@ -293,8 +295,9 @@ impl fmt::Display for Op {
             Op::Fused { program, output, group, .. } => {
                 write!(f, "{m}{{k{group}.{output}: {}{}}}", program.expr(*output as usize), views(program))
             }
-            Op::FusedReduce { program, axes, space, .. } => {
-                write!(f, "{m}{{axes={} over {space}: {}{}}}", list(axes), program.expr(0), views(program))
+            Op::FusedReduce { program, axes, space, group, .. } => {
+                let with = if *group != 0 { format!("k{group} ") } else { String::new() };
+                write!(f, "{m}{{{with}axes={} over {space}: {}{}}}", list(axes), program.expr(0), views(program))
             }
             _ => f.write_str(m),
         }

@@ -107,11 +107,24 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
             op => op.to_string(),
         };
         let phase = fused.phases.get(&id).copied().unwrap_or(Phase::Forward);
-        if let Op::Fused { group, .. } = node.op {
+        let group = match node.op {
+            Op::Fused { group, .. } => Some(group),
+            Op::FusedReduce { group, .. } if group != 0 => Some(group),
+            _ => None,
+        };
+        if let Some(group) = group {
             if let Some(&k) = group_kernel.get(&group) {
                 let kernel = &mut kernels[k];
-                kernel.nodes.push(id);
-                kernel.body.push(body);
+                if matches!(node.op, Op::FusedReduce { .. }) {
+                    // A reduction that also writes its prologue as a map: it leads the kernel.
+                    kernel.nodes.insert(0, id);
+                    kernel.body.insert(0, body);
+                    kernel.name = node.op.mnemonic().to_string();
+                    kernel.split = split_of(g, id);
+                } else {
+                    kernel.nodes.push(id);
+                    kernel.body.push(body);
+                }
                 kernel.phase = kernel.phase.max(phase);
                 kernel_of.insert(id, k);
                 continue;

@@ -74,7 +74,7 @@ fn scale_into_reduce(eg: &EG) -> Vec<(Id, Change)> {
                 continue;
             }
             for inner in &eg[sum].nodes {
-                let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space }) = eg.analysis.op(inner.op) else { continue };
+                let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, .. }) = eg.analysis.op(inner.op) else { continue };
                 let mut q = program.clone();
                 let at = q.instrs.len() as u32;
                 q.instrs.push(crate::ir::Instr::Const(c.to_bits()));
@@ -104,7 +104,7 @@ enum Kernel {
 fn program_node(eg: &EG, node: &ENode) -> Option<(Program, Kernel)> {
     match eg.analysis.op(node.op) {
         EOp::Ir(Op::Fused { program, ty, .. }) if program.outputs.len() == 1 => Some((program.clone(), Kernel::Map { ty: ty.clone() })),
-        EOp::Ir(Op::FusedReduce { program, op, axes, space }) => {
+        EOp::Ir(Op::FusedReduce { program, op, axes, space, .. }) => {
             Some((program.clone(), Kernel::Reduce { op: *op, axes: axes.clone(), space: space.clone() }))
         }
         _ => None,
@@ -114,7 +114,7 @@ fn program_node(eg: &EG, node: &ENode) -> Option<(Program, Kernel)> {
 fn rebuild(kernel: &Kernel, program: Program) -> EOp {
     match kernel {
         Kernel::Map { ty } => EOp::Ir(Op::Fused { program, output: 0, group: 0, ty: ty.clone() }),
-        Kernel::Reduce { op, axes, space } => EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: space.clone() }),
+        Kernel::Reduce { op, axes, space } => EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: space.clone(), group: 0 }),
     }
 }
 
@@ -383,6 +383,54 @@ pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
             }
             added += 1;
         }
+    }
+    eg.rebuild();
+    added
+}
+
+/// A sum and a map of the same program over the same operands, the map over the sum's whole
+/// iteration space (a bias gradient and the gradient it sums, in the backward), run once
+/// after saturation: one kernel can compute both, writing each prologue value as it adds it.
+/// The pair becomes a tuple alternative (`ReduceMap`) whose projections join the two classes;
+/// extraction takes it where it saves the map's launch.
+pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
+    let mut maps: BTreeMap<(Program, Vec<Id>), Id> = BTreeMap::new();
+    for class in eg.classes() {
+        for node in &class.nodes {
+            if let EOp::Ir(Op::Fused { program, ty, .. }) = eg.analysis.op(node.op) {
+                if program.outputs.len() == 1 && ty.dtype.is_float() {
+                    let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
+                    maps.entry((program.clone(), children)).or_insert(class.id);
+                }
+            }
+        }
+    }
+    let mut pairs: Vec<(Id, Id, Program, Vec<usize>, TensorType, Vec<Id>)> = Vec::new();
+    for class in eg.classes() {
+        for node in &class.nodes {
+            let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, .. }) = eg.analysis.op(node.op) else { continue };
+            let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
+            let Some(&map) = maps.get(&(program.clone(), children.clone())) else { continue };
+            if ty(eg, map) != Some(space) || eg.find(map) == eg.find(class.id) {
+                continue;
+            }
+            pairs.push((class.id, map, program.clone(), axes.clone(), space.clone(), children));
+        }
+    }
+    // Every matching form of the pair (the fused ones, and the unfused that still read views
+    // as kernels) is an alternative; extraction keeps the cheapest.
+    pairs.sort_by(|a, b| (a.0, a.1, &a.5).cmp(&(b.0, b.1, &b.5)));
+    pairs.dedup_by(|a, b| (a.0, a.1, &a.2, &a.5) == (b.0, b.1, &b.2, &b.5));
+    let mut added = 0;
+    for (sum, map, program, axes, space, children) in pairs {
+        let op = eg.analysis.intern(EOp::ReduceMap { program, axes, space });
+        let tuple = eg.add(ENode { op, children });
+        for (i, class) in [(0u32, sum), (1, map)] {
+            let proj = eg.analysis.intern(EOp::Proj(i));
+            let p = eg.add(ENode { op: proj, children: vec![tuple] });
+            eg.union(class, p);
+        }
+        added += 1;
     }
     eg.rebuild();
     added
