@@ -81,9 +81,12 @@ fn prologue_store<N: Size>(
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
 ) -> Vector<f32, N> {
-    let v = prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone());
+    let pos = base + position(r, comptime!(layout.reduced.clone()));
+    let splats = Sequence::<Array<f32>>::new();
+    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
+    let v = *regs.index(comptime!(prog.outputs[0]));
     if comptime!(map.is_some()) {
-        map_out[comptime!(map.unwrap_or(0)) + base + position(r, comptime!(layout.reduced.clone()))] = v;
+        map_out[comptime!(map.unwrap_or(0)) + pos] = v;
     }
     v
 }
@@ -176,9 +179,7 @@ pub fn fused_reduce_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, outpu
     }
 }
 
-/// Reductions this long use a whole cube per output (a strided walk, then a tree in shared
-/// memory); shorter ones one unit per output.
-pub const CUBE_REDUCE_MIN: usize = 1024;
+pub use plateau_compiler::schedule::reduce::CUBE_REDUCE_MIN;
 
 /// Units per cube in the cube-per-output reduction (a power of two).
 pub const CUBE_REDUCE_UNITS: usize = 256;

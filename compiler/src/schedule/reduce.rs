@@ -15,6 +15,10 @@
 
 use crate::ir::{Graph, NodeId, Op, ReduceOp};
 
+/// Reductions at least this long run a cube per output (a strided walk, then a tree in shared
+/// memory); shorter ones one unit per output.
+pub const CUBE_REDUCE_MIN: usize = 1024;
+
 /// A split sum aims for about this many cubes.
 pub const REDUCE_TARGET_CUBES: usize = 1024;
 /// Only sums with fewer outputs than this split (the squared norms of SAM's ascent, whose

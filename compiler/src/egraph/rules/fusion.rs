@@ -390,7 +390,8 @@ pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
 
 /// A sum and a map of the same program over the same operands, the map over the sum's whole
 /// iteration space (a bias gradient and the gradient it sums, in the backward), run once
-/// after saturation: one kernel can compute both, writing each prologue value as it adds it.
+/// after saturation: one kernel can compute both, writing each prologue value as it adds it
+/// (sums of fewer than `CUBE_REDUCE_MIN` terms).
 /// The pair becomes a tuple alternative (`ReduceMap`) whose projections join the two classes;
 /// extraction takes it where it saves the map's launch.
 pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
@@ -411,7 +412,12 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
             let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, .. }) = eg.analysis.op(node.op) else { continue };
             let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
             let Some(&map) = maps.get(&(program.clone(), children.clone())) else { continue };
-            if ty(eg, map) != Some(space) || eg.find(map) == eg.find(class.id) {
+            // Only sums a unit per output computes (see `schedule::reduce`): on lavapipe, the
+            // cube-per-output form writing its map (the CNN's convolution bias gradients over
+            // 25,088 and 100,352 terms) made its SGD step 13% slower queued, against the same
+            // kernel times one by one.
+            let len: usize = axes.iter().map(|&a| space.shape.0[a]).product();
+            if ty(eg, map) != Some(space) || eg.find(map) == eg.find(class.id) || len >= crate::schedule::reduce::CUBE_REDUCE_MIN {
                 continue;
             }
             pairs.push((class.id, map, program.clone(), axes.clone(), space.clone(), children));
