@@ -177,7 +177,10 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
                 g.operands(id).into_iter().find_map(|o| {
                     let &(b, off) = loc.get(&o)?;
                     let temp = matches!(buffers[b].kind, BufferKind::Temp { .. });
-                    (temp && off == 0 && same(b) && last[b] <= at && !is_value_output(g, o) && !state_of.contains_key(&o)).then_some((b, 0))
+                    // The operand itself fills the buffer (not a smaller view at its start), so
+                    // every element is read at the position it is written.
+                    (temp && off == 0 && same(b) && bytes(g, o) == bytes(g, id) && last[b] <= at && !is_value_output(g, o) && !state_of.contains_key(&o))
+                        .then_some((b, 0))
                 })
             });
             match in_place {

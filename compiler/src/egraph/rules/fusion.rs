@@ -417,7 +417,9 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
             // 25,088 and 100,352 terms) made its SGD step 13% slower queued, against the same
             // kernel times one by one.
             let len: usize = axes.iter().map(|&a| space.shape.0[a]).product();
-            if ty(eg, map) != Some(space) || eg.find(map) == eg.find(class.id) || len >= crate::schedule::reduce::CUBE_REDUCE_MIN {
+            // Its operands and both outputs are the kernel's bindings.
+            let binds = children.len() + 2;
+            if ty(eg, map) != Some(space) || eg.find(map) == eg.find(class.id) || len >= crate::schedule::reduce::CUBE_REDUCE_MIN || binds > MAX_PROGRAM_OPERANDS {
                 continue;
             }
             pairs.push((class.id, map, program.clone(), axes.clone(), space.clone(), children));
