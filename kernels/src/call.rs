@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, slices_sum, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
@@ -87,13 +87,6 @@ impl KernelCall {
             }
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
-                fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
-                    let mut s = SequenceArg::new();
-                    for a in arrays {
-                        s.push(a);
-                    }
-                    s
-                }
                 let out = outs.next().expect("one output");
                 let map_out = map.map(|at| (outs.next().expect("the map output"), at));
                 let ws = outs.next().expect("a split sum's workspace");

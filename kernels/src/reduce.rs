@@ -63,7 +63,12 @@ fn position(i: usize, #[comptime] axes: Vec<(usize, usize, usize)>) -> usize {
 /// The prologue's value at reduced index `r` of output `o`.
 #[cube]
 fn prologue_at<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, r: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
-    let pos = base + position(r, comptime!(layout.reduced.clone()));
+    prologue_value::<N>(inputs, base + position(r, comptime!(layout.reduced.clone())), prog)
+}
+
+/// The prologue's value at position `pos` of the space.
+#[cube]
+fn prologue_value<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, pos: usize, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
     let splats = Sequence::<Array<f32>>::new();
     let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
     *regs.index(comptime!(prog.outputs[0]))
@@ -82,9 +87,7 @@ fn prologue_store<N: Size>(
     #[comptime] map: Option<usize>,
 ) -> Vector<f32, N> {
     let pos = base + position(r, comptime!(layout.reduced.clone()));
-    let splats = Sequence::<Array<f32>>::new();
-    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
-    let v = *regs.index(comptime!(prog.outputs[0]));
+    let v = prologue_value::<N>(inputs, pos, prog);
     if comptime!(map.is_some()) {
         map_out[comptime!(map.unwrap_or(0)) + pos] = v;
     }
@@ -346,6 +349,15 @@ pub fn slices_sum(outputs: usize, split: usize, workspace_offset: usize, output_
     (layout, KernelProgram::new(&identity, &space).with_offsets(&[workspace_offset], &[output_offset]))
 }
 
+/// The arrays as a kernel's sequence argument.
+pub(crate) fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
+    let mut s = SequenceArg::new();
+    for a in arrays {
+        s.push(a);
+    }
+    s
+}
+
 /// Launches the reduction of `prog` with `layout` (choosing the form by length).
 pub fn launch_reduce<R: Runtime>(
     client: &ComputeClient<R>,
@@ -370,13 +382,6 @@ pub fn launch_reduce_map<R: Runtime>(
     prog: KernelProgram,
 ) {
     use plateau_compiler::ir::ReduceOp;
-    fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays: Vec<ArrayArg<R>>) -> SequenceArg<R, T> {
-        let mut s = SequenceArg::new();
-        for a in arrays {
-            s.push(a);
-        }
-        s
-    }
     let outputs = layout.outputs.max(1);
     if layout.cube {
         let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
