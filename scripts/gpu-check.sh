@@ -10,10 +10,18 @@
 # The checks run most important first and share one time budget (${BUDGET:-420} seconds):
 # a check that would start with too little time left is skipped and listed in skipped.txt,
 # so the script always finishes, with what it measured, inside the budget.
+#
+# A rehearsal on a machine without a GPU runs the same checks on other devices:
+#   DEVICE=wgpu TORCH_DEVICE=cpu BUDGET=300 OUT=/tmp/rehearsal bash scripts/gpu-check.sh
+# (bin-gpu/ then holds any build; nvidia-smi may be missing; parity.txt compares reference
+# and wgpu).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 P=bin-gpu/plateau
+# plateau's device and PyTorch's (cuda unless rehearsing).
+DEV=${DEVICE:-cuda}
+TDEV=${TORCH_DEVICE:-cuda}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 deadline=$(( $(date +%s) + ${BUDGET:-420} ))
 
@@ -52,45 +60,46 @@ echo "CUDA_PATH=${CUDA_PATH:-unset} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-unset}" >
 export PLATEAU_KERNEL_CACHE=${PLATEAU_KERNEL_CACHE:-$(mktemp -d)}
 # Parity: the same losses on the reference and on CUDA.
 for m in mlp cnn; do
-  for d in reference cuda; do
+  for d in reference $DEV; do
     check "run-$m-$d.txt" 60 $P run --model $m --optimizer sam --steps 3 --batch-size 32 --device $d
   done
 done
 # The verdict of the parity runs in parity.txt: the largest loss difference per model.
-$PY - "$out" > "$out/parity.txt" 2>&1 <<'PY'
+$PY - "$out" "$DEV" > "$out/parity.txt" 2>&1 <<'PY'
 import re, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 def losses(p):
     return [float(x) for x in re.findall(r"loss ([-0-9.eE+naNinf]+)", p.read_text())] if p.exists() else []
 for m in ("mlp", "cnn"):
-    ref, cuda = losses(out / f"run-{m}-reference.txt"), losses(out / f"run-{m}-cuda.txt")
+    dev = sys.argv[2]
+    ref, cuda = losses(out / f"run-{m}-reference.txt"), losses(out / f"run-{m}-{dev}.txt")
     if not ref or len(ref) != len(cuda):
-        print(f"{m}: FAIL, {len(ref)} reference and {len(cuda)} CUDA losses")
+        print(f"{m}: FAIL, {len(ref)} reference and {len(cuda)} {dev} losses")
         continue
     d = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(ref, cuda))
-    print(f"{m}: {'PASS' if d < 1e-3 else 'FAIL'}, largest relative loss difference {d:.2e} over {len(ref)} steps (reference {ref}, CUDA {cuda})")
+    print(f"{m}: {'PASS' if d < 1e-3 else 'FAIL'}, largest relative loss difference {d:.2e} over {len(ref)} steps (reference {ref}, {dev} {cuda})")
 PY
 # The same run again, its kernels now in the cache: times.txt shows what NVRTC cost.
-check run-cnn-cuda-cached.txt 60 $P run --model cnn --optimizer sam --steps 3 --batch-size 32 --device cuda
+check run-cnn-$DEV-cached.txt 60 $P run --model cnn --optimizer sam --steps 3 --batch-size 32 --device $DEV
 # The issue's GPU target first: plateau's SGD and SAM steps against PyTorch eager.
 for m in mlp cnn; do
-  check bench.jsonl 90 $P bench --model $m --device cuda --rounds 30 --json
-  check bench.jsonl 90 $PY benches/sam_torch.py --model $m --device cuda --rounds 30
+  check bench.jsonl 90 $P bench --model $m --device $DEV --rounds 30 --json
+  check bench.jsonl 90 $PY benches/sam_torch.py --model $m --device $TDEV --rounds 30
 done
 for m in mlp cnn; do
-  check "profile-$m.txt" 60 $P bench --model $m --device cuda --rounds 3 --no-naive --profile
+  check "profile-$m.txt" 60 $P bench --model $m --device $DEV --rounds 3 --no-naive --profile
 done
-check train-cuda.txt 60 $P train --device cuda --epochs 2 --hidden 64
-check bench.jsonl 150 $P bench --model resnet18 --device cuda --rounds 10 --no-naive --json
-check bench.jsonl 90 $PY benches/sam_torch.py --model resnet18 --device cuda --rounds 10
-check profile-resnet18.txt 120 $P bench --model resnet18 --device cuda --rounds 2 --warmup 1 --no-naive --profile
+check train-$DEV.txt 60 $P train --device $DEV --epochs 2 --hidden 64
+check bench.jsonl 150 $P bench --model resnet18 --device $DEV --rounds 10 --no-naive --json
+check bench.jsonl 90 $PY benches/sam_torch.py --model resnet18 --device $TDEV --rounds 10
+check profile-resnet18.txt 120 $P bench --model resnet18 --device $DEV --rounds 2 --warmup 1 --no-naive --profile
 for m in mlp cnn resnet18; do
-  check bench.jsonl 120 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --compile
+  check bench.jsonl 120 $PY benches/sam_torch.py --model $m --device $TDEV --rounds 30 --compile
   check bench.jsonl 90 $PY benches/sam_jax.py --model $m --rounds 30
 done
 # PyTorch as it comes (TF32 in cuDNN's convolutions), next to the f32 rows above.
 for m in mlp cnn; do
-  check bench.jsonl 60 $PY benches/sam_torch.py --model $m --device cuda --rounds 30 --tf32
+  check bench.jsonl 60 $PY benches/sam_torch.py --model $m --device $TDEV --rounds 30 --tf32
 done
 du -sh "$PLATEAU_KERNEL_CACHE" >> "$out/times.txt" 2>&1
 # Every row as BENCHMARKS.md's tables, and plateau's SGD step against PyTorch eager's.
