@@ -3,7 +3,12 @@
 CUDA runtime uses, with the options it passes (`--gpu-architecture=sm_90a`, the CUDA include
 path, `-lineinfo`). No GPU is needed: NVRTC only compiles.
 
-    python scripts/nvrtc-check.py [--arch sm_90a] DIR...
+    python scripts/nvrtc-check.py [--arch sm_90a] [--ptxas PATH [--max-spill BYTES]] DIR...
+
+With `--ptxas` (the assembler from the `nvidia-cuda-nvcc` wheel), each kernel's PTX is also
+assembled for the architecture with `ptxas -v`, as the driver does when it loads it: each
+directory's line then gives the most registers a kernel uses and the kernels that spill
+registers to local memory, and a kernel spilling more than `--max-spill` bytes fails.
 
 Needs NVIDIA's wheels with libnvrtc and the headers: `nvidia-cuda-nvrtc-cu12` and
 `nvidia-cuda-runtime-cu12` for CUDA 12, `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` for CUDA 13
@@ -14,7 +19,10 @@ import ctypes
 import multiprocessing
 import os
 import pathlib
+import re
+import subprocess
 import sys
+import tempfile
 
 try:
     import nvidia
@@ -58,7 +66,7 @@ def load_nvrtc():
 
 
 def compile_source(nvrtc, source, name, options):
-    """Returns (ok, log, ptx_bytes)."""
+    """Returns (ok, log, ptx): the PTX as bytes, empty on a failure."""
     prog = ctypes.c_void_p()
     check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None), "nvrtcCreateProgram")
     opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
@@ -67,12 +75,29 @@ def compile_source(nvrtc, source, name, options):
     check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
     log = ctypes.create_string_buffer(size.value)
     check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
-    ptx = 0
+    ptx = b""
     if status == 0:
         check(nvrtc, nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size)), "nvrtcGetPTXSize")
-        ptx = size.value
+        buf = ctypes.create_string_buffer(size.value)
+        check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
+        ptx = buf.raw[: size.value].rstrip(b"\0")
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
     return status == 0, log.value.decode(errors="replace").strip(), ptx
+
+
+def assemble(ptxas, arch, ptx):
+    """`ptxas -v` on the PTX: (registers, spilled bytes: stores + loads), or an error string."""
+    with tempfile.TemporaryDirectory() as d:
+        src = pathlib.Path(d) / "k.ptx"
+        src.write_bytes(ptx)
+        r = subprocess.run([ptxas, f"-arch={arch}", "-v", str(src), "-o", os.devnull], capture_output=True, text=True)
+    if r.returncode != 0:
+        return r.stderr.strip() or f"ptxas exited with {r.returncode}"
+    regs = [int(x) for x in re.findall(r"Used (\d+) registers", r.stderr)]
+    spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)]
+    if not regs:
+        return f"no register count in ptxas's output: {r.stderr.strip()}"
+    return max(regs), sum(spills)
 
 
 def check(nvrtc, status, what):
@@ -85,14 +110,17 @@ def check(nvrtc, status, what):
 _worker = {}
 
 
-def _init(options):
+def _init(options, ptxas, arch):
     _worker["nvrtc"] = load_nvrtc()
     _worker["options"] = options
+    _worker["ptxas"] = ptxas
+    _worker["arch"] = arch
 
 
 def _compile_file(path):
     ok, log, ptx = compile_source(_worker["nvrtc"], path.read_text(), path.name, _worker["options"])
-    return path, ok, log, ptx
+    sass = assemble(_worker["ptxas"], _worker["arch"], ptx) if ok and _worker["ptxas"] else None
+    return path, ok, log, len(ptx), sass
 
 
 def main():
@@ -100,6 +128,8 @@ def main():
     parser.add_argument("--arch", default="sm_90a", help="NVRTC --gpu-architecture (H100/H200: sm_90a)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel NVRTC processes")
     parser.add_argument("--print-cuda", action="store_true", help="print the CUDA headers' root (a CUDA_PATH) and libnvrtc's folder, one per line, and exit")
+    parser.add_argument("--ptxas", help="also assemble each kernel with this ptxas and report registers and spills")
+    parser.add_argument("--max-spill", type=int, default=64, help="with --ptxas: fail a kernel that spills more bytes (stores plus loads) than this")
     parser.add_argument("dirs", nargs="*", type=pathlib.Path)
     args = parser.parse_args()
     if args.print_cuda:
@@ -115,20 +145,34 @@ def main():
     include = find_cuda()[1]
     options = [f"--gpu-architecture={args.arch}", f"--include-path={include}", "-lineinfo"]
     failed = 0
-    pool = multiprocessing.Pool(max(1, args.jobs), initializer=_init, initargs=(options,))
+    pool = multiprocessing.Pool(max(1, args.jobs), initializer=_init, initargs=(options, args.ptxas, args.arch))
     for d in args.dirs:
         files = sorted(d.glob("*.cu"))
         if not files:
             sys.exit(f"nvrtc-check: no .cu files in {d}")
-        ptx_total, bad = 0, 0
-        for f, ok, log, ptx in pool.imap(_compile_file, files):
+        ptx_total, bad, regs, spilling = 0, 0, [], []
+        for f, ok, log, ptx, sass in pool.imap(_compile_file, files):
             if not ok:
                 bad += 1
                 print(f"FAILED {f}:\n{log}", file=sys.stderr)
+            elif isinstance(sass, str):
+                bad += 1
+                print(f"FAILED (ptxas) {f}:\n{sass}", file=sys.stderr)
+            elif sass is not None:
+                regs.append((sass[0], f.stem))
+                if sass[1]:
+                    spilling.append(f"{f.stem} ({sass[1]} bytes)")
+                if sass[1] > args.max_spill:
+                    bad += 1
+                    print(f"FAILED {f}: spills {sass[1]} bytes of registers (more than --max-spill {args.max_spill})", file=sys.stderr)
             ptx_total += ptx
         failed += bad
         version = f"NVRTC {major.value}.{minor.value} for {args.arch}"
-        print(f"{d}: {len(files)} kernels compiled by {version}, {ptx_total} bytes of PTX" if not bad else f"{d}: {bad} of {len(files)} kernels failed ({version})")
+        line = f"{d}: {len(files)} kernels compiled by {version}, {ptx_total} bytes of PTX" if not bad else f"{d}: {bad} of {len(files)} kernels failed ({version})"
+        if regs:
+            most = max(regs)
+            line += f"; ptxas: at most {most[0]} registers ({most[1]}), {len(spilling)} spilling: {', '.join(spilling) or 'none'}"
+        print(line)
     sys.exit(1 if failed else 0)
 
 
