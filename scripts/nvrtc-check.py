@@ -139,6 +139,8 @@ def main():
         return
     if not args.dirs:
         parser.error("name at least one directory of .cu files")
+    if args.ptxas and not (os.path.isfile(args.ptxas) and os.access(args.ptxas, os.X_OK)):
+        parser.error(f"--ptxas: {args.ptxas} is not an executable file (ptxas comes with the `nvidia-cuda-nvcc` wheel)")
     nvrtc = load_nvrtc()
     major, minor = ctypes.c_int(), ctypes.c_int()
     nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
