@@ -533,6 +533,93 @@ fn convolutions_match_the_reference() {
     }
 }
 
+/// A GEMM whose kernel also computes maps of its output (its epilogues: the bias and ReLU
+/// after a layer, and a second map), storing the GEMM's own output or not: a matmul, a matmul
+/// split along k (the epilogue runs in the sum of the slices), a convolution.
+#[test]
+fn gemm_epilogues_match_the_reference() {
+    use plateau::compiler::ir::Conv2dAttrs;
+    use plateau::compiler::TensorType;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::{lower, KernelCall};
+    let client = client();
+    // (a's shape, b's shape, convolution?, the bias's view, splits)
+    let cases: [(Vec<usize>, Vec<usize>, bool, Vec<usize>, usize); 3] = [
+        (vec![64, 40], vec![40, 48], false, vec![48], 1),
+        (vec![8, 4096], vec![4096, 16], false, vec![16], 8),
+        (vec![2, 3, 8, 8], vec![4, 3, 3, 3], true, vec![4, 1, 1], 1),
+    ];
+    for (i, (sa, sb, conv, sbias, splits)) in cases.into_iter().enumerate() {
+        for store in [true, false] {
+            let mut g = Graph::new();
+            let a = g.leaf(Op::Input { name: "a".into() }, DType::F32, sa.clone()).unwrap();
+            let b = g.leaf(Op::Input { name: "b".into() }, DType::F32, sb.clone()).unwrap();
+            let bias = g.leaf(Op::Input { name: "bias".into() }, DType::F32, sbias.clone()).unwrap();
+            let y = if conv { g.add(Op::Conv2d(Conv2dAttrs { stride: [1, 1], padding: [1, 1] }), &[a, b]) } else { g.add(Op::MatMul { ta: false, tb: false }, &[a, b]) }.unwrap();
+            let space = g.shape(y).clone();
+            let ty = TensorType { dtype: DType::F32, shape: space.clone() };
+            // relu(y + bias), and y * y - bias.
+            let relu = Program {
+                views: vec![space.clone(), Shape(sbias.clone())],
+                instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Add, 0, 1), Instr::Const(0f64.to_bits()), Instr::Binary(BinaryOp::Max, 2, 3)],
+                outputs: vec![4],
+            };
+            let sq = Program {
+                views: vec![space.clone(), Shape(sbias.clone())],
+                instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 0), Instr::Binary(BinaryOp::Sub, 2, 1)],
+                outputs: vec![3],
+            };
+            let e1 = g.add(Op::Epilogue { program: relu, ty: ty.clone() }, &[y, bias]).unwrap();
+            let e2 = g.add(Op::Epilogue { program: sq, ty }, &[y, bias]).unwrap();
+            let (da, db, dbias) = (random(sa.iter().product(), 90 + i as u64), random(sb.iter().product(), 91 + i as u64), random(sbias.iter().product(), 92));
+            let mut bind = Bindings::new();
+            bind.set("input", "a", plateau::Tensor::from_f32(sa.clone(), &da).unwrap());
+            bind.set("input", "b", plateau::Tensor::from_f32(sb.clone(), &db).unwrap());
+            bind.set("input", "bias", plateau::Tensor::from_f32(sbias.clone(), &dbias).unwrap());
+            let want = evaluate(&g, &bind, &[y, e1, e2]).unwrap();
+            // Each node in its own buffer at its own offset; the workspace at 9.
+            let at = |id: plateau::NodeId| [(a, 3), (b, 7), (bias, 11), (y, 5), (e1, 6), (e2, 8)].iter().find(|p| p.0 == id).unwrap().1;
+            let nodes = if store { vec![y, e1, e2] } else { vec![e1, e2] };
+            let l = lower(&g, &nodes, &at, Some(9)).unwrap();
+            assert!(matches!(&l.call, KernelCall::GemmEpilogue { spec, store: s, .. } if spec.split == splits && *s == store), "case {i}: {:?}", l.call);
+            let n = space.numel();
+            let data = |id: plateau::NodeId| if id == a { &da } else if id == b { &db } else { &dbias };
+            let args: Vec<_> = l
+                .inputs
+                .iter()
+                .map(|&id| {
+                    let mut padded = vec![f32::NAN; at(id)];
+                    padded.extend_from_slice(data(id));
+                    // SAFETY: the handle holds the stated number of f32 values.
+                    unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
+                })
+                .collect();
+            // NaN everywhere, so that an element the kernel leaves unwritten shows.
+            let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id)]))).collect();
+            let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();
+            // SAFETY: as above.
+            let mut outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), n + at(o.unwrap())) }).collect();
+            let ws_len = 9 + l.workspace_len;
+            let ws = client.empty(ws_len * 4);
+            if l.workspace_len > 0 {
+                // SAFETY: as above.
+                outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+            }
+            l.call.launch(&client, args, outs);
+            let got = |id: plateau::NodeId| download(&client, handle(id), n + at(id)).unwrap()[at(id)..].to_vec();
+            assert_close_scaled(&format!("case {i} relu epilogue"), &got(e1), &want[1].to_f32());
+            assert_close_scaled(&format!("case {i} second epilogue"), &got(e2), &want[2].to_f32());
+            let raw = got(y);
+            if store {
+                assert_close_scaled(&format!("case {i} GEMM output"), &raw, &want[0].to_f32());
+            } else {
+                assert!(raw.iter().all(|v| v.is_nan()), "case {i}: an unstored GEMM output was written");
+            }
+        }
+    }
+}
+
 /// A weight gradient summing over more than 65,536 positions per output (batch 128 at 28x28).
 #[test]
 fn long_accumulations_are_not_truncated() {
@@ -635,8 +722,10 @@ fn elementwise_kernels_vectorize_where_sizes_allow() {
         count(&ModelSpec::Cnn, vec![3, 32, 32], true),
     ];
     // The optimizer's arena kernels stay scalar: neither arena (269,322 and 545,098 elements)
-    // is a multiple of four.
-    assert_eq!(figures, [(3, 2), (6, 4), (6, 5), (12, 10)]);
+    // is a multiple of four. The bias-and-ReLU maps after the layers run in their GEMMs'
+    // kernels (epilogues), so the MLP has no other map; the CNN's are its backward's ReLU
+    // masks after the pooling gradients.
+    assert_eq!(figures, [(1, 0), (2, 0), (3, 2), (6, 4)]);
 }
 
 /// A kernel the device cannot compile (WGSL has no infinite float literal) is an error, not

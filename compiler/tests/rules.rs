@@ -221,3 +221,58 @@ fn a_sum_and_the_map_it_sums_share_one_kernel() {
         ]
     );
 }
+
+/// A layer's matmul, then its bias and ReLU.
+fn layer(g: &mut Graph) -> (NodeId, NodeId) {
+    let x = input(g, "x", &[8, 16]);
+    let w = input(g, "w", &[16, 32]);
+    let b = input(g, "b", &[32]);
+    let mm = g.add(Op::MatMul { ta: false, tb: false }, &[x, w]).unwrap();
+    let bb = g.broadcast(b, &Shape(vec![8, 32])).unwrap();
+    let pre = g.binary(BinaryOp::Add, mm, bb).unwrap();
+    let zero = g.full_like(0.0, pre).unwrap();
+    (mm, g.binary(BinaryOp::Max, pre, zero).unwrap())
+}
+
+#[test]
+fn a_layers_bias_and_relu_are_its_gemms_epilogue() {
+    let mut g = Graph::new();
+    let (_, y) = layer(&mut g);
+    let (text, hits) = fused(g.clone(), y);
+    assert!(hits["gemm-epilogue"] > 0, "{hits:?}");
+    assert_eq!(kernels(&text), ["%3 = matmul %0, %1 : f32[8,32]", "%4 = epilogue{max(add($0, $1), 0.0) | [8,32] [32]} %3, %2 : f32[8,32]"]);
+    // One kernel, which stores the epilogue's output alone: nothing else reads the matmul's.
+    g.add_output("y", y, OutputKind::Value).unwrap();
+    let c = plateau_compiler::schedule::compile_step(&step_of(g), true).unwrap();
+    assert_eq!(c.schedule.launches, 1);
+    let k = &c.schedule.kernels[0];
+    assert_eq!((k.name.as_str(), k.inputs.len(), k.outputs.len()), ("matmul", 3, 1), "{k:?}");
+    assert_eq!(k.bytes, 4 * (8 * 16 + 16 * 32 + 32 + 8 * 32));
+}
+
+#[test]
+fn a_gemm_whose_output_is_read_elsewhere_stores_it_too() {
+    let mut g = Graph::new();
+    let (mm, y) = layer(&mut g);
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, mm, &[0, 1]).unwrap();
+    g.add_output("s", s, OutputKind::Value).unwrap();
+    g.add_output("y", y, OutputKind::Value).unwrap();
+    let c = plateau_compiler::schedule::compile_step(&step_of(g), true).unwrap();
+    // The matmul with its epilogue (two outputs), then the sum reading the matmul's output.
+    assert_eq!(c.schedule.launches, 2);
+    assert_eq!(c.schedule.kernels[0].outputs.len(), 2, "{:?}", c.schedule.kernels[0]);
+}
+
+#[test]
+fn a_map_of_statistics_of_its_own_gemm_is_no_epilogue() {
+    // y = mm - mean(mm): the mean needs the whole GEMM first (as BatchNorm's does).
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 16]);
+    let w = input(&mut g, "w", &[16, 32]);
+    let mm = g.add(Op::MatMul { ta: false, tb: false }, &[x, w]).unwrap();
+    let s = g.reduce(plateau_compiler::ir::ReduceOp::Sum, mm, &[0]).unwrap();
+    let sb = g.broadcast(s, &Shape(vec![8, 32])).unwrap();
+    let y = g.binary(BinaryOp::Sub, mm, sb).unwrap();
+    let (_, hits) = fused(g, y);
+    assert_eq!(hits.get("gemm-epilogue"), None, "{hits:?}");
+}

@@ -5,7 +5,7 @@ use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
 use crate::program::VECTOR_WIDTH;
-use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
+use crate::gemm::{gemm, gemm_epilogue, gemm_reduce, gemm_reduce_epilogue, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
@@ -45,7 +45,7 @@ impl KernelCall {
             KernelCall::Reduce { layout, split, .. } if *split > 1 => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
-            KernelCall::Gemm(s) => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
+            KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
@@ -116,6 +116,21 @@ impl KernelCall {
             KernelCall::Gemm(s) => {
                 let (a, b) = (next_in(), next_in());
                 gemm::launch::<R>(client, count, dim, a, b, outs.next().expect("one output"), s);
+            }
+            KernelCall::GemmEpilogue { spec: s, prog, store } => {
+                let (a, b) = (next_in(), next_in());
+                let epi_in: Vec<ArrayArg<R>> = (1..prog.access.len()).map(|_| next_in()).collect();
+                let out = outs.next().expect("the GEMM's output");
+                let epi_out: Vec<ArrayArg<R>> = (0..prog.outputs.len()).map(|_| outs.next().expect("an epilogue output")).collect();
+                if s.split > 1 {
+                    let ws = outs.next().expect("a split GEMM's workspace");
+                    let ws_again = outs.next().expect("a split GEMM's workspace, again");
+                    gemm::launch::<R>(client, count, dim, a, b, ws, s);
+                    let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
+                    gemm_reduce_epilogue::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, prog, store);
+                } else {
+                    gemm_epilogue::launch::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, prog, store);
+                }
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
@@ -223,6 +238,31 @@ impl KernelCall {
                     let second = Self::compile_cuda(b, BLOCK, &sum)?;
                     return Ok(vec![(name.to_string(), first), (sum, second)]);
                 }
+            }
+            KernelCall::GemmEpilogue { spec: s, prog, store } => {
+                let epilogue = |b: &mut KernelBuilder| {
+                    let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len() - 1), b);
+                    let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), b);
+                    (i, o)
+                };
+                let (x, y) = (input(&mut b), input(&mut b));
+                let o = output(&mut b);
+                if s.split > 1 {
+                    gemm::expand(&mut b.scope, x, y, o, s);
+                    // The second launch, the sum of the slices, runs the epilogue.
+                    let first = Self::compile_cuda(b, block, name)?;
+                    let mut b = KernelBuilder::default();
+                    addr.register(&mut b.scope);
+                    let ws = input(&mut b);
+                    let o = output(&mut b);
+                    let (i, e) = epilogue(&mut b);
+                    gemm_reduce_epilogue::expand::<Const<1>>(&mut b.scope, 1, ws, o, i, e, s, prog, store);
+                    let sum = format!("{name}_sum");
+                    let second = Self::compile_cuda(b, BLOCK, &sum)?;
+                    return Ok(vec![(name.to_string(), first), (sum, second)]);
+                }
+                let (i, e) = epilogue(&mut b);
+                gemm_epilogue::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, prog, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 let x = input(&mut b);

@@ -28,6 +28,21 @@ pub fn load_index(pos: usize, #[comptime] acc: Access) -> usize {
 /// instruction. Operands marked `splat` are read as one scalar from `splats` and broadcast.
 #[cube]
 pub fn run_program<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, splats: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: KernelProgram) -> Sequence<Vector<f32, N>> {
+    run_program_with::<N>(inputs, splats, pos, Vector::<f32, N>::new(0.0), prog, false)
+}
+
+/// [`run_program`], where operand 0 is `first` rather than a load when `first_given` (a
+/// GEMM's epilogue: operand 0 is the value the GEMM computed; the other operands' slots
+/// count from 0 without it).
+#[cube]
+pub fn run_program_with<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    splats: &Sequence<Array<f32>>,
+    pos: usize,
+    first: Vector<f32, N>,
+    #[comptime] prog: KernelProgram,
+    #[comptime] first_given: bool,
+) -> Sequence<Vector<f32, N>> {
     let mut regs = Sequence::<Vector<f32, N>>::new();
     let zero = Vector::<f32, N>::new(0.0);
     #[unroll]
@@ -36,13 +51,14 @@ pub fn run_program<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, splats: &S
         match ins {
             KInstr::Load(k) => {
                 let acc = comptime!(prog.access[k].clone());
-                let idx = load_index(pos, acc.clone());
-                if comptime!(acc.splat) {
+                if comptime!(first_given && k == 0) {
+                    regs.push(first);
+                } else if comptime!(acc.splat) {
                     let input = splats.index(comptime!(acc.slot));
-                    regs.push(Vector::<f32, N>::new(input[idx]));
+                    regs.push(Vector::<f32, N>::new(input[load_index(pos, acc.clone())]));
                 } else {
                     let input = inputs.index(comptime!(acc.slot));
-                    regs.push(input[idx]);
+                    regs.push(input[load_index(pos, acc.clone())]);
                 }
             }
             KInstr::Const(bits) => {

@@ -29,6 +29,8 @@
 //! into k slices, each written to a workspace, then summed by [`gemm_reduce`]. Block sizes
 //! and splits follow `plateau_compiler::schedule::gemm`, which the memory plan also uses.
 
+use crate::elementwise::run_program_with;
+use crate::program::KernelProgram;
 use crate::window::WindowSpec;
 use cubecl::prelude::*;
 use plateau_compiler::schedule::gemm::{gemm_block, gemm_split, grad_input_phased};
@@ -307,6 +309,78 @@ fn phased_grad(gy: &Array<f32>, o: usize, t: usize, i: usize, j: usize, h0: usiz
 /// tile `t` (row-major over the tiles) over k slice `slice`. Split, `out` is the workspace.
 #[cube(launch)]
 pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
+    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    gemm_body::<Const<1>>(a, b, out, &epi_in, &mut epi_out, s, comptime!(None), true);
+}
+
+/// [`gemm`] with an epilogue: each output `v` at element `i` of the GEMM's output also
+/// stores `epi`'s outputs of `v` (its operand 0) and of its other operands (read from `epi_in`
+/// at `i`) into `epi_out`; `out` is stored only when `store`. Split, `out` is the workspace
+/// and [`gemm_reduce_epilogue`] runs the epilogue.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_epilogue<N: Size>(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: GemmSpec,
+    #[comptime] epi: KernelProgram,
+    #[comptime] store: bool,
+) {
+    gemm_body::<N>(a, b, out, epi_in, epi_out, s, comptime!(Some(epi)), store);
+}
+
+/// Stores the GEMM's output `v` at row `r`, column `c`: into `out` when `store`, and the
+/// epilogue's outputs of it, when there is one.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemm_store<N: Size>(
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    r: usize,
+    c: usize,
+    v: f32,
+    #[comptime] s: GemmSpec,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
+    // The output's element index: where the epilogue, over the output's own shape, reads
+    // its operands.
+    let i = split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col));
+    if comptime!(store) {
+        out[comptime!(s.out_offset) + i] = v;
+    }
+    if comptime!(epi.is_some()) {
+        let prog = comptime!(epi.clone().unwrap());
+        let splats = Sequence::<Array<f32>>::new();
+        let regs = run_program_with::<N>(epi_in, &splats, i, Vector::<f32, N>::new(v), prog.clone(), true);
+        #[unroll]
+        for o in 0..prog.outputs.len() {
+            let reg = comptime!(prog.outputs[o]);
+            let at = comptime!(prog.output_offsets[o]);
+            let dst = epi_out.index_mut(o);
+            dst[at + i] = *regs.index(reg);
+        }
+    }
+}
+
+/// The body of [`gemm`] and [`gemm_epilogue`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemm_body<N: Size>(
+    a: &Array<f32>,
+    b: &Array<f32>,
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: GemmSpec,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
     let bm = comptime!(GEMM_SIDE * s.rm);
     let bn = comptime!(GEMM_SIDE * s.rn);
     let tiles = comptime!(s.m.div_ceil(GEMM_SIDE * s.rm) * s.n.div_ceil(GEMM_SIDE * s.rn));
@@ -444,7 +518,7 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
                 if comptime!(s.split > 1) {
                     out[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + r * comptime!(s.n) + c] = acc[comptime!(i * s.rn + j)];
                 } else {
-                    out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc[comptime!(i * s.rn + j)];
+                    gemm_store::<N>(out, epi_in, epi_out, r, c, acc[comptime!(i * s.rn + j)], s, epi.clone(), store);
                 }
             }
         }
@@ -454,6 +528,35 @@ pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s:
 /// The sum of a split GEMM's k slices, in slice order: one unit per output element.
 #[cube(launch)]
 pub fn gemm_reduce(ws: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
+    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    gemm_reduce_body::<Const<1>>(ws, out, &epi_in, &mut epi_out, s, comptime!(None), true);
+}
+
+/// [`gemm_reduce`] with the epilogue of [`gemm_epilogue`].
+#[cube(launch)]
+pub fn gemm_reduce_epilogue<N: Size>(
+    ws: &Array<f32>,
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: GemmSpec,
+    #[comptime] epi: KernelProgram,
+    #[comptime] store: bool,
+) {
+    gemm_reduce_body::<N>(ws, out, epi_in, epi_out, s, comptime!(Some(epi)), store);
+}
+
+#[cube]
+fn gemm_reduce_body<N: Size>(
+    ws: &Array<f32>,
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: GemmSpec,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.m * s.n) {
         let mut acc = 0.0f32;
@@ -462,6 +565,6 @@ pub fn gemm_reduce(ws: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpe
         }
         let r = pos / comptime!(s.n);
         let c = pos % comptime!(s.n);
-        out[comptime!(s.out_offset) + split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col))] = acc;
+        gemm_store::<N>(out, epi_in, epi_out, r, c, acc, s, epi, store);
     }
 }

@@ -32,6 +32,10 @@ pub enum KernelCall {
     Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize> },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
+    /// A GEMM with an epilogue: `prog`, over the GEMM's output, reads each output value as
+    /// its operand 0 (its other operands count their slots from 0 without it) and its outputs
+    /// are stored with it; the GEMM's own output is stored only when `store`.
+    GemmEpilogue { spec: GemmSpec, prog: KernelProgram, store: bool },
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
     Pad(PadSpec),
     DropoutMask { n: usize, p_bits: u32, seed: u32, offsets: (usize, usize) },
@@ -72,9 +76,12 @@ fn identity(space: &Shape) -> Program {
 /// program); `offset` gives each node's element offset in its buffer, `workspace` the element
 /// offset of a split kernel's workspace (the schedule's `Kernel::workspace`).
 pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
-    let mut l = lower_call(g, nodes, offset)?;
+    let mut l = match lower_epilogue(g, nodes, offset)? {
+        Some(l) => l,
+        None => lower_call(g, nodes, offset)?,
+    };
     match &mut l.call {
-        KernelCall::Gemm(spec) => {
+        KernelCall::Gemm(spec) | KernelCall::GemmEpilogue { spec, .. } => {
             l.workspace_len = spec.workspace_len();
             match workspace {
                 Some(w) => spec.workspace = w,
@@ -92,6 +99,74 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
         _ => {}
     }
     Ok(l)
+}
+
+/// A GEMM's kernel with its epilogues: `nodes` are the GEMM and the `Op::Epilogue` nodes
+/// reading it, or the epilogues alone when the kernel does not store the GEMM's output. `None`
+/// for any other kernel.
+fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Option<Lowered>, String> {
+    let epilogues: Vec<NodeId> = nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::Epilogue { .. })).collect();
+    let Some(&e0) = epilogues.first() else { return Ok(None) };
+    let gemm = g.operands(e0)[0];
+    let store = nodes[0] == gemm;
+    if epilogues.len() + usize::from(store) != nodes.len() || epilogues.iter().any(|&e| g.operands(e)[0] != gemm) {
+        return Err(format!("the epilogues of {gemm} share their kernel with other work"));
+    }
+    // The GEMM alone; an output it does not store has no place (nothing reads the offset).
+    let gemm_offset = |n: NodeId| if n == gemm && !store { 0 } else { offset(n) };
+    let base = lower_call(g, &[gemm], &gemm_offset)?;
+    let KernelCall::Gemm(spec) = base.call else {
+        return Err(format!("an epilogue of `{}`, which is no GEMM", g.node(gemm).op.mnemonic()));
+    };
+    // The epilogues as one program over the GEMM's output, reading it as operand 0.
+    let programs: Vec<(Program, Vec<NodeId>)> = epilogues
+        .iter()
+        .map(|&e| match &g.node(e).op {
+            Op::Epilogue { program, .. } => (program.clone(), g.operands(e)),
+            _ => unreachable!("filtered above"),
+        })
+        .collect();
+    let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
+    let (merged, ops) = Program::merge(&parts);
+    let (canon, ops) = merged.canonical(&ops);
+    let space = g.shape(gemm).clone();
+    let (program, ops) = match ops.iter().position(|&o| o == gemm) {
+        Some(slot) => {
+            let mut rest: Vec<NodeId> = ops.iter().copied().filter(|&o| o != gemm).collect();
+            rest.insert(0, gemm);
+            (canon.with_operand_first(slot), rest)
+        }
+        // No epilogue uses the GEMM's value (a constant map): operand 0 is read by nothing.
+        None => {
+            let mut p = canon.clone();
+            p.views.insert(0, space.clone());
+            for ins in p.instrs.iter_mut() {
+                if let Instr::Load(k) = ins {
+                    *k += 1;
+                }
+            }
+            let mut rest = ops.clone();
+            rest.insert(0, gemm);
+            (p, rest)
+        }
+    };
+    let in_off: Vec<usize> = ops.iter().enumerate().map(|(k, &o)| if k == 0 { 0 } else { offset(o) }).collect();
+    let out_off: Vec<usize> = epilogues.iter().map(|&e| offset(e)).collect();
+    let mut prog = KernelProgram::new(&program, &space).with_offsets(&in_off, &out_off);
+    for a in prog.access.iter_mut().skip(1) {
+        a.slot -= 1;
+    }
+    let mut inputs = base.inputs;
+    inputs.extend_from_slice(&ops[1..]);
+    // Unstored, the GEMM's output argument is bound to the first epilogue's output, which
+    // the kernel never writes through it.
+    let mut outputs = vec![Some(if store { gemm } else { e0 })];
+    let mut output_len = vec![if store { space.numel() } else { g.shape(e0).numel() }];
+    for &e in &epilogues {
+        outputs.push(Some(e));
+        output_len.push(g.shape(e).numel());
+    }
+    Ok(Some(Lowered { call: KernelCall::GemmEpilogue { spec, prog, store }, inputs, outputs, output_len, workspace_len: 0 }))
 }
 
 fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {

@@ -144,7 +144,7 @@ pub(super) fn vjp(g: &mut Graph, node: NodeId, pos: usize, ct: NodeId) -> Result
                 d
             }
         }
-        Op::Fused { .. } | Op::FusedReduce { .. } => {
+        Op::Fused { .. } | Op::FusedReduce { .. } | Op::Epilogue { .. } => {
             return Err(IrError::Invalid {
                 op: op.to_string(),
                 reason: "differentiate before fusing: fused kernels have no vector-Jacobian product".into(),

@@ -6,7 +6,8 @@
 //! by the bytes moved (bandwidth-bound elementwise work), and only then by arithmetic.
 //!
 //! - A kernel (fused elementwise program, reduction, multi-output program, a sum that also
-//!   writes its prologue as a map, macro-op, copy)
+//!   writes its prologue as a map, a GEMM with a map over its output as its epilogue,
+//!   macro-op, copy)
 //!   costs 1 launch, the bytes of its operand buffers plus its outputs (from the shape
 //!   analysis; a broadcast operand is read from its own, smaller buffer), and its arithmetic
 //!   (program length per element, or the flops of a macro-op), saturating.
@@ -52,7 +53,7 @@ pub fn slice_is_contiguous(shape: &Shape, start: &[usize], end: &[usize]) -> boo
 pub fn is_view(eg: &EG, node: &ENode) -> bool {
     match eg.analysis.op(node.op) {
         EOp::Leaf { .. } | EOp::Proj(_) => true,
-        EOp::Multi { .. } | EOp::ReduceMap { .. } => false,
+        EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. } => false,
         EOp::Ir(op) => match op {
             Op::Reshape { .. } => true,
             Op::Concat { axis, .. } => *axis == 0,
@@ -67,6 +68,18 @@ pub fn is_view(eg: &EG, node: &ENode) -> bool {
 
 fn bytes_of(eg: &EG, id: egg::Id) -> u64 {
     eg[id].data.as_ref().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).unwrap_or(0)
+}
+
+/// The arithmetic of a GEMM node computing `out`: two operations per multiply-add for a
+/// matmul, and for a convolution (as before it could take an epilogue) its output's bytes.
+fn gemm_arithmetic(eg: &EG, op: &Op, children: &[egg::Id], out: &crate::ir::TensorType) -> u64 {
+    match op {
+        Op::MatMul { .. } => {
+            let k = eg[children[0]].data.as_ref().map(|t| t.shape.numel()).unwrap_or(0) as u64 / out.shape.0[0].max(1) as u64;
+            (out.shape.numel() as u64).saturating_mul(2 * k)
+        }
+        _ => (out.shape.numel() * out.dtype.size_bytes()) as u64,
+    }
 }
 
 /// The cost of running `node` itself (its operands are paid by their own classes).
@@ -88,12 +101,16 @@ pub fn node_cost(eg: &EG, node: &ENode, class: egg::Id) -> Cost {
         EOp::Ir(Op::FusedReduce { program, space, .. }) => {
             (bytes_of(eg, class), (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + 1))
         }
-        EOp::Ir(Op::MatMul { .. }) => {
-            let out = eg[class].data.as_ref().map(|t| t.shape.numel()).unwrap_or(0) as u64;
-            let k = eg[node.children[0]].data.as_ref().map(|t| t.shape.numel()).unwrap_or(0) as u64
-                / eg[class].data.as_ref().map(|t| t.shape.0[0].max(1)).unwrap_or(1) as u64;
-            (bytes_of(eg, class), out.saturating_mul(2 * k))
+        EOp::GemmMap { gemm, program, types } => {
+            let out = &types[0];
+            let gemm_arith = gemm_arithmetic(eg, gemm, &node.children, out);
+            let map = (types[1].shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64);
+            (types.iter().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).sum(), gemm_arith.saturating_add(map))
         }
+        EOp::Ir(op @ (Op::MatMul { .. } | Op::Conv2d(_))) => match eg[class].data.as_ref() {
+            Some(out) => (bytes_of(eg, class), gemm_arithmetic(eg, op, &node.children, out)),
+            None => (0, 0),
+        },
         _ => (bytes_of(eg, class), bytes_of(eg, class)),
     };
     Cost { launches: 1, bytes: reads.saturating_add(writes), arithmetic }

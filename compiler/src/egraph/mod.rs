@@ -195,6 +195,10 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         if pairs > 0 {
             report.rule_hits.insert("sum-with-map", pairs);
         }
+        let epilogues = rules::gemm_with_map(&mut eg);
+        if epilogues > 0 {
+            report.rule_hits.insert("gemm-epilogue", epilogues);
+        }
     }
     report.egraph_nodes = eg.total_number_of_nodes();
     report.egraph_classes = eg.number_of_classes();
@@ -308,10 +312,23 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                         cx.g.add(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, group }, &ops)?
                     }
                     EOp::ReduceMap { program, space, .. } => cx.g.add(Op::Fused { program, output: 0, group, ty: space }, &ops)?,
+                    // Both projections name the same GEMM node (the graph hash-conses it); the
+                    // schedule gives the epilogue its GEMM's kernel.
+                    EOp::GemmMap { gemm, program, types } => {
+                        let n = gemm.arity();
+                        let gemm_node = cx.g.add(gemm, &ops[..n])?;
+                        if i == 0 {
+                            gemm_node
+                        } else {
+                            let mut operands = vec![gemm_node];
+                            operands.extend_from_slice(&ops[n..]);
+                            cx.g.add(Op::Epilogue { program, ty: types[1].clone() }, &operands)?
+                        }
+                    }
                     _ => return Err(IrError::Invariant("projection of a non-tuple".into())),
                 }
             }
-            EOp::Multi { .. } | EOp::ReduceMap { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
+            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
         };
         cx.visiting.remove(&c);
         cx.done.insert(c, id);

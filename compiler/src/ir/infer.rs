@@ -23,6 +23,13 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             }
             return Ok(ty.clone());
         }
+        Op::Epilogue { program, ty } => {
+            check_program(program, operands, &ty.shape).map_err(fail)?;
+            if program.outputs.len() != 1 || operands.first().map(|o| &o.shape) != Some(&ty.shape) || program.views[0] != ty.shape {
+                return Err(fail("an epilogue maps one output over its GEMM's output, read whole as operand 0".into()));
+            }
+            return Ok(ty.clone());
+        }
         Op::FusedReduce { program, axes, space, .. } => {
             check_program(program, operands, &space.shape).map_err(fail)?;
             if program.outputs.len() != 1 {
@@ -268,7 +275,7 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
             }
             t(DType::Bool, shape.0.clone())
         }
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. } | Op::Fused { .. } | Op::FusedReduce { .. } => {
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Scalar { .. } | Op::Const { .. } | Op::Fused { .. } | Op::FusedReduce { .. } | Op::Epilogue { .. } => {
             unreachable!("leaves and fused ops are handled above")
         }
     }

@@ -136,6 +136,10 @@ pub enum Op {
     /// A nonzero `group` shares the kernel with the `Op::Fused` node of that group, a map over
     /// `space` of the same program: the kernel also writes each prologue value it sums.
     FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType, group: u32 },
+    /// The map `program` over the output of the GEMM (a matmul or a convolution) that is
+    /// operand 0, which `program` reads as its operand 0, whole: the GEMM's epilogue, computed
+    /// by the GEMM's kernel as it stores each output (which it still stores).
+    Epilogue { program: Program, ty: TensorType },
 }
 
 impl Op {
@@ -166,7 +170,7 @@ impl Op {
             | Op::MaxPool2dGather(_) => 2,
             Op::Select => 3,
             Op::Concat { count, .. } => *count,
-            Op::Fused { program, .. } | Op::FusedReduce { program, .. } => program.views.len(),
+            Op::Fused { program, .. } | Op::FusedReduce { program, .. } | Op::Epilogue { program, .. } => program.views.len(),
         }
     }
 
@@ -236,6 +240,7 @@ impl Op {
             Op::Fused { .. } => "fused",
             Op::FusedReduce { op: ReduceOp::Sum, .. } => "fused_reduce_sum",
             Op::FusedReduce { op: ReduceOp::Max, .. } => "fused_reduce_max",
+            Op::Epilogue { .. } => "epilogue",
         }
     }
 }
@@ -295,6 +300,7 @@ impl fmt::Display for Op {
             Op::Fused { program, output, group, .. } => {
                 write!(f, "{m}{{k{group}.{output}: {}{}}}", program.expr(*output as usize), views(program))
             }
+            Op::Epilogue { program, .. } => write!(f, "{m}{{{}{}}}", program.expr(0), views(program)),
             Op::FusedReduce { program, axes, space, group, .. } => {
                 let with = if *group != 0 { format!("k{group} ") } else { String::new() };
                 write!(f, "{m}{{{with}axes={} over {space}: {}{}}}", list(axes), program.expr(0), views(program))

@@ -213,6 +213,22 @@ impl Program {
         p
     }
 
+    /// The same program with operand `slot` moved to position 0 (the others keep their
+    /// order): a GEMM's epilogue reads the GEMM's output as operand 0.
+    pub fn with_operand_first(&self, slot: usize) -> Program {
+        let to = |k: u32| -> u32 {
+            match (k as usize).cmp(&slot) {
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Less => k + 1,
+                std::cmp::Ordering::Greater => k,
+            }
+        };
+        let mut views = vec![self.views[slot].clone()];
+        views.extend(self.views.iter().enumerate().filter(|&(k, _)| k != slot).map(|(_, v)| v.clone()));
+        let instrs = self.instrs.iter().map(|ins| if let Instr::Load(k) = *ins { Instr::Load(to(k)) } else { *ins }).collect();
+        Program { views, instrs, outputs: self.outputs.clone() }
+    }
+
     /// Several programs over one iteration space as one multi-output program.
     pub fn merge<T: Clone>(parts: &[(&Program, &[T])]) -> (Program, Vec<T>) {
         let mut out = Program { views: Vec::new(), instrs: Vec::new(), outputs: Vec::new() };

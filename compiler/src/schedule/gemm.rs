@@ -92,6 +92,10 @@ pub fn grad_input_phased(stride: [usize; 2], out_channels: usize) -> bool {
 /// The split of the GEMM computing `id` (1 for any other node, and for a phased input
 /// gradient).
 pub fn split_of(g: &Graph, id: NodeId) -> usize {
+    // An epilogue runs in its GEMM's kernel.
+    if let Op::Epilogue { .. } = g.node(id).op {
+        return split_of(g, g.operands(id)[0]);
+    }
     if let Op::Conv2dGradInput { attrs, .. } = &g.node(id).op {
         if grad_input_phased(attrs.stride, g.shape(g.operands(id)[1]).0[0]) {
             return 1;
@@ -103,6 +107,9 @@ pub fn split_of(g: &Graph, id: NodeId) -> usize {
 /// Workspace elements (f32) the kernel computing `id` needs: `split * m * n` for a split GEMM,
 /// else 0.
 pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
+    if let Op::Epilogue { .. } = g.node(id).op {
+        return workspace_len(g, g.operands(id)[0]);
+    }
     match (split_of(g, id), gemm_dims(g, id)) {
         (split, Some((m, n, _))) if split > 1 => split * m * n,
         _ => 0,

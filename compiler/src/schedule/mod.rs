@@ -9,7 +9,7 @@ use crate::egraph::{Fused, Report};
 use crate::ir::{Graph, NodeId, Op, OutputKind};
 use crate::step::{Phase, Step};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write};
 
 pub use plan::{Buffer, BufferKind, POOL_ALIGN, POOL_PAGE};
@@ -89,6 +89,33 @@ pub fn is_kernel(g: &Graph, id: NodeId) -> bool {
     }
 }
 
+/// The nodes a kernel computing `nodes` reads: their operands, except the output of a GEMM
+/// that its epilogue reads in the same kernel, for which the GEMM's own operands (when the
+/// kernel does not store the GEMM's output, the GEMM is not among `nodes`).
+pub(crate) fn kernel_reads(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut reads: Vec<NodeId> = Vec::new();
+    let add = |o: NodeId, reads: &mut Vec<NodeId>| {
+        if !reads.contains(&o) && !nodes.contains(&o) {
+            reads.push(o);
+        }
+    };
+    for &n in nodes {
+        let operands = g.operands(n);
+        for (pos, &o) in operands.iter().enumerate() {
+            if pos == 0 && matches!(g.node(n).op, Op::Epilogue { .. }) {
+                if !nodes.contains(&o) {
+                    for p in g.operands(o) {
+                        add(p, &mut reads);
+                    }
+                }
+                continue;
+            }
+            add(o, &mut reads);
+        }
+    }
+    reads
+}
+
 /// Lays out the kernels of a fused step: one launch per kernel node (one per group for
 /// multi-output programs), in the fused graph's topological order; the pool in pages of
 /// `page` bytes.
@@ -104,9 +131,19 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
         let node = g.node(id);
         let body = match &node.op {
             Op::Fused { program, output, .. } => program.expr(*output as usize),
+            Op::Epilogue { program, .. } => program.expr(0),
             op => op.to_string(),
         };
         let phase = fused.phases.get(&id).copied().unwrap_or(Phase::Forward);
+        // An epilogue runs in its GEMM's kernel (operand 0), which it follows.
+        if let Op::Epilogue { .. } = node.op {
+            let k = kernel_of[&g.operands(id)[0]];
+            kernels[k].nodes.push(id);
+            kernels[k].body.push(body);
+            kernels[k].phase = kernels[k].phase.max(phase);
+            kernel_of.insert(id, k);
+            continue;
+        }
         let group = match node.op {
             Op::Fused { group, .. } => Some(group),
             Op::FusedReduce { group, .. } if group != 0 => Some(group),
@@ -145,19 +182,25 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
             nodes: vec![id],
         });
     }
-    let plan = plan::plan(g, &kernels, &kernel_of, page);
+    // A GEMM whose output only its epilogues read (the bias and activation after a layer
+    // whose pre-activation nothing else needs) is not stored: its kernel writes the epilogues'
+    // outputs alone, and the GEMM leaves the kernel's nodes (which are what it stores).
+    let mut unstored: BTreeSet<NodeId> = BTreeSet::new();
+    for k in kernels.iter_mut() {
+        let gemm = k.nodes[0];
+        let epilogue = |n: NodeId| matches!(g.node(n).op, Op::Epilogue { .. }) && g.operands(n)[0] == gemm;
+        let output = g.outputs().iter().any(|o| o.node == gemm);
+        if k.nodes.len() > 1 && k.nodes[1..].iter().all(|&n| epilogue(n)) && !output && g.users(gemm).into_iter().all(epilogue) {
+            k.nodes.remove(0);
+            unstored.insert(gemm);
+        }
+    }
+    let plan = plan::plan(g, &kernels, &kernel_of, page, &unstored);
     for (k, &b) in &plan.workspace {
         kernels[*k].workspace = Some(b);
     }
     for k in kernels.iter_mut() {
-        let mut inputs: Vec<NodeId> = Vec::new();
-        for &n in &k.nodes {
-            for o in g.operands(n) {
-                if !inputs.contains(&o) {
-                    inputs.push(o);
-                }
-            }
-        }
+        let inputs = kernel_reads(g, &k.nodes);
         k.inputs = inputs.iter().map(|&i| plan.location(i)).collect();
         k.outputs = k.nodes.iter().map(|&n| plan.location(n)).collect();
         let size = |n: &NodeId| (g.shape(*n).numel() * g.dtype(*n).size_bytes()) as u64;

@@ -9,7 +9,7 @@
 use super::{is_value_output, Kernel};
 use crate::ir::{leaf_kind, leaf_name, Graph, NodeId, Op, OutputKind};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// Alignment of every placement in the temporary pool, in bytes (one four-f32 vector).
@@ -69,7 +69,7 @@ fn bytes(g: &Graph, n: NodeId) -> u64 {
     (g.shape(n).numel() * g.dtype(n).size_bytes()) as u64
 }
 
-pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>, page: u64) -> Plan {
+pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>, page: u64, unstored: &BTreeSet<NodeId>) -> Plan {
     let end = kernels.len();
     // The kernel that first needs each node's storage: its producer, or for a view the
     // producer of what it views.
@@ -110,11 +110,9 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     // Last kernel reading each node (views forward their readers to their source).
     let mut reads: HashMap<NodeId, usize> = HashMap::new();
     for (k, kernel) in kernels.iter().enumerate() {
-        for &n in &kernel.nodes {
-            for o in g.operands(n) {
-                let e = reads.entry(o).or_insert(k);
-                *e = (*e).max(k);
-            }
+        for o in super::kernel_reads(g, &kernel.nodes) {
+            let e = reads.entry(o).or_insert(k);
+            *e = (*e).max(k);
         }
     }
     for id in g.node_ids().collect::<Vec<_>>().into_iter().rev() {
@@ -129,6 +127,10 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     }
 
     for id in g.node_ids() {
+        // A GEMM output that only its epilogue reads, inside its kernel, takes no memory.
+        if unstored.contains(&id) {
+            continue;
+        }
         let node = g.node(id);
         let at = kernel_of.get(&id).copied().unwrap_or(0);
         let placed = if node.op.is_leaf() {

@@ -149,6 +149,7 @@ fn eval_node(graph: &Graph, id: NodeId, args: &[&Tensor], bindings: &Bindings) -
             c
         }
         Op::Fused { program, output, .. } => fused::map(program, *output, args, &ty),
+        Op::Epilogue { program, .. } => fused::map(program, 0, args, &ty),
         Op::FusedReduce { program, op, axes, space, .. } => {
             let pro = fused::map(program, 0, args, space);
             layout::reduce(*op, &pro, &space.shape, axes)

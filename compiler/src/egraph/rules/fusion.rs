@@ -443,3 +443,87 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
     eg.rebuild();
     added
 }
+
+/// After saturation: a map reading the whole output of a GEMM (a matmul or a convolution:
+/// the bias and activation after a layer) becomes, as an alternative, that GEMM's epilogue:
+/// one kernel computes the GEMM, stores its output and stores the map of it (a tuple of the
+/// two, `EOp::GemmMap`). The map's other operands must not depend on the GEMM's output (a
+/// BatchNorm of a convolution reads statistics of it: no epilogue). Extraction keeps it when
+/// the launch it saves is worth the operands it adds to the GEMM's kernel.
+pub(crate) fn gemm_with_map(eg: &mut EG) -> usize {
+    // Classes that read each class, to find what depends on a GEMM's output.
+    let mut users: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
+    for class in eg.classes() {
+        for node in &class.nodes {
+            for &c in &node.children {
+                users.entry(eg.find(c)).or_default().push(class.id);
+            }
+        }
+    }
+    let dependents = |root: Id| -> HashSet<Id> {
+        let mut seen: HashSet<Id> = HashSet::new();
+        let mut stack = vec![root];
+        while let Some(c) = stack.pop() {
+            for &u in users.get(&c).into_iter().flatten() {
+                if seen.insert(u) {
+                    stack.push(u);
+                }
+            }
+        }
+        seen
+    };
+    let mut found: Vec<(Id, Id, Op, Vec<Id>, Program, Vec<Id>, Vec<TensorType>)> = Vec::new();
+    let mut depends: BTreeMap<Id, HashSet<Id>> = BTreeMap::new();
+    for class in eg.classes() {
+        let Some(t) = ty(eg, class.id) else { continue };
+        for node in &class.nodes {
+            let EOp::Ir(Op::Fused { program, .. }) = eg.analysis.op(node.op) else { continue };
+            if program.outputs.len() != 1 || !t.dtype.is_float() {
+                continue;
+            }
+            let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
+            for (slot, &g) in children.iter().enumerate() {
+                // The GEMM's output, read whole over the map's own space, in this slot only.
+                let Some(gt) = ty(eg, g) else { continue };
+                if program.views[slot] != t.shape || gt != t || children.iter().filter(|&&c| c == g).count() != 1 {
+                    continue;
+                }
+                let others: Vec<Id> = children.iter().enumerate().filter(|&(k, _)| k != slot).map(|(_, &c)| c).collect();
+                for gnode in &eg[g].nodes {
+                    let gemm = match eg.analysis.op(gnode.op) {
+                        EOp::Ir(op @ (Op::MatMul { .. } | Op::Conv2d(_))) => op.clone(),
+                        _ => continue,
+                    };
+                    // Its operands and both outputs are the kernel's bindings.
+                    if gnode.children.len() + others.len() + 2 > MAX_PROGRAM_OPERANDS {
+                        continue;
+                    }
+                    let dep = depends.entry(g).or_insert_with(|| dependents(g));
+                    if others.iter().any(|o| dep.contains(o)) {
+                        continue;
+                    }
+                    let types = vec![gt.clone(), t.clone()];
+                    let gemm_children: Vec<Id> = gnode.children.iter().map(|&c| eg.find(c)).collect();
+                    found.push((g, class.id, gemm, gemm_children, program.with_operand_first(slot), others.clone(), types));
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| (a.0, a.1, &a.3, &a.5).cmp(&(b.0, b.1, &b.3, &b.5)).then_with(|| format!("{:?}{:?}", a.2, a.4).cmp(&format!("{:?}{:?}", b.2, b.4))));
+    found.dedup_by(|a, b| (a.0, a.1, &a.3, &a.5) == (b.0, b.1, &b.3, &b.5) && a.2 == b.2 && a.4 == b.4);
+    let mut added = 0;
+    for (gemm_class, map_class, gemm, gemm_children, program, others, types) in found {
+        let op = eg.analysis.intern(EOp::GemmMap { gemm, program, types });
+        let mut children = gemm_children;
+        children.extend(others);
+        let tuple = eg.add(ENode { op, children });
+        for (i, class) in [(0u32, gemm_class), (1, map_class)] {
+            let proj = eg.analysis.intern(EOp::Proj(i));
+            let p = eg.add(ENode { op: proj, children: vec![tuple] });
+            eg.union(class, p);
+        }
+        added += 1;
+    }
+    eg.rebuild();
+    added
+}
