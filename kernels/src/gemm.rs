@@ -26,7 +26,11 @@
 //! `rm x rn` block in registers (rows `ty + 16*a`, columns `tx + 16*b`); the k dimension is
 //! walked 16 at a time through shared memory. Larger blocks mean fewer barriers and
 //! shared-memory reads per multiply-add. A GEMM with few tiles and a long k range is split
-//! into k slices, each written to a workspace, then summed by [`gemm_reduce`]. Block sizes
+//! into k slices, each written to a workspace, then summed by [`gemm_reduce`].
+//!
+//! [`gemm_epilogue`] also evaluates a fused elementwise program on each output as it is
+//! stored (a layer's bias and activation), at the output's element index, with the output's
+//! value as its operand 0; split, [`gemm_reduce_epilogue`] does so in the sum of the slices. Block sizes
 //! and splits follow `plateau_compiler::schedule::gemm`, which the memory plan also uses.
 
 use crate::elementwise::run_program_with;

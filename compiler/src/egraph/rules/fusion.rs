@@ -1,5 +1,6 @@
 //! Fusion rules: elementwise work merges into fused programs, into reduction prologues, and
-//! same-shaped outputs into one multi-output kernel. Every new node is an alternative; the
+//! same-shaped outputs into one multi-output kernel; after saturation, a sum with the map it
+//! sums, and a GEMM with a map over its output (its epilogue), into one kernel. Every new node is an alternative; the
 //! extractor decides which to keep.
 
 use super::{Change, Rule};
