@@ -276,3 +276,66 @@ fn a_map_of_statistics_of_its_own_gemm_is_no_epilogue() {
     let (_, hits) = fused(g, y);
     assert_eq!(hits.get("gemm-epilogue"), None, "{hits:?}");
 }
+
+#[test]
+fn an_epilogue_runs_where_its_gemm_is() {
+    use plateau_compiler::ir::{Instr, Program};
+    use plateau_compiler::TensorType;
+    let relu = |views: Vec<Shape>| Program {
+        views,
+        instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Add, 0, 1), Instr::Const(0f64.to_bits()), Instr::Binary(BinaryOp::Max, 2, 3)],
+        outputs: vec![4],
+    };
+    let ty = TensorType { dtype: DType::F32, shape: Shape(vec![8, 32]) };
+    // Its other operands come before the GEMM, which runs it.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 16]);
+    let w = input(&mut g, "w", &[16, 32]);
+    let mm = g.add(Op::MatMul { ta: false, tb: false }, &[x, w]).unwrap();
+    let b = input(&mut g, "b", &[32]);
+    let e = g.add(Op::Epilogue { program: relu(vec![Shape(vec![8, 32]), Shape(vec![32])]), ty: ty.clone() }, &[mm, b]).unwrap();
+    g.add_output("y", e, OutputKind::Value).unwrap();
+    let err = g.verify().unwrap_err().to_string();
+    assert!(err.contains("does not come before its GEMM"), "{err}");
+    // Only a matmul or a convolution runs one.
+    let mut g = Graph::new();
+    let b = input(&mut g, "b", &[32]);
+    let x = input(&mut g, "x", &[8, 32]);
+    let y = g.unary(UnaryOp::Exp, x).unwrap();
+    let e = g.add(Op::Epilogue { program: relu(vec![Shape(vec![8, 32]), Shape(vec![32])]), ty }, &[y, b]).unwrap();
+    g.add_output("y", e, OutputKind::Value).unwrap();
+    let err = g.verify().unwrap_err().to_string();
+    assert!(err.contains("no matmul or convolution"), "{err}");
+}
+
+#[test]
+fn an_operand_moves_first_with_its_loads() {
+    use plateau_compiler::ir::{Instr, Program};
+    // $0 - $1 * $2, with operand 2 moved first: the same expression over the reordered operands.
+    let p = Program {
+        views: vec![Shape(vec![2]), Shape(vec![3, 2]), Shape(vec![1])],
+        instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Load(2), Instr::Binary(BinaryOp::Mul, 1, 2), Instr::Binary(BinaryOp::Sub, 0, 3)],
+        outputs: vec![4],
+    };
+    let q = p.with_operand_first(2);
+    assert_eq!(q.views, [Shape(vec![1]), Shape(vec![2]), Shape(vec![3, 2])]);
+    assert_eq!(q.expr(0), "sub($1, mul($2, $0))");
+    assert_eq!(p.with_operand_first(0), p);
+}
+
+#[test]
+fn a_map_reading_its_gemm_second_is_an_epilogue_too() {
+    // relu(bias + mm): the GEMM's output becomes the epilogue's operand 0.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 16]);
+    let w = input(&mut g, "w", &[16, 32]);
+    let b = input(&mut g, "b", &[32]);
+    let mm = g.add(Op::MatMul { ta: false, tb: false }, &[x, w]).unwrap();
+    let bb = g.broadcast(b, &Shape(vec![8, 32])).unwrap();
+    let pre = g.binary(BinaryOp::Add, bb, mm).unwrap();
+    let zero = g.full_like(0.0, pre).unwrap();
+    let y = g.binary(BinaryOp::Max, pre, zero).unwrap();
+    let (text, hits) = fused(g, y);
+    assert!(hits["gemm-epilogue"] > 0, "{hits:?}");
+    assert_eq!(kernels(&text), ["%3 = matmul %0, %1 : f32[8,32]", "%4 = epilogue{max(add($1, $0), 0.0) | [8,32] [32]} %3, %2 : f32[8,32]"]);
+}

@@ -109,15 +109,17 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     let Some(&e0) = epilogues.first() else { return Ok(None) };
     let gemm = g.operands(e0)[0];
     let store = nodes[0] == gemm;
+    // Only these run the epilogue (a phased input gradient addresses its output otherwise).
+    if !matches!(g.node(gemm).op, Op::MatMul { .. } | Op::Conv2d(_)) {
+        return Err(format!("an epilogue of `{}`, which takes none", g.node(gemm).op.mnemonic()));
+    }
     if epilogues.len() + usize::from(store) != nodes.len() || epilogues.iter().any(|&e| g.operands(e)[0] != gemm) {
         return Err(format!("the epilogues of {gemm} share their kernel with other work"));
     }
     // The GEMM alone; an output it does not store has no place (nothing reads the offset).
     let gemm_offset = |n: NodeId| if n == gemm && !store { 0 } else { offset(n) };
     let base = lower_call(g, &[gemm], &gemm_offset)?;
-    let KernelCall::Gemm(spec) = base.call else {
-        return Err(format!("an epilogue of `{}`, which is no GEMM", g.node(gemm).op.mnemonic()));
-    };
+    let KernelCall::Gemm(spec) = base.call else { unreachable!("a matmul or convolution lowers to a GEMM") };
     // The epilogues as one program over the GEMM's output, reading it as operand 0.
     let programs: Vec<(Program, Vec<NodeId>)> = epilogues
         .iter()

@@ -322,7 +322,15 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                         } else {
                             let mut operands = vec![gemm_node];
                             operands.extend_from_slice(&ops[n..]);
-                            cx.g.add(Op::Epilogue { program, ty: types[1].clone() }, &operands)?
+                            // The epilogue launches where its GEMM is. When the GEMM was built
+                            // before this map's other operands (another tuple reached it
+                            // first), the map runs as a kernel of its own instead.
+                            if ops[n..].iter().all(|o| o.index() < gemm_node.index()) {
+                                cx.g.add(Op::Epilogue { program, ty: types[1].clone() }, &operands)?
+                            } else {
+                                cx.next_group += 1;
+                                cx.g.add(Op::Fused { program, output: 0, group: cx.next_group, ty: types[1].clone() }, &operands)?
+                            }
                         }
                     }
                     _ => return Err(IrError::Invariant("projection of a non-tuple".into())),

@@ -3,6 +3,7 @@
 
 use super::graph::{leaf_kind, leaf_name, Graph, OutputKind};
 use super::infer::infer;
+use super::op::Op;
 use crate::error::IrError;
 use std::collections::BTreeSet;
 
@@ -39,6 +40,18 @@ impl Graph {
             for o in &operands {
                 if o.index() >= id.index() {
                     return bad(format!("{id} uses {o}, which does not come before it"));
+                }
+            }
+            // An epilogue runs in its GEMM's kernel, where the GEMM's node is: its GEMM is a
+            // matmul or a convolution, read only as operand 0, and its other operands are
+            // computed before the GEMM.
+            if let Op::Epilogue { .. } = node.op {
+                let gemm = operands[0];
+                if !matches!(self.node(gemm).op, Op::MatMul { .. } | Op::Conv2d(_)) {
+                    return bad(format!("epilogue {id} of {gemm}, which is no matmul or convolution"));
+                }
+                if let Some(o) = operands[1..].iter().find(|o| o.index() >= gemm.index()) {
+                    return bad(format!("epilogue {id} reads {o}, which does not come before its GEMM {gemm}"));
                 }
             }
             let types: Vec<_> = operands.iter().map(|&o| self.node(o).ty.clone()).collect();
