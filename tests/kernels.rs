@@ -533,30 +533,38 @@ fn convolutions_match_the_reference() {
     }
 }
 
-/// A GEMM whose kernel also computes maps of its output (its epilogues: the bias and ReLU
-/// after a layer, and a second map), storing the GEMM's own output or not: a matmul, a matmul
-/// split along k (the epilogue runs in the sum of the slices), a convolution.
+/// A kernel that also computes maps of its output (its epilogues: the bias and ReLU after a
+/// layer, and a second map), storing its own output or not: a matmul, a matmul split along k
+/// (the epilogue runs in the sum of the slices), a convolution, a max-pool gradient (2x2
+/// windows of stride 2; its `b` is the output gradient).
 #[test]
-fn gemm_epilogues_match_the_reference() {
-    use plateau::compiler::ir::Conv2dAttrs;
+fn epilogues_match_the_reference() {
+    use plateau::compiler::ir::{Conv2dAttrs, PoolAttrs};
     use plateau::compiler::TensorType;
     use plateau::kernels::cubecl::prelude::*;
     use plateau::kernels::host::{download, upload};
     use plateau::kernels::lower::{lower, KernelCall};
     let client = client();
-    // (a's shape, b's shape, convolution?, the bias's view, splits)
-    let cases: [(Vec<usize>, Vec<usize>, bool, Vec<usize>, usize); 3] = [
-        (vec![64, 40], vec![40, 48], false, vec![48], 1),
-        (vec![8, 4096], vec![4096, 16], false, vec![16], 8),
-        (vec![2, 3, 8, 8], vec![4, 3, 3, 3], true, vec![4, 1, 1], 1),
+    // (a's shape, b's shape, the op (0 matmul, 1 convolution, 2 max-pool gradient), the bias's
+    // view, splits)
+    let cases: [(Vec<usize>, Vec<usize>, usize, Vec<usize>, usize); 4] = [
+        (vec![64, 40], vec![40, 48], 0, vec![48], 1),
+        (vec![8, 4096], vec![4096, 16], 0, vec![16], 8),
+        (vec![2, 3, 8, 8], vec![4, 3, 3, 3], 1, vec![4, 1, 1], 1),
+        (vec![2, 3, 8, 6], vec![2, 3, 4, 3], 2, vec![3, 1, 1], 1),
     ];
-    for (i, (sa, sb, conv, sbias, splits)) in cases.into_iter().enumerate() {
+    for (i, (sa, sb, kind, sbias, splits)) in cases.into_iter().enumerate() {
         for store in [true, false] {
             let mut g = Graph::new();
             let a = g.leaf(Op::Input { name: "a".into() }, DType::F32, sa.clone()).unwrap();
             let b = g.leaf(Op::Input { name: "b".into() }, DType::F32, sb.clone()).unwrap();
             let bias = g.leaf(Op::Input { name: "bias".into() }, DType::F32, sbias.clone()).unwrap();
-            let y = if conv { g.add(Op::Conv2d(Conv2dAttrs { stride: [1, 1], padding: [1, 1] }), &[a, b]) } else { g.add(Op::MatMul { ta: false, tb: false }, &[a, b]) }.unwrap();
+            let y = match kind {
+                0 => g.add(Op::MatMul { ta: false, tb: false }, &[a, b]),
+                1 => g.add(Op::Conv2d(Conv2dAttrs { stride: [1, 1], padding: [1, 1] }), &[a, b]),
+                _ => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &[a, b]),
+            }
+            .unwrap();
             let space = g.shape(y).clone();
             let ty = TensorType { dtype: DType::F32, shape: space.clone() };
             // relu(bias + y) (reading the bias first, so the merged program's operand 0 is not
@@ -583,7 +591,11 @@ fn gemm_epilogues_match_the_reference() {
             let at = |id: plateau::NodeId| [(a, 3), (b, 7), (bias, 11), (y, 5), (e1, 6), (e2, 8)].iter().find(|p| p.0 == id).unwrap().1;
             let nodes = if store { vec![y, e1, e2] } else { vec![e1, e2] };
             let l = lower(&g, &nodes, &at, Some(9)).unwrap();
-            assert!(matches!(&l.call, KernelCall::GemmEpilogue { spec, store: s, .. } if spec.split == splits && *s == store), "case {i}: {:?}", l.call);
+            match &l.call {
+                KernelCall::GemmEpilogue { spec, store: s, .. } => assert!(kind < 2 && spec.split == splits && *s == store, "case {i}: {:?}", l.call),
+                KernelCall::MaxPool2dGradEpilogue { store: s, .. } => assert!(kind == 2 && *s == store, "case {i}: {:?}", l.call),
+                other => panic!("case {i}: {other:?}"),
+            }
             let n = space.numel();
             let data = |id: plateau::NodeId| if id == a { &da } else if id == b { &db } else { &dbias };
             let args: Vec<_> = l
@@ -725,10 +737,10 @@ fn elementwise_kernels_vectorize_where_sizes_allow() {
         count(&ModelSpec::Cnn, vec![3, 32, 32], true),
     ];
     // The optimizer's arena kernels stay scalar: neither arena (269,322 and 545,098 elements)
-    // is a multiple of four. The bias-and-ReLU maps after the layers run in their GEMMs'
-    // kernels (epilogues), so the MLP has no other map; the CNN's are its backward's ReLU
-    // masks after the pooling gradients.
-    assert_eq!(figures, [(1, 0), (2, 0), (3, 2), (6, 4)]);
+    // is a multiple of four. Every other map runs as an epilogue: the bias and ReLU after each
+    // layer in its GEMM's kernel, and the CNN's backward ReLU masks in its max-pool
+    // gradients' kernels.
+    assert_eq!(figures, [(1, 0), (2, 0), (1, 0), (2, 0)]);
 }
 
 /// A kernel the device cannot compile (WGSL has no infinite float literal) is an error, not

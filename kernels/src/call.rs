@@ -49,6 +49,7 @@ impl KernelCall {
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
+            KernelCall::MaxPool2dGradEpilogue { spec: s, .. } => (s.n * s.c * s.h * s.w, BLOCK),
             KernelCall::Window { kind, spec: s } => match kind {
                 WindowKind::MaxPool2d | WindowKind::MaxPool2dGather | WindowKind::AvgPool2d => (s.n * s.c * s.ho * s.wo, BLOCK),
                 _ => (s.n * s.c * s.h * s.w, BLOCK),
@@ -131,6 +132,13 @@ impl KernelCall {
                 } else {
                     gemm_epilogue::launch::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, prog, store);
                 }
+            }
+            KernelCall::MaxPool2dGradEpilogue { spec, prog, store } => {
+                let (x, gy) = (next_in(), next_in());
+                let epi_in: Vec<ArrayArg<R>> = (1..prog.access.len()).map(|_| next_in()).collect();
+                let out = outs.next().expect("the gradient's output");
+                let epi_out: Vec<ArrayArg<R>> = (0..prog.outputs.len()).map(|_| outs.next().expect("an epilogue output")).collect();
+                max_pool2d_grad_epilogue::launch::<R>(client, count, dim, 1, x, gy, out, seq(epi_in), seq(epi_out), spec, prog, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
@@ -263,6 +271,13 @@ impl KernelCall {
                 }
                 let (i, e) = epilogue(&mut b);
                 gemm_epilogue::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, prog, store);
+            }
+            KernelCall::MaxPool2dGradEpilogue { spec, prog, store } => {
+                let (x, gy) = (input(&mut b), input(&mut b));
+                let o = output(&mut b);
+                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len() - 1), &mut b);
+                let e = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), &mut b);
+                max_pool2d_grad_epilogue::expand::<Const<1>>(&mut b.scope, 1, x, gy, o, i, e, spec, prog, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 let x = input(&mut b);

@@ -116,6 +116,38 @@ pub fn run_program_with<N: Size>(
     regs
 }
 
+/// Stores `v`, the value a kernel computed at element `i` of its output: at `out_at + i` of
+/// `out` when `store`, and each output of the epilogue `epi` (operand 0: `v`; the others read
+/// from `epi_in` at `i`) into `epi_out`, when there is one.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn store_with_epilogue<N: Size>(
+    out: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    i: usize,
+    v: f32,
+    #[comptime] out_at: usize,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
+    if comptime!(store) {
+        out[out_at + i] = v;
+    }
+    if comptime!(epi.is_some()) {
+        let prog = comptime!(epi.clone().unwrap());
+        let splats = Sequence::<Array<f32>>::new();
+        let regs = run_program_with::<N>(epi_in, &splats, i, Vector::<f32, N>::new(v), prog.clone(), true);
+        #[unroll]
+        for o in 0..prog.outputs.len() {
+            let reg = comptime!(prog.outputs[o]);
+            let at = comptime!(prog.output_offsets[o]);
+            let dst = epi_out.index_mut(o);
+            dst[at + i] = *regs.index(reg);
+        }
+    }
+}
+
 /// Every output of `prog` at each of the `n` positions (vectors of `N` elements) of the
 /// iteration space.
 #[cube(launch)]

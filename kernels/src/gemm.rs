@@ -33,7 +33,7 @@
 //! value as its operand 0; split, [`gemm_reduce_epilogue`] does so in the sum of the slices. Block sizes
 //! and splits follow `plateau_compiler::schedule::gemm`, which the memory plan also uses.
 
-use crate::elementwise::run_program_with;
+use crate::elementwise::store_with_epilogue;
 use crate::program::KernelProgram;
 use crate::window::WindowSpec;
 use cubecl::prelude::*;
@@ -355,21 +355,7 @@ fn gemm_store<N: Size>(
     // The output's element index: where the epilogue, over the output's own shape, reads
     // its operands.
     let i = split_index(r, comptime!(s.out_row)) + split_index(c, comptime!(s.out_col));
-    if comptime!(store) {
-        out[comptime!(s.out_offset) + i] = v;
-    }
-    if comptime!(epi.is_some()) {
-        let prog = comptime!(epi.clone().unwrap());
-        let splats = Sequence::<Array<f32>>::new();
-        let regs = run_program_with::<N>(epi_in, &splats, i, Vector::<f32, N>::new(v), prog.clone(), true);
-        #[unroll]
-        for o in 0..prog.outputs.len() {
-            let reg = comptime!(prog.outputs[o]);
-            let at = comptime!(prog.output_offsets[o]);
-            let dst = epi_out.index_mut(o);
-            dst[at + i] = *regs.index(reg);
-        }
-    }
+    store_with_epilogue::<N>(out, epi_in, epi_out, i, v, comptime!(s.out_offset), epi, store);
 }
 
 /// The body of [`gemm`] and [`gemm_epilogue`].

@@ -36,6 +36,8 @@ pub enum KernelCall {
     /// its operand 0 (its other operands count their slots from 0 without it) and its outputs
     /// are stored with it; the GEMM's own output is stored only when `store`.
     GemmEpilogue { spec: GemmSpec, prog: KernelProgram, store: bool },
+    /// The max-pool gradient with an epilogue, as `GemmEpilogue`.
+    MaxPool2dGradEpilogue { spec: WindowSpec, prog: KernelProgram, store: bool },
     OneHot { rows: usize, classes: usize, offsets: (usize, usize) },
     Pad(PadSpec),
     DropoutMask { n: usize, p_bits: u32, seed: u32, offsets: (usize, usize) },
@@ -101,16 +103,16 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
     Ok(l)
 }
 
-/// A GEMM's kernel with its epilogues: `nodes` are the GEMM and the `Op::Epilogue` nodes
-/// reading it, or the epilogues alone when the kernel does not store the GEMM's output. `None`
-/// for any other kernel.
+/// The kernel of an op with its epilogues: `nodes` are the op (a GEMM or the max-pool
+/// gradient) and the `Op::Epilogue` nodes reading it, or the epilogues alone when the kernel
+/// does not store the op's output. `None` for any other kernel.
 fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Option<Lowered>, String> {
     let epilogues: Vec<NodeId> = nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::Epilogue { .. })).collect();
     let Some(&e0) = epilogues.first() else { return Ok(None) };
     let gemm = g.operands(e0)[0];
     let store = nodes[0] == gemm;
     // Only these run the epilogue (a phased input gradient addresses its output otherwise).
-    if !matches!(g.node(gemm).op, Op::MatMul { .. } | Op::Conv2d(_)) {
+    if !g.node(gemm).op.takes_epilogue() {
         return Err(format!("an epilogue of `{}`, which takes none", g.node(gemm).op.mnemonic()));
     }
     if epilogues.len() + usize::from(store) != nodes.len() || epilogues.iter().any(|&e| g.operands(e)[0] != gemm) {
@@ -119,7 +121,11 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     // The GEMM alone; an output it does not store has no place (nothing reads the offset).
     let gemm_offset = |n: NodeId| if n == gemm && !store { 0 } else { offset(n) };
     let base = lower_call(g, &[gemm], &gemm_offset)?;
-    let KernelCall::Gemm(spec) = base.call else { unreachable!("a matmul or convolution lowers to a GEMM") };
+    let call = |prog: KernelProgram| match base.call {
+        KernelCall::Gemm(spec) => KernelCall::GemmEpilogue { spec, prog, store },
+        KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } => KernelCall::MaxPool2dGradEpilogue { spec, prog, store },
+        _ => unreachable!("the ops that take epilogues lower to a GEMM or the max-pool gradient"),
+    };
     // The epilogues as one program over the GEMM's output, reading it as operand 0.
     let programs: Vec<(Program, Vec<NodeId>)> = epilogues
         .iter()
@@ -168,7 +174,7 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
         outputs.push(Some(e));
         output_len.push(g.shape(e).numel());
     }
-    Ok(Some(Lowered { call: KernelCall::GemmEpilogue { spec, prog, store }, inputs, outputs, output_len, workspace_len: 0 }))
+    Ok(Some(Lowered { call: call(prog), inputs, outputs, output_len, workspace_len: 0 }))
 }
 
 fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {

@@ -2,6 +2,8 @@
 //! unit per output element. `WindowSpec` also describes convolutions, which run as implicit
 //! GEMMs (`gemm`).
 
+use crate::elementwise::store_with_epilogue;
+use crate::program::KernelProgram;
 use cubecl::prelude::*;
 
 /// Geometry of a window op and the element offsets of its buffers.
@@ -81,6 +83,39 @@ pub fn max_pool2d_gather(x: &Array<f32>, v: &Array<f32>, y: &mut Array<f32>, #[c
 /// element visits the windows that contain it).
 #[cube(launch)]
 pub fn max_pool2d_grad(x: &Array<f32>, gy: &Array<f32>, gx: &mut Array<f32>, #[comptime] s: WindowSpec) {
+    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
+    max_pool2d_grad_body::<Const<1>>(x, gy, gx, &epi_in, &mut epi_out, s, comptime!(None), true);
+}
+
+/// [`max_pool2d_grad`] with an epilogue (see `crate::elementwise::store_with_epilogue`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_grad_epilogue<N: Size>(
+    x: &Array<f32>,
+    gy: &Array<f32>,
+    gx: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: WindowSpec,
+    #[comptime] epi: KernelProgram,
+    #[comptime] store: bool,
+) {
+    max_pool2d_grad_body::<N>(x, gy, gx, epi_in, epi_out, s, comptime!(Some(epi)), store);
+}
+
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn max_pool2d_grad_body<N: Size>(
+    x: &Array<f32>,
+    gy: &Array<f32>,
+    gx: &mut Array<f32>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] s: WindowSpec,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.n * s.c * s.h * s.w) {
         let xw = pos % comptime!(s.w);
@@ -105,7 +140,7 @@ pub fn max_pool2d_grad(x: &Array<f32>, gy: &Array<f32>, gx: &mut Array<f32>, #[c
                 }
             }
         }
-        gx[comptime!(s.offsets.2) + pos] = acc;
+        store_with_epilogue::<N>(gx, epi_in, epi_out, pos, acc, comptime!(s.offsets.2), epi, store);
     }
 }
 

@@ -53,7 +53,7 @@ pub fn slice_is_contiguous(shape: &Shape, start: &[usize], end: &[usize]) -> boo
 pub fn is_view(eg: &EG, node: &ENode) -> bool {
     match eg.analysis.op(node.op) {
         EOp::Leaf { .. } | EOp::Proj(_) => true,
-        EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. } => false,
+        EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => false,
         EOp::Ir(op) => match op {
             Op::Reshape { .. } => true,
             Op::Concat { axis, .. } => *axis == 0,
@@ -70,8 +70,9 @@ fn bytes_of(eg: &EG, id: egg::Id) -> u64 {
     eg[id].data.as_ref().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).unwrap_or(0)
 }
 
-/// The arithmetic of a GEMM node computing `out`: two operations per multiply-add for a
-/// matmul, and for a convolution (as before it could take an epilogue) its output's bytes.
+/// The arithmetic of a node that takes an epilogue, computing `out`: two operations per
+/// multiply-add for a matmul, and for the others (as before they could take an epilogue)
+/// their output's bytes.
 fn gemm_arithmetic(eg: &EG, op: &Op, children: &[egg::Id], out: &crate::ir::TensorType) -> u64 {
     match op {
         Op::MatMul { .. } => {
@@ -101,7 +102,7 @@ pub fn node_cost(eg: &EG, node: &ENode, class: egg::Id) -> Cost {
         EOp::Ir(Op::FusedReduce { program, space, .. }) => {
             (bytes_of(eg, class), (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + 1))
         }
-        EOp::GemmMap { gemm, program, types } => {
+        EOp::WithEpilogue { op: gemm, program, types } => {
             let out = &types[0];
             let gemm_arith = gemm_arithmetic(eg, gemm, &node.children, out);
             let map = (types[1].shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64);

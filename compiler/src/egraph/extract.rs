@@ -41,7 +41,7 @@ pub fn extract(eg: &EG, roots: &[Id]) -> Option<Extraction> {
     // tuple looks one launch cheaper than it is (the GEMM's own launch is paid by the tuple,
     // not by its class), which pulls unrelated choices off their best.
     let epilogue = |node: &ENode| {
-        matches!(eg.analysis.op(node.op), EOp::Proj(_)) && eg[node.children[0]].nodes.iter().any(|t| matches!(eg.analysis.op(t.op), EOp::GemmMap { .. }))
+        matches!(eg.analysis.op(node.op), EOp::Proj(_)) && eg[node.children[0]].nodes.iter().any(|t| matches!(eg.analysis.op(t.op), EOp::WithEpilogue { .. }))
     };
 
     for _ in 0..MAX_PASSES {
@@ -137,7 +137,7 @@ fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENod
     let mut multis: Vec<(Id, ENode)> = Vec::new();
     for class in eg.classes() {
         for node in &class.nodes {
-            if matches!(eg.analysis.op(node.op), EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. }) {
+            if matches!(eg.analysis.op(node.op), EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. }) {
                 multis.push((class.id, node.clone()));
             }
         }
@@ -146,15 +146,48 @@ fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENod
     for (mclass, mnode) in multis {
         let mut trial = best.clone();
         trial.insert(mclass, mnode.clone());
+        let mut outputs = Vec::new();
         for class in eg.classes() {
             if let Some(proj) = class.nodes.iter().find(|n| matches!(eg.analysis.op(n.op), EOp::Proj(_)) && eg.find(n.children[0]) == mclass) {
                 trial.insert(class.id, proj.clone());
+                outputs.push(class.id);
             }
         }
         if let Some(cost) = dag_cost(eg, roots, &trial) {
             if cost < current {
                 current = cost;
                 *best = trial;
+                if matches!(eg.analysis.op(mnode.op), EOp::WithEpilogue { .. }) {
+                    reread_outputs(eg, roots, best, &mut current, &outputs);
+                }
+            }
+        }
+    }
+}
+
+/// Once a kernel computes a map as its op's epilogue, a class that read the op's output to
+/// compute the same map again (a sum of the masked gradient, say) may read the map instead;
+/// tries every alternative of each class reading the kernel's outputs, keeping what makes the
+/// program cheaper.
+fn reread_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>, current: &mut Cost, outputs: &[Id]) {
+    let mut readers: Vec<Id> = best
+        .iter()
+        .filter(|(c, n)| !outputs.contains(c) && !matches!(eg.analysis.op(n.op), EOp::Proj(_)) && n.children.iter().any(|ch| outputs.contains(&eg.find(*ch))))
+        .map(|(&c, _)| c)
+        .collect();
+    readers.sort();
+    for r in readers {
+        for node in &eg[r].nodes {
+            if matches!(eg.analysis.op(node.op), EOp::Proj(_)) || best.get(&r) == Some(node) {
+                continue;
+            }
+            let mut trial = best.clone();
+            trial.insert(r, node.clone());
+            if let Some(cost) = dag_cost(eg, roots, &trial) {
+                if cost < *current {
+                    *current = cost;
+                    *best = trial;
+                }
             }
         }
     }

@@ -20,19 +20,19 @@ pub enum EOp {
     /// A sum that also writes every value of its prologue: output 0 is the reduction over
     /// `axes`, output 1 the map of `program` over `space`. Its e-class is a tuple.
     ReduceMap { program: Program, axes: Vec<usize>, space: TensorType },
-    /// A GEMM (`gemm`: a matmul or a convolution) and a map over its output in one kernel:
-    /// output 0 is the GEMM's, output 1 the map `program`'s, which reads the GEMM's output as
-    /// its operand 0. The children are the GEMM's operands, then the program's other
-    /// operands. Its e-class is a tuple.
-    GemmMap { gemm: Op, program: Program, types: Vec<TensorType> },
-    /// Output `i` of a `Multi`, a `ReduceMap` or a `GemmMap`.
+    /// A kernel that takes an epilogue (`op`: see [`crate::ir::Op::takes_epilogue`]) and a map
+    /// over its output in one kernel: output 0 is `op`'s, output 1 the map `program`'s, which
+    /// reads `op`'s output as its operand 0. The children are `op`'s operands, then the
+    /// program's other operands. Its e-class is a tuple.
+    WithEpilogue { op: Op, program: Program, types: Vec<TensorType> },
+    /// Output `i` of a `Multi`, a `ReduceMap` or a `WithEpilogue`.
     Proj(u32),
 }
 
 /// The types of a tuple e-node's outputs.
 pub fn tuple_types(op: &EOp) -> Option<Vec<TensorType>> {
     match op {
-        EOp::Multi { types, .. } | EOp::GemmMap { types, .. } => Some(types.clone()),
+        EOp::Multi { types, .. } | EOp::WithEpilogue { types, .. } => Some(types.clone()),
         EOp::ReduceMap { axes, space, .. } => {
             let mut dims = space.shape.0.clone();
             for &a in axes {
@@ -106,7 +106,7 @@ impl egg::Analysis<ENode> for Types {
         let ch = |i: usize| egraph[enode.children[i]].data.clone();
         match egraph.analysis.op(enode.op) {
             EOp::Leaf { ty, .. } => Some(ty.clone()),
-            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. } => None,
+            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => None,
             EOp::Proj(i) => egraph[enode.children[0]].nodes.iter().find_map(|n| tuple_types(egraph.analysis.op(n.op)).and_then(|t| t.get(*i as usize).cloned())),
             EOp::Ir(op) => {
                 let types: Option<Vec<TensorType>> = (0..enode.children.len()).map(ch).collect();

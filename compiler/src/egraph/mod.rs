@@ -195,9 +195,9 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         if pairs > 0 {
             report.rule_hits.insert("sum-with-map", pairs);
         }
-        let epilogues = rules::gemm_with_map(&mut eg);
+        let epilogues = rules::with_epilogue(&mut eg);
         if epilogues > 0 {
-            report.rule_hits.insert("gemm-epilogue", epilogues);
+            report.rule_hits.insert("epilogue", epilogues);
         }
     }
     report.egraph_nodes = eg.total_number_of_nodes();
@@ -314,7 +314,7 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                     EOp::ReduceMap { program, space, .. } => cx.g.add(Op::Fused { program, output: 0, group, ty: space }, &ops)?,
                     // Both projections name the same GEMM node (the graph hash-conses it); the
                     // schedule gives the epilogue its GEMM's kernel.
-                    EOp::GemmMap { gemm, program, types } => {
+                    EOp::WithEpilogue { op: gemm, program, types } => {
                         let n = gemm.arity();
                         let gemm_node = cx.g.add(gemm, &ops[..n])?;
                         if i == 0 {
@@ -336,7 +336,7 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                     _ => return Err(IrError::Invariant("projection of a non-tuple".into())),
                 }
             }
-            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::GemmMap { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
+            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
         };
         cx.visiting.remove(&c);
         cx.done.insert(c, id);

@@ -136,9 +136,9 @@ pub enum Op {
     /// A nonzero `group` shares the kernel with the `Op::Fused` node of that group, a map over
     /// `space` of the same program: the kernel also writes each prologue value it sums.
     FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType, group: u32 },
-    /// The map `program` over the output of the GEMM (a matmul or a convolution) that is
-    /// operand 0, which `program` reads as its operand 0, whole: the GEMM's epilogue, computed
-    /// by the GEMM's kernel as it stores each output (which it still stores).
+    /// The map `program` over the output of operand 0 (an op that [`Op::takes_epilogue`]),
+    /// which `program` reads as its operand 0, whole: that op's epilogue, computed by its
+    /// kernel as it stores each output.
     Epilogue { program: Program, ty: TensorType },
 }
 
@@ -172,6 +172,13 @@ impl Op {
             Op::Concat { count, .. } => *count,
             Op::Fused { program, .. } | Op::FusedReduce { program, .. } | Op::Epilogue { program, .. } => program.views.len(),
         }
+    }
+
+    /// Whether the op's kernel can also compute a map over its output as it stores each
+    /// element (an `Op::Epilogue`): the GEMMs that produce activations (matmul, convolution)
+    /// and the max-pool gradient (before a ReLU mask in the backward).
+    pub fn takes_epilogue(&self) -> bool {
+        matches!(self, Op::MatMul { .. } | Op::Conv2d(_) | Op::MaxPool2dGrad(_))
     }
 
     pub fn is_leaf(&self) -> bool {

@@ -42,16 +42,15 @@ impl Graph {
                     return bad(format!("{id} uses {o}, which does not come before it"));
                 }
             }
-            // An epilogue runs in its GEMM's kernel, where the GEMM's node is: its GEMM is a
-            // matmul or a convolution, read only as operand 0, and its other operands are
-            // computed before the GEMM.
+            // An epilogue runs in the kernel of operand 0, where that node is: an op that takes
+            // epilogues, whose other operands are computed before it.
             if let Op::Epilogue { .. } = node.op {
-                let gemm = operands[0];
-                if !matches!(self.node(gemm).op, Op::MatMul { .. } | Op::Conv2d(_)) {
-                    return bad(format!("epilogue {id} of {gemm}, which is no matmul or convolution"));
+                let of = operands[0];
+                if !self.node(of).op.takes_epilogue() {
+                    return bad(format!("epilogue {id} of {of}, whose `{}` takes none", self.node(of).op.mnemonic()));
                 }
-                if let Some(o) = operands[1..].iter().find(|o| o.index() >= gemm.index()) {
-                    return bad(format!("epilogue {id} reads {o}, which does not come before its GEMM {gemm}"));
+                if let Some(o) = operands[1..].iter().find(|o| o.index() >= of.index()) {
+                    return bad(format!("epilogue {id} reads {o}, which does not come before {of}, whose kernel runs it"));
                 }
             }
             let types: Vec<_> = operands.iter().map(|&o| self.node(o).ty.clone()).collect();

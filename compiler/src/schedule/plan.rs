@@ -212,34 +212,48 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
     }
 
-    // Offline placement, greedy by size (sizes rounded up to `POOL_ALIGN`): largest buffers first, each at the lowest offset
-    // that no already-placed buffer with an overlapping lifetime occupies. Lifetimes are
-    // inclusive: a buffer read by kernel k cannot share memory with one written by kernel k.
-    let mut order: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
-    order.sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes), first[b], b));
-    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new(); // (offset, bytes, first, last)
-    let mut pool_peak = 0u64;
-    for b in order {
-        // Every placement starts on a 16-byte boundary, so kernels can move four f32 at once.
-        let size = buffers[b].bytes.max(1).next_multiple_of(POOL_ALIGN);
-        let conflicts: Vec<(u64, u64)> =
-            placed.iter().filter(|&&(_, _, f, l)| f <= last[b] && first[b] <= l).map(|&(o, s, _, _)| (o, s)).collect();
-        // The lowest offset where the buffer overlaps no live buffer (and, if it fits in a
-        // page, crosses no page boundary): from 0, jump past every overlap (no position
-        // before the end of an overlapping buffer can be free), or to the next page.
-        let mut offset = 0u64;
-        loop {
-            if size <= page && offset / page != (offset + size - 1) / page {
-                offset = (offset / page + 1) * page;
+    // Offline placement: buffers in some order (sizes rounded up to `POOL_ALIGN`), each at the
+    // lowest offset that no already-placed buffer with an overlapping lifetime occupies.
+    // Lifetimes are inclusive: a buffer read by kernel k cannot share memory with one written
+    // by kernel k. Greedy placement depends on the order, so three are tried (largest first;
+    // earliest first; largest lifetime x size first) and the lowest peak kept, the first
+    // order on ties: the result is never worse than largest-first alone.
+    let temps: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
+    let place = |order: &[usize]| -> (u64, Vec<u64>) {
+        let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new(); // (offset, bytes, first, last)
+        let mut offsets = vec![0u64; buffers.len()];
+        let mut pool_peak = 0u64;
+        for &b in order {
+            // Every placement starts on a 16-byte boundary, so kernels can move four f32 at once.
+            let size = buffers[b].bytes.max(1).next_multiple_of(POOL_ALIGN);
+            let conflicts: Vec<(u64, u64)> =
+                placed.iter().filter(|&&(_, _, f, l)| f <= last[b] && first[b] <= l).map(|&(o, s, _, _)| (o, s)).collect();
+            // The lowest offset where the buffer overlaps no live buffer (and, if it fits in a
+            // page, crosses no page boundary): from 0, jump past every overlap (no position
+            // before the end of an overlapping buffer can be free), or to the next page.
+            let mut offset = 0u64;
+            loop {
+                if size <= page && offset / page != (offset + size - 1) / page {
+                    offset = (offset / page + 1) * page;
+                }
+                match conflicts.iter().filter(|&&(o, s)| o < offset + size && offset < o + s).map(|&(o, s)| o + s).max() {
+                    Some(end) => offset = end,
+                    None => break,
+                }
             }
-            match conflicts.iter().filter(|&&(o, s)| o < offset + size && offset < o + s).map(|&(o, s)| o + s).max() {
-                Some(end) => offset = end,
-                None => break,
-            }
+            placed.push((offset, size, first[b], last[b]));
+            offsets[b] = offset;
+            pool_peak = pool_peak.max(offset + buffers[b].bytes);
         }
-        placed.push((offset, size, first[b], last[b]));
-        pool_peak = pool_peak.max(offset + buffers[b].bytes);
-        buffers[b].kind = BufferKind::Temp { offset, from: first[b], to: last[b].min(end.saturating_sub(1)) };
+        (pool_peak, offsets)
+    };
+    let mut orders: Vec<Vec<usize>> = vec![temps.clone(), temps.clone(), temps];
+    orders[0].sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes), first[b], b));
+    orders[1].sort_by_key(|&b| (first[b], std::cmp::Reverse(buffers[b].bytes), b));
+    orders[2].sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes.saturating_mul((last[b] - first[b] + 1) as u64)), b));
+    let (pool_peak, offsets) = orders.iter().map(|o| place(o)).min_by_key(|p| p.0).expect("three orders");
+    for &b in &orders[0] {
+        buffers[b].kind = BufferKind::Temp { offset: offsets[b], from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
     Plan { buffers, loc, workspace, peak_bytes: persistent + pool_peak, page }

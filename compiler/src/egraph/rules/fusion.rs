@@ -445,13 +445,13 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
     added
 }
 
-/// After saturation: a map reading the whole output of a GEMM (a matmul or a convolution:
-/// the bias and activation after a layer) becomes, as an alternative, that GEMM's epilogue:
-/// one kernel computes the GEMM, stores its output and stores the map of it (a tuple of the
-/// two, `EOp::GemmMap`). The map's other operands must not depend on the GEMM's output (a
-/// BatchNorm of a convolution reads statistics of it: no epilogue). Extraction keeps it when
-/// the launch it saves is worth the operands it adds to the GEMM's kernel.
-pub(crate) fn gemm_with_map(eg: &mut EG) -> usize {
+/// After saturation: a map reading the whole output of an op that takes epilogues (a GEMM:
+/// the bias and activation after a layer; a max-pool gradient: the ReLU mask after it in the
+/// backward) becomes, as an alternative, that op's epilogue: one kernel computes the op,
+/// stores its output and stores the map of it (a tuple of the two, `EOp::WithEpilogue`). The
+/// map's other operands must not depend on the op's output (a BatchNorm of a convolution
+/// reads statistics of it: no epilogue). Extraction keeps it when the whole step gets cheaper.
+pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
     // Classes that read each class, to find what depends on a GEMM's output.
     let mut users: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
     for class in eg.classes() {
@@ -492,7 +492,7 @@ pub(crate) fn gemm_with_map(eg: &mut EG) -> usize {
                 let others: Vec<Id> = children.iter().enumerate().filter(|&(k, _)| k != slot).map(|(_, &c)| c).collect();
                 for gnode in &eg[g].nodes {
                     let gemm = match eg.analysis.op(gnode.op) {
-                        EOp::Ir(op @ (Op::MatMul { .. } | Op::Conv2d(_))) => op.clone(),
+                        EOp::Ir(op) if op.takes_epilogue() => op.clone(),
                         _ => continue,
                     };
                     // Its operands and both outputs are the kernel's bindings.
@@ -514,7 +514,7 @@ pub(crate) fn gemm_with_map(eg: &mut EG) -> usize {
     found.dedup_by(|a, b| (a.0, a.1, &a.3, &a.5) == (b.0, b.1, &b.3, &b.5) && a.2 == b.2 && a.4 == b.4);
     let mut added = 0;
     for (gemm_class, map_class, gemm, gemm_children, program, others, types) in found {
-        let op = eg.analysis.intern(EOp::GemmMap { gemm, program, types });
+        let op = eg.analysis.intern(EOp::WithEpilogue { op: gemm, program, types });
         let mut children = gemm_children;
         children.extend(others);
         let tuple = eg.add(ENode { op, children });
