@@ -547,11 +547,13 @@ fn epilogues_match_the_reference() {
     let client = client();
     // (a's shape, b's shape, the op (0 matmul, 1 convolution, 2 max-pool gradient), the bias's
     // view, splits)
-    let cases: [(Vec<usize>, Vec<usize>, usize, Vec<usize>, usize); 4] = [
+    let cases: [(Vec<usize>, Vec<usize>, usize, Vec<usize>, usize); 5] = [
         (vec![64, 40], vec![40, 48], 0, vec![48], 1),
         (vec![8, 4096], vec![4096, 16], 0, vec![16], 8),
         (vec![2, 3, 8, 8], vec![4, 3, 3, 3], 1, vec![4, 1, 1], 1),
         (vec![2, 3, 8, 6], vec![2, 3, 4, 3], 2, vec![3, 1, 1], 1),
+        // Overlapping 3x3 windows, stride 2, padding 1 (output 4 x 3 of a 7 x 6 input).
+        (vec![2, 3, 7, 6], vec![2, 3, 4, 3], 2, vec![3, 1, 1], 1),
     ];
     for (i, (sa, sb, kind, sbias, splits)) in cases.into_iter().enumerate() {
         for store in [true, false] {
@@ -562,25 +564,29 @@ fn epilogues_match_the_reference() {
             let y = match kind {
                 0 => g.add(Op::MatMul { ta: false, tb: false }, &[a, b]),
                 1 => g.add(Op::Conv2d(Conv2dAttrs { stride: [1, 1], padding: [1, 1] }), &[a, b]),
-                _ => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &[a, b]),
+                _ if i == 3 => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &[a, b]),
+                _ => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &[a, b]),
             }
             .unwrap();
             let space = g.shape(y).clone();
             let ty = TensorType { dtype: DType::F32, shape: space.clone() };
             // relu(bias + y) (reading the bias first, so the merged program's operand 0 is not
-            // the GEMM's output until lowering moves it there), and y * y - bias.
+            // the op's output until lowering moves it there), and y * y - bias; for the max-pool
+            // gradient y * y - x, an epilogue reading the op's own input (as the CNN's ReLU mask
+            // reads the pre-activation).
+            let (other, other_view) = if kind == 2 { (a, space.clone()) } else { (bias, Shape(sbias.clone())) };
             let relu = Program {
                 views: vec![space.clone(), Shape(sbias.clone())],
                 instrs: vec![Instr::Load(1), Instr::Load(0), Instr::Binary(BinaryOp::Add, 0, 1), Instr::Const(0f64.to_bits()), Instr::Binary(BinaryOp::Max, 2, 3)],
                 outputs: vec![4],
             };
             let sq = Program {
-                views: vec![space.clone(), Shape(sbias.clone())],
+                views: vec![space.clone(), other_view],
                 instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 0), Instr::Binary(BinaryOp::Sub, 2, 1)],
                 outputs: vec![3],
             };
             let e1 = g.add(Op::Epilogue { program: relu, ty: ty.clone() }, &[y, bias]).unwrap();
-            let e2 = g.add(Op::Epilogue { program: sq, ty }, &[y, bias]).unwrap();
+            let e2 = g.add(Op::Epilogue { program: sq, ty }, &[y, other]).unwrap();
             let (da, db, dbias) = (random(sa.iter().product(), 90 + i as u64), random(sb.iter().product(), 91 + i as u64), random(sbias.iter().product(), 92));
             let mut bind = Bindings::new();
             bind.set("input", "a", plateau::Tensor::from_f32(sa.clone(), &da).unwrap());

@@ -102,6 +102,9 @@ pub fn node_cost(eg: &EG, node: &ENode, class: egg::Id) -> Cost {
         EOp::Ir(Op::FusedReduce { program, space, .. }) => {
             (bytes_of(eg, class), (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + 1))
         }
+        // Output 0 counts as written, though the schedule stores it only when something other
+        // than the epilogue reads it (an overestimate the extractor shares with every choice
+        // it compares); memory is not part of the cost.
         EOp::WithEpilogue { op: gemm, program, types } => {
             let out = &types[0];
             let gemm_arith = gemm_arithmetic(eg, gemm, &node.children, out);

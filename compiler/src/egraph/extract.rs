@@ -11,7 +11,7 @@ use super::cost::{node_cost, Cost};
 use super::lang::{EOp, ENode, EG};
 use egg::Id;
 use fixedbitset::FixedBitSet;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The chosen e-node of each class reachable from the roots.
 pub struct Extraction {
@@ -170,9 +170,21 @@ fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENod
 /// tries every alternative of each class reading the kernel's outputs, keeping what makes the
 /// program cheaper.
 fn reread_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>, current: &mut Cost, outputs: &[Id]) {
+    // Only classes the program reaches can change its cost.
+    let mut reached: HashSet<Id> = HashSet::new();
+    let mut stack: Vec<Id> = roots.iter().map(|&r| eg.find(r)).collect();
+    while let Some(c) = stack.pop() {
+        if reached.insert(c) {
+            if let Some(n) = best.get(&c) {
+                stack.extend(n.children.iter().map(|&ch| eg.find(ch)));
+            }
+        }
+    }
     let mut readers: Vec<Id> = best
         .iter()
-        .filter(|(c, n)| !outputs.contains(c) && !matches!(eg.analysis.op(n.op), EOp::Proj(_)) && n.children.iter().any(|ch| outputs.contains(&eg.find(*ch))))
+        .filter(|(c, n)| {
+            reached.contains(c) && !outputs.contains(c) && !matches!(eg.analysis.op(n.op), EOp::Proj(_)) && n.children.iter().any(|ch| outputs.contains(&eg.find(*ch)))
+        })
         .map(|(&c, _)| c)
         .collect();
     readers.sort();
@@ -181,12 +193,14 @@ fn reread_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>, current:
             if matches!(eg.analysis.op(node.op), EOp::Proj(_)) || best.get(&r) == Some(node) {
                 continue;
             }
-            let mut trial = best.clone();
-            trial.insert(r, node.clone());
-            if let Some(cost) = dag_cost(eg, roots, &trial) {
-                if cost < *current {
-                    *current = cost;
-                    *best = trial;
+            // Tried in place, put back unless the program gets cheaper.
+            let old = best.insert(r, node.clone());
+            match dag_cost(eg, roots, best) {
+                Some(cost) if cost < *current => *current = cost,
+                _ => {
+                    if let Some(old) = old {
+                        best.insert(r, old);
+                    }
                 }
             }
         }
