@@ -4,8 +4,8 @@
 use crate::elementwise::fused_map;
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
-use crate::program::VECTOR_WIDTH;
-use crate::gemm::{gemm, gemm_epilogue, gemm_reduce, gemm_reduce_epilogue, GEMM_SIDE};
+use crate::program::{KernelProgram, VECTOR_WIDTH};
+use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
@@ -38,6 +38,15 @@ fn sm90_options() -> CompilationOptions {
 }
 
 impl KernelCall {
+    /// The epilogue of a GEMM or a max-pool gradient, and whether the kernel stores its op's
+    /// own output: `(None, true)` without one.
+    fn epilogue(&self) -> (Option<KernelProgram>, bool) {
+        match self {
+            KernelCall::GemmEpilogue { prog, store, .. } | KernelCall::MaxPool2dGradEpilogue { prog, store, .. } => (Some(prog.clone()), *store),
+            _ => (None, true),
+        }
+    }
+
     /// Units the launch needs (one per output element, or a cube per output).
     fn units(&self) -> (usize, u32) {
         match self {
@@ -105,40 +114,29 @@ impl KernelCall {
                 let map_out = map.map(|at| (outs.next().expect("the map output"), at));
                 launch_reduce_map::<R>(client, op, s_in, out, map_out, layout, prog);
             }
-            KernelCall::Gemm(s) if s.split > 1 => {
+            KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
+                let (epi, store) = self.epilogue();
                 let (a, b) = (next_in(), next_in());
-                let out = outs.next().expect("one output");
-                let ws = outs.next().expect("a split GEMM's workspace");
-                let ws_again = outs.next().expect("a split GEMM's workspace, again");
-                gemm::launch::<R>(client, count, dim, a, b, ws, s);
-                let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
-                gemm_reduce::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), ws_again, out, s);
-            }
-            KernelCall::Gemm(s) => {
-                let (a, b) = (next_in(), next_in());
-                gemm::launch::<R>(client, count, dim, a, b, outs.next().expect("one output"), s);
-            }
-            KernelCall::GemmEpilogue { spec: s, prog, store } => {
-                let (a, b) = (next_in(), next_in());
-                let epi_in: Vec<ArrayArg<R>> = (1..prog.access.len()).map(|_| next_in()).collect();
+                let epi_in: Vec<ArrayArg<R>> = (1..epi.as_ref().map_or(1, |p| p.access.len())).map(|_| next_in()).collect();
                 let out = outs.next().expect("the GEMM's output");
-                let epi_out: Vec<ArrayArg<R>> = (0..prog.outputs.len()).map(|_| outs.next().expect("an epilogue output")).collect();
+                let epi_out: Vec<ArrayArg<R>> = (0..epi.as_ref().map_or(0, |p| p.outputs.len())).map(|_| outs.next().expect("an epilogue output")).collect();
                 if s.split > 1 {
                     let ws = outs.next().expect("a split GEMM's workspace");
                     let ws_again = outs.next().expect("a split GEMM's workspace, again");
-                    gemm::launch::<R>(client, count, dim, a, b, ws, s);
+                    gemm::launch::<R>(client, count, dim, 1, a, b, ws, seq(vec![]), seq(vec![]), s, None, true);
                     let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
-                    gemm_reduce_epilogue::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, prog, store);
+                    gemm_reduce::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, epi, store);
                 } else {
-                    gemm_epilogue::launch::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, prog, store);
+                    gemm::launch::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, epi, store);
                 }
             }
-            KernelCall::MaxPool2dGradEpilogue { spec, prog, store } => {
+            KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } | KernelCall::MaxPool2dGradEpilogue { spec, .. } => {
+                let (epi, store) = self.epilogue();
                 let (x, gy) = (next_in(), next_in());
-                let epi_in: Vec<ArrayArg<R>> = (1..prog.access.len()).map(|_| next_in()).collect();
+                let epi_in: Vec<ArrayArg<R>> = (1..epi.as_ref().map_or(1, |p| p.access.len())).map(|_| next_in()).collect();
                 let out = outs.next().expect("the gradient's output");
-                let epi_out: Vec<ArrayArg<R>> = (0..prog.outputs.len()).map(|_| outs.next().expect("an epilogue output")).collect();
-                max_pool2d_grad_epilogue::launch::<R>(client, count, dim, 1, x, gy, out, seq(epi_in), seq(epi_out), spec, prog, store);
+                let epi_out: Vec<ArrayArg<R>> = (0..epi.as_ref().map_or(0, |p| p.outputs.len())).map(|_| outs.next().expect("an epilogue output")).collect();
+                max_pool2d_grad::launch::<R>(client, count, dim, 1, x, gy, out, seq(epi_in), seq(epi_out), spec, epi, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
@@ -152,7 +150,7 @@ impl KernelCall {
                 match kind {
                     WindowKind::MaxPool2d => max_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
                     WindowKind::MaxPool2dGather => max_pool2d_gather::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
-                    WindowKind::MaxPool2dGrad => max_pool2d_grad::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::MaxPool2dGrad => unreachable!("launched above"),
                     WindowKind::AvgPool2d => avg_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
                     WindowKind::AvgPool2dGrad => avg_pool2d_grad::launch::<R>(client, count, dim, next_in(), o, spec),
                 }
@@ -174,6 +172,13 @@ impl KernelCall {
         let input = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand(&arr, b);
         let output = |b: &mut KernelBuilder| <Array<f32> as LaunchArg>::expand_output(&arr, b);
         let (_, block) = self.units();
+        let (epi, store) = self.epilogue();
+        // An epilogue's other operands and its outputs (none without one).
+        let epilogue_args = |epi: &Option<KernelProgram>, b: &mut KernelBuilder| {
+            let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(epi.as_ref().map_or(0, |p| p.access.len() - 1)), b);
+            let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(epi.as_ref().map_or(0, |p| p.outputs.len())), b);
+            (i, o)
+        };
         match self.clone() {
             KernelCall::Map { prog, n } => {
                 let (vectors, splats) = prog.input_counts();
@@ -230,54 +235,33 @@ impl KernelCall {
                     (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
                 }
             }
-            KernelCall::Gemm(s) => {
+            KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
                 let (x, y) = (input(&mut b), input(&mut b));
                 let o = output(&mut b);
-                gemm::expand(&mut b.scope, x, y, o, s);
                 if s.split > 1 {
-                    // The second launch, the sum of the slices, follows as its own kernel.
+                    let (i, e) = epilogue_args(&None, &mut b);
+                    gemm::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, None, true);
+                    // The second launch, the sum of the slices (and the epilogue, if any),
+                    // follows as its own kernel.
                     let first = Self::compile_cuda(b, block, name)?;
                     let mut b = KernelBuilder::default();
                     addr.register(&mut b.scope);
                     let ws = input(&mut b);
                     let o = output(&mut b);
-                    gemm_reduce::expand(&mut b.scope, ws, o, s);
+                    let (i, e) = epilogue_args(&epi, &mut b);
+                    gemm_reduce::expand::<Const<1>>(&mut b.scope, 1, ws, o, i, e, s, epi, store);
                     let sum = format!("{name}_sum");
                     let second = Self::compile_cuda(b, BLOCK, &sum)?;
                     return Ok(vec![(name.to_string(), first), (sum, second)]);
                 }
+                let (i, e) = epilogue_args(&epi, &mut b);
+                gemm::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, epi, store);
             }
-            KernelCall::GemmEpilogue { spec: s, prog, store } => {
-                let epilogue = |b: &mut KernelBuilder| {
-                    let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len() - 1), b);
-                    let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), b);
-                    (i, o)
-                };
-                let (x, y) = (input(&mut b), input(&mut b));
-                let o = output(&mut b);
-                if s.split > 1 {
-                    gemm::expand(&mut b.scope, x, y, o, s);
-                    // The second launch, the sum of the slices, runs the epilogue.
-                    let first = Self::compile_cuda(b, block, name)?;
-                    let mut b = KernelBuilder::default();
-                    addr.register(&mut b.scope);
-                    let ws = input(&mut b);
-                    let o = output(&mut b);
-                    let (i, e) = epilogue(&mut b);
-                    gemm_reduce_epilogue::expand::<Const<1>>(&mut b.scope, 1, ws, o, i, e, s, prog, store);
-                    let sum = format!("{name}_sum");
-                    let second = Self::compile_cuda(b, BLOCK, &sum)?;
-                    return Ok(vec![(name.to_string(), first), (sum, second)]);
-                }
-                let (i, e) = epilogue(&mut b);
-                gemm_epilogue::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, prog, store);
-            }
-            KernelCall::MaxPool2dGradEpilogue { spec, prog, store } => {
+            KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } | KernelCall::MaxPool2dGradEpilogue { spec, .. } => {
                 let (x, gy) = (input(&mut b), input(&mut b));
                 let o = output(&mut b);
-                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len() - 1), &mut b);
-                let e = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), &mut b);
-                max_pool2d_grad_epilogue::expand::<Const<1>>(&mut b.scope, 1, x, gy, o, i, e, spec, prog, store);
+                let (i, e) = epilogue_args(&epi, &mut b);
+                max_pool2d_grad::expand::<Const<1>>(&mut b.scope, 1, x, gy, o, i, e, spec, epi, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
                 let x = input(&mut b);
@@ -309,7 +293,7 @@ impl KernelCall {
                     let o = output(&mut b);
                     match kind {
                         WindowKind::MaxPool2dGather => max_pool2d_gather::expand(&mut b.scope, x, y, o, spec),
-                        _ => max_pool2d_grad::expand(&mut b.scope, x, y, o, spec),
+                        _ => unreachable!("expanded above"),
                     }
                 }
             },

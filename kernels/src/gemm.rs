@@ -28,9 +28,9 @@
 //! shared-memory reads per multiply-add. A GEMM with few tiles and a long k range is split
 //! into k slices, each written to a workspace, then summed by [`gemm_reduce`].
 //!
-//! [`gemm_epilogue`] also evaluates a fused elementwise program on each output as it is
-//! stored (a layer's bias and activation), at the output's element index, with the output's
-//! value as its operand 0; split, [`gemm_reduce_epilogue`] does so in the sum of the slices. Block sizes
+//! [`gemm`] may also evaluate a fused elementwise program on each output as it is stored (its
+//! epilogue: a layer's bias and activation), at the output's element index, with the output's
+//! value as its operand 0; split, [`gemm_reduce`] does so in the sum of the slices. Block sizes
 //! and splits follow `plateau_compiler::schedule::gemm`, which the memory plan also uses.
 
 use crate::elementwise::store_with_epilogue;
@@ -309,34 +309,6 @@ fn phased_grad(gy: &Array<f32>, o: usize, t: usize, i: usize, j: usize, h0: usiz
     v
 }
 
-/// `out = A x B` (see the module documentation); cube `slice * tiles + t` computes output
-/// tile `t` (row-major over the tiles) over k slice `slice`. Split, `out` is the workspace.
-#[cube(launch)]
-pub fn gemm(a: &Array<f32>, b: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
-    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    gemm_body::<Const<1>>(a, b, out, &epi_in, &mut epi_out, s, comptime!(None), true);
-}
-
-/// [`gemm`] with an epilogue: each output `v` at element `i` of the GEMM's output also
-/// stores `epi`'s outputs of `v` (its operand 0) and of its other operands (read from `epi_in`
-/// at `i`) into `epi_out`; `out` is stored only when `store`. Split, `out` is the workspace
-/// and [`gemm_reduce_epilogue`] runs the epilogue.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_epilogue<N: Size>(
-    a: &Array<f32>,
-    b: &Array<f32>,
-    out: &mut Array<f32>,
-    epi_in: &Sequence<Array<Vector<f32, N>>>,
-    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
-    #[comptime] s: GemmSpec,
-    #[comptime] epi: KernelProgram,
-    #[comptime] store: bool,
-) {
-    gemm_body::<N>(a, b, out, epi_in, epi_out, s, comptime!(Some(epi)), store);
-}
-
 /// Stores the GEMM's output `v` at row `r`, column `c`: into `out` when `store`, and the
 /// epilogue's outputs of it, when there is one.
 #[cube]
@@ -358,10 +330,15 @@ fn gemm_store<N: Size>(
     store_with_epilogue::<N>(out, epi_in, epi_out, i, v, comptime!(s.out_offset), epi, store);
 }
 
-/// The body of [`gemm`] and [`gemm_epilogue`].
-#[cube]
+/// `out = A x B` (see the module documentation); cube `slice * tiles + t` computes output
+/// tile `t` (row-major over the tiles) over k slice `slice`. Split, `out` is the workspace.
+/// With an epilogue `epi`, each output `v` at element `i` of the GEMM's output also stores
+/// `epi`'s outputs of `v` (its operand 0) and of its other operands (read from `epi_in` at
+/// `i`) into `epi_out`, and `out` is stored only when `store`; split, [`gemm_reduce`] runs the
+/// epilogue. Without one, both sequences are empty.
+#[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_body<N: Size>(
+pub fn gemm<N: Size>(
     a: &Array<f32>,
     b: &Array<f32>,
     out: &mut Array<f32>,
@@ -515,30 +492,10 @@ fn gemm_body<N: Size>(
     }
 }
 
-/// The sum of a split GEMM's k slices, in slice order: one unit per output element.
+/// The sum of a split GEMM's k slices, in slice order: one unit per output element; stores it
+/// as [`gemm`] stores an output (with its epilogue, if any).
 #[cube(launch)]
-pub fn gemm_reduce(ws: &Array<f32>, out: &mut Array<f32>, #[comptime] s: GemmSpec) {
-    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    gemm_reduce_body::<Const<1>>(ws, out, &epi_in, &mut epi_out, s, comptime!(None), true);
-}
-
-/// [`gemm_reduce`] with the epilogue of [`gemm_epilogue`].
-#[cube(launch)]
-pub fn gemm_reduce_epilogue<N: Size>(
-    ws: &Array<f32>,
-    out: &mut Array<f32>,
-    epi_in: &Sequence<Array<Vector<f32, N>>>,
-    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
-    #[comptime] s: GemmSpec,
-    #[comptime] epi: KernelProgram,
-    #[comptime] store: bool,
-) {
-    gemm_reduce_body::<N>(ws, out, epi_in, epi_out, s, comptime!(Some(epi)), store);
-}
-
-#[cube]
-fn gemm_reduce_body<N: Size>(
+pub fn gemm_reduce<N: Size>(
     ws: &Array<f32>,
     out: &mut Array<f32>,
     epi_in: &Sequence<Array<Vector<f32, N>>>,

@@ -138,26 +138,12 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     let (merged, ops) = Program::merge(&parts);
     let (canon, ops) = merged.canonical(&ops);
     let space = g.shape(gemm).clone();
-    let (program, ops) = match ops.iter().position(|&o| o == gemm) {
-        Some(slot) => {
-            let mut rest: Vec<NodeId> = ops.iter().copied().filter(|&o| o != gemm).collect();
-            rest.insert(0, gemm);
-            (canon.with_operand_first(slot), rest)
-        }
-        // No epilogue uses the GEMM's value (a constant map): operand 0 is read by nothing.
-        None => {
-            let mut p = canon.clone();
-            p.views.insert(0, space.clone());
-            for ins in p.instrs.iter_mut() {
-                if let Instr::Load(k) = ins {
-                    *k += 1;
-                }
-            }
-            let mut rest = ops.clone();
-            rest.insert(0, gemm);
-            (p, rest)
-        }
-    };
+    // The op's output first, as `with_operand_first` orders the program's operands.
+    let slot = ops.iter().position(|&o| o == gemm).ok_or_else(|| format!("the epilogues of {gemm} do not read its output"))?;
+    let program = canon.with_operand_first(slot);
+    let mut ops = ops;
+    let first = ops.remove(slot);
+    ops.insert(0, first);
     let in_off: Vec<usize> = ops.iter().enumerate().map(|(k, &o)| if k == 0 { 0 } else { offset(o) }).collect();
     let out_off: Vec<usize> = epilogues.iter().map(|&e| offset(e)).collect();
     let mut prog = KernelProgram::new(&program, &space).with_offsets(&in_off, &out_off);

@@ -80,33 +80,11 @@ pub fn max_pool2d_gather(x: &Array<f32>, v: &Array<f32>, y: &mut Array<f32>, #[c
 }
 
 /// `gx[k] = sum of gy over the windows whose first maximum is k` (no atomics: each input
-/// element visits the windows that contain it).
-#[cube(launch)]
-pub fn max_pool2d_grad(x: &Array<f32>, gy: &Array<f32>, gx: &mut Array<f32>, #[comptime] s: WindowSpec) {
-    let epi_in = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    let mut epi_out = Sequence::<Array<Vector<f32, Const<1>>>>::new();
-    max_pool2d_grad_body::<Const<1>>(x, gy, gx, &epi_in, &mut epi_out, s, comptime!(None), true);
-}
-
-/// [`max_pool2d_grad`] with an epilogue (see `crate::elementwise::store_with_epilogue`).
+/// element visits the windows that contain it), stored with an epilogue when `epi` is one
+/// (see `crate::elementwise::store_with_epilogue`; without one, both sequences are empty).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn max_pool2d_grad_epilogue<N: Size>(
-    x: &Array<f32>,
-    gy: &Array<f32>,
-    gx: &mut Array<f32>,
-    epi_in: &Sequence<Array<Vector<f32, N>>>,
-    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
-    #[comptime] s: WindowSpec,
-    #[comptime] epi: KernelProgram,
-    #[comptime] store: bool,
-) {
-    max_pool2d_grad_body::<N>(x, gy, gx, epi_in, epi_out, s, comptime!(Some(epi)), store);
-}
-
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn max_pool2d_grad_body<N: Size>(
+pub fn max_pool2d_grad<N: Size>(
     x: &Array<f32>,
     gy: &Array<f32>,
     gx: &mut Array<f32>,

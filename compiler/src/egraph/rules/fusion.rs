@@ -432,17 +432,22 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
     pairs.dedup_by(|a, b| (a.0, a.1, &a.2, &a.5) == (b.0, b.1, &b.2, &b.5));
     let mut added = 0;
     for (sum, map, program, axes, space, children) in pairs {
-        let op = eg.analysis.intern(EOp::ReduceMap { program, axes, space });
-        let tuple = eg.add(ENode { op, children });
-        for (i, class) in [(0u32, sum), (1, map)] {
-            let proj = eg.analysis.intern(EOp::Proj(i));
-            let p = eg.add(ENode { op: proj, children: vec![tuple] });
-            eg.union(class, p);
-        }
+        add_pair(eg, EOp::ReduceMap { program, axes, space }, children, [sum, map]);
         added += 1;
     }
     eg.rebuild();
     added
+}
+
+/// Adds the two-output kernel `op` over `children`, its outputs 0 and 1 equal to `classes`.
+fn add_pair(eg: &mut EG, op: EOp, children: Vec<Id>, classes: [Id; 2]) {
+    let op = eg.analysis.intern(op);
+    let tuple = eg.add(ENode { op, children });
+    for (i, class) in classes.into_iter().enumerate() {
+        let proj = eg.analysis.intern(EOp::Proj(i as u32));
+        let p = eg.add(ENode { op: proj, children: vec![tuple] });
+        eg.union(class, p);
+    }
 }
 
 /// After saturation: a map reading the whole output of an op that takes epilogues (a GEMM:
@@ -513,16 +518,9 @@ pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
     found.sort_by(|a, b| (a.0, a.1, &a.3, &a.5).cmp(&(b.0, b.1, &b.3, &b.5)).then_with(|| format!("{:?}{:?}", a.2, a.4).cmp(&format!("{:?}{:?}", b.2, b.4))));
     found.dedup_by(|a, b| (a.0, a.1, &a.3, &a.5) == (b.0, b.1, &b.3, &b.5) && a.2 == b.2 && a.4 == b.4);
     let mut added = 0;
-    for (gemm_class, map_class, gemm, gemm_children, program, others, types) in found {
-        let op = eg.analysis.intern(EOp::WithEpilogue { op: gemm, program, types });
-        let mut children = gemm_children;
+    for (gemm_class, map_class, gemm, mut children, program, others, types) in found {
         children.extend(others);
-        let tuple = eg.add(ENode { op, children });
-        for (i, class) in [(0u32, gemm_class), (1, map_class)] {
-            let proj = eg.analysis.intern(EOp::Proj(i));
-            let p = eg.add(ENode { op: proj, children: vec![tuple] });
-            eg.union(class, p);
-        }
+        add_pair(eg, EOp::WithEpilogue { op: gemm, program, types }, children, [gemm_class, map_class]);
         added += 1;
     }
     eg.rebuild();
