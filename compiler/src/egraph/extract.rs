@@ -36,10 +36,10 @@ pub fn extract(eg: &EG, roots: &[Id]) -> Option<Extraction> {
     let mut best: Vec<Option<ENode>> = vec![None; n];
     let mut totals: Vec<Option<Cost>> = vec![None; n];
     let node_costs: Vec<Vec<Cost>> = classes.iter().map(|&c| eg[c].nodes.iter().map(|nd| node_cost(eg, nd, c)).collect()).collect();
-    // A GEMM's epilogue is only tried whole, after the greedy pass (see
-    // `improve_with_multi_outputs`): judged class by class, reading a map through its GEMM's
-    // tuple looks one launch cheaper than it is (the GEMM's own launch is paid by the tuple,
-    // not by its class), which pulls unrelated choices off their best.
+    // An epilogue is only tried whole, after the greedy pass (see
+    // `improve_with_multi_outputs`): judged class by class, reading a map through its op's
+    // tuple looks one launch cheaper than it is (the op's own launch is paid by the tuple, not
+    // by its class), which pulls unrelated choices off their best.
     let epilogue = |node: &ENode| {
         matches!(eg.analysis.op(node.op), EOp::Proj(_)) && eg[node.children[0]].nodes.iter().any(|t| matches!(eg.analysis.op(t.op), EOp::WithEpilogue { .. }))
     };
@@ -128,10 +128,9 @@ fn dag_cost(eg: &EG, roots: &[Id], best: &HashMap<Id, ENode>) -> Option<Cost> {
 }
 
 /// The greedy pass judges each class alone, so it cannot see that several outputs computed
-/// by one multi-output kernel (several maps, a sum and its map, a GEMM and its epilogue)
-/// share its launch. For each
-/// multi-output kernel, try reading
-/// every class it computes through it, and keep that when the whole program gets cheaper.
+/// by one multi-output kernel (several maps, a sum and its map, an op and its epilogue) share
+/// its launch. For each multi-output kernel, try reading every class it computes through it,
+/// and keep that when the whole program gets cheaper.
 fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>) {
     let Some(mut current) = dag_cost(eg, roots, best) else { return };
     let mut multis: Vec<(Id, ENode)> = Vec::new();

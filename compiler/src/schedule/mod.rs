@@ -89,9 +89,10 @@ pub fn is_kernel(g: &Graph, id: NodeId) -> bool {
     }
 }
 
-/// The nodes a kernel computing `nodes` reads: their operands, except the output of a GEMM
-/// that its epilogue reads in the same kernel, for which the GEMM's own operands (when the
-/// kernel does not store the GEMM's output, the GEMM is not among `nodes`).
+/// The nodes a kernel computing `nodes` reads: their operands, except the output of the op
+/// (a GEMM or a max-pool gradient) whose epilogue reads it in the same kernel, for which the
+/// op's own operands (when the kernel does not store the op's output, the op is not among
+/// `nodes`).
 pub(crate) fn kernel_reads(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
     let mut reads: Vec<NodeId> = Vec::new();
     let add = |o: NodeId, reads: &mut Vec<NodeId>| {
@@ -135,7 +136,7 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
             op => op.to_string(),
         };
         let phase = fused.phases.get(&id).copied().unwrap_or(Phase::Forward);
-        // An epilogue runs in its GEMM's kernel (operand 0), which it follows.
+        // An epilogue runs in its op's kernel (operand 0), which it follows.
         if let Op::Epilogue { .. } = node.op {
             let k = kernel_of[&g.operands(id)[0]];
             kernels[k].nodes.push(id);
@@ -182,9 +183,9 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
             nodes: vec![id],
         });
     }
-    // A GEMM whose output only its epilogues read (the bias and activation after a layer
-    // whose pre-activation nothing else needs) is not stored: its kernel writes the epilogues'
-    // outputs alone, and the GEMM leaves the kernel's nodes (which are what it stores).
+    // An op whose output only its epilogues read (a max-pool gradient whose masked value is
+    // all the backward needs, say) is not stored: its kernel writes the epilogues' outputs
+    // alone, and the op leaves the kernel's nodes (which are what it stores).
     let mut unstored: BTreeSet<NodeId> = BTreeSet::new();
     for k in kernels.iter_mut() {
         let gemm = k.nodes[0];
