@@ -188,7 +188,7 @@ fn bench_reports_times_launches_and_memory_as_json() {
         let v = j[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {j}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
-    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(18), Some(34), Some(202)));
+    assert_eq!((j["launches_sgd"].as_u64(), j["launches_sam"].as_u64(), j["launches_naive_sam"].as_u64()), (Some(17), Some(33), Some(202)));
     let (sgd, sam) = (j["peak_memory_bytes_sgd"].as_u64().unwrap(), j["peak_memory_bytes_sam"].as_u64().unwrap());
     // SAM holds one more parameter-sized buffer (269,322 f32) and two scalars, 16-byte aligned.
     assert!(sam - sgd <= (4 * 269_322u64).next_multiple_of(16) + 32, "{sam} - {sgd}");
@@ -224,7 +224,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let phases = |v: &str| -> Vec<(String, u64)> {
         j["profile"][v]["phases"].as_array().unwrap().iter().map(|r| (r["phase"].as_str().unwrap().to_string(), r["launches"].as_u64().unwrap())).collect()
     };
-    for (v, launches) in [("sgd", 18), ("sam", 34)] {
+    for (v, launches) in [("sgd", 17), ("sam", 33)] {
         let p = &j["profile"][v];
         let total = p["total_ms"].as_f64().unwrap();
         assert!(total > 0.0, "{v}: {p}");
@@ -239,15 +239,15 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     // the descent are SAM's 4 optimizer launches; the pass at w + e needs neither the loss
     // value nor the metrics.
     let named = |v: &str| -> Vec<String> { phases(v).into_iter().map(|(p, l)| format!("{p} {l}")).collect() };
-    assert_eq!(named("sam"), ["forward 8", "backward 9", "ascent 3", "forward@adv 5", "backward@adv 8", "descent 1"]);
+    assert_eq!(named("sam"), ["forward 7", "backward 9", "ascent 3", "forward@adv 5", "backward@adv 8", "descent 1"]);
     // A plain step spends nothing on metrics: its loss and accuracy come from the forward pass.
-    assert_eq!(named("sgd"), ["forward 8", "backward 9", "descent 1"]);
+    assert_eq!(named("sgd"), ["forward 7", "backward 9", "descent 1"]);
 
     let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = t["traceEvents"].as_array().unwrap();
     let names: Vec<&str> = events.iter().filter(|e| e["ph"] == "M").map(|e| e["args"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["sgd", "sam"]);
-    for (tid, launches) in [(0, 18), (1, 34)] {
+    for (tid, launches) in [(0, 17), (1, 33)] {
         let kernels: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["tid"] == tid).collect();
         assert_eq!(kernels.iter().map(|e| e["args"]["launches"].as_u64().unwrap()).sum::<u64>(), launches);
         // Laid end to end in launch order.

@@ -286,6 +286,21 @@ fn cnn_steps_on_wgpu_match_the_reference() {
 }
 
 
+/// BatchNorm (WRN-16-1, SAM): its statistics, its backward's sums sharing kernels (the scale
+/// and shift gradients with a sum of the input gradient), the residual joins.
+#[test]
+fn batchnorm_steps_on_wgpu_match_the_reference() {
+    use plateau::{BaseOptimizer, OptimizerSpec, Sam};
+    let model = plateau::ModelSpec::Wrn16 { k: 1 };
+    let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
+    let o = plateau::TraceOptions { batch_size: 8, input_shape: vec![1, 6, 6], ..plateau::TraceOptions::default() };
+    let (_, _, c) = plateau::compile(&model, &o, &spec, false, true).unwrap();
+    let sum = |n: &plateau::NodeId| matches!(c.fused.node(*n).op, Op::FusedReduce { .. });
+    let shared = c.schedule.kernels.iter().filter(|k| k.nodes.len() > 1 && k.nodes.iter().all(sum)).count();
+    assert!(shared >= 26, "{shared} kernels of sums: at least one per BatchNorm and pass");
+    check_device_step("wrn16-1 sam", &model, spec);
+}
+
 /// Split GEMMs (the convolution weight gradients sum over 64 x 64 positions) and a split sum
 /// with their workspaces in the pool, in a whole step.
 #[test]
@@ -437,6 +452,76 @@ fn sums_that_write_their_map_match_the_reference() {
         let got_map = download(&client, map, n + 7).unwrap()[7..].to_vec();
         assert_close_scaled(&format!("sum over {axes:?} of {dims:?}"), &got_sum, &want[0].to_f32());
         assert!(close(&got_map, &want[1].to_f32()), "map over {dims:?}");
+    }
+}
+
+/// Sums over one space sharing a kernel (a BatchNorm's gradient sums; a loss and an
+/// accuracy): each output of the merged program is its own node's sum, in each form (a unit
+/// per output, a cube per output), at its own offset, with operands the sums do not share.
+#[test]
+fn sums_sharing_a_kernel_match_the_reference() {
+    use plateau::compiler::ir::ReduceOp;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::{lower, KernelCall};
+    let client = client();
+    for (dims, axes, cube) in [(vec![128, 10], vec![1], false), (vec![16, 4, 8, 8], vec![0, 2, 3], true), (vec![128, 10], vec![0, 1], true)] {
+        let space = Shape(dims.clone());
+        let n = space.numel();
+        let mut kept = dims.clone();
+        for &a in &axes {
+            kept[a] = 1;
+        }
+        let mut g = Graph::new();
+        let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
+        let y = g.leaf(Op::Input { name: "y".into() }, DType::F32, dims.clone()).unwrap();
+        let c = g.leaf(Op::Input { name: "c".into() }, DType::F32, kept.clone()).unwrap();
+        let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+        let views = |k: usize| vec![space.clone(); k];
+        // sum(x), sum(x * y), sum((x - c) * (x - c)): three programs, operands in their own order.
+        let p0 = Program { views: views(1), instrs: vec![Instr::Load(0)], outputs: vec![0] };
+        let p1 = Program { views: views(2), instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+        let p2 = Program {
+            views: vec![Shape(kept.clone()), space.clone()],
+            instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Sub, 1, 0), Instr::Binary(BinaryOp::Mul, 2, 2)],
+            outputs: vec![3],
+        };
+        let sum = |g: &mut Graph, p: Program, ops: &[plateau::NodeId]| g.add(Op::FusedReduce { program: p, op: ReduceOp::Sum, axes: axes.clone(), space: ty.clone(), group: 4 }, ops).unwrap();
+        let s0 = sum(&mut g, p0, &[x]);
+        let s1 = sum(&mut g, p1, &[y, x]);
+        let s2 = sum(&mut g, p2, &[c, x]);
+        g.verify().unwrap();
+        let at = |id: plateau::NodeId| [(x, 3), (y, 7), (c, 2), (s0, 5), (s1, 6), (s2, 1)].iter().find(|p| p.0 == id).unwrap().1;
+        let l = lower(&g, &[s0, s1, s2], &at, None).unwrap();
+        assert!(matches!(&l.call, KernelCall::Reduce { split: 1, map: None, layout, prog, .. } if layout.cube == cube && prog.outputs.len() == 3), "{dims:?}: {:?}", l.call);
+        assert_eq!(l.outputs, [Some(s0), Some(s1), Some(s2)]);
+        let data = |id: plateau::NodeId, seed: u64| -> Vec<f32> { random(g.shape(id).numel(), seed) };
+        let inputs = [(x, data(x, 21)), (y, data(y, 22)), (c, data(c, 23))];
+        let mut b = Bindings::new();
+        for (id, (name, d)) in inputs.iter().zip(["x", "y", "c"]).map(|(i, n)| (i.0, (n, &i.1))) {
+            b.set("input", name, plateau::Tensor::from_f32(g.shape(id).0.clone(), d).unwrap());
+        }
+        let want = evaluate(&g, &b, &[s0, s1, s2]).unwrap();
+        // SAFETY: every handle holds the stated number of f32 values.
+        let args: Vec<_> = l
+            .inputs
+            .iter()
+            .map(|&id| {
+                let mut padded = vec![f32::NAN; at(id)];
+                padded.extend_from_slice(&inputs.iter().find(|i| i.0 == id).unwrap().1);
+                unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
+            })
+            .collect();
+        let sums = g.shape(s0).numel();
+        let outs: Vec<_> = [s0, s1, s2].iter().map(|&s| upload(&client, &vec![f32::NAN; sums + at(s)])).collect();
+        // SAFETY: as above.
+        let out_args = [s0, s1, s2].iter().zip(&outs).map(|(&s, h)| unsafe { ArrayArg::from_raw_parts(h.clone(), sums + at(s)) }).collect();
+        l.call.launch(&client, args, out_args);
+        assert_eq!(n % sums, 0);
+        for (k, (&s, h)) in [s0, s1, s2].iter().zip(outs).enumerate() {
+            let got = download(&client, h, sums + at(s)).unwrap()[at(s)..].to_vec();
+            assert_close_scaled(&format!("sum {k} over {axes:?} of {dims:?}"), &got, &want[k].to_f32());
+        }
     }
 }
 

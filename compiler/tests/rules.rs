@@ -222,6 +222,47 @@ fn a_sum_and_the_map_it_sums_share_one_kernel() {
     );
 }
 
+/// A BatchNorm's backward in small: sums over one space of the same two tensors share a
+/// kernel; a sum that reads one of them (through its mean) runs after it, in a kernel of its own.
+#[test]
+fn sums_over_the_same_tensors_share_one_kernel() {
+    use plateau_compiler::ir::ReduceOp::Sum;
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 4, 3, 3]);
+    let gy = input(&mut g, "gy", &[8, 4, 3, 3]);
+    let sum_gy = g.reduce(Sum, gy, &[0, 2, 3]).unwrap();
+    let xgy = g.binary(BinaryOp::Mul, x, gy).unwrap();
+    let sum_xgy = g.reduce(Sum, xgy, &[0, 2, 3]).unwrap();
+    // Depends on the first sum: sum((gy - mean(gy)) * x).
+    let m = g.broadcast(sum_gy, &Shape(vec![8, 4, 3, 3])).unwrap();
+    let centered = g.binary(BinaryOp::Sub, gy, m).unwrap();
+    let cx = g.binary(BinaryOp::Mul, centered, x).unwrap();
+    let third = g.reduce(Sum, cx, &[0, 2, 3]).unwrap();
+    g.add_output("sum_gy", sum_gy, OutputKind::Value).unwrap();
+    g.add_output("sum_xgy", sum_xgy, OutputKind::Value).unwrap();
+    let (text, hits) = fused(g, third);
+    assert_eq!(hits.get("sibling-sums"), Some(&1), "{hits:?}");
+    assert_eq!(
+        kernels(&text),
+        [
+            "%2 = fused_reduce_sum{k1 axes=0,2,3 over f32[8,4,3,3]: $0 | [8,4,3,3]} %1 : f32[1,4,1,1]",
+            "%3 = fused_reduce_sum{k1 axes=0,2,3 over f32[8,4,3,3]: mul($0, $1) | [8,4,3,3] [8,4,3,3]} %0, %1 : f32[1,4,1,1]",
+            "%4 = fused_reduce_sum{axes=0,2,3 over f32[8,4,3,3]: mul(sub($0, $1), $2) | [8,4,3,3] [1,4,1,1] [8,4,3,3]} %1, %2, %0 : f32[1,4,1,1]",
+        ]
+    );
+    // Sums of tensors they do not share keep their kernels.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 4, 3, 3]);
+    let gy = input(&mut g, "gy", &[8, 4, 3, 3]);
+    let sum_gy = g.reduce(Sum, gy, &[0, 2, 3]).unwrap();
+    let xx = g.binary(BinaryOp::Mul, x, x).unwrap();
+    let sum_xx = g.reduce(Sum, xx, &[0, 2, 3]).unwrap();
+    g.add_output("sum_gy", sum_gy, OutputKind::Value).unwrap();
+    let (text, hits) = fused(g, sum_xx);
+    assert_eq!(hits.get("sibling-sums"), None, "{hits:?}");
+    assert_eq!(kernels(&text).len(), 2, "{text}");
+}
+
 /// A layer's matmul, then its bias and ReLU.
 fn layer(g: &mut Graph) -> (NodeId, NodeId) {
     let x = input(g, "x", &[8, 16]);

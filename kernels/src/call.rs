@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::{KernelProgram, VECTOR_WIDTH};
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{fused_reduce_sum_slices, fused_reduce_sum_slices_map, launch_reduce, launch_reduce_map, seq, slices_sum, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_sum_slices, launch_reduce, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
@@ -98,21 +98,18 @@ impl KernelCall {
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
                 let out = outs.next().expect("one output");
-                let map_out = map.map(|at| (outs.next().expect("the map output"), at));
-                let ws = outs.next().expect("a split sum's workspace");
+                // The workspace, then the map's output when there is one.
+                let mut slices_out: Vec<ArrayArg<R>> = map.iter().map(|_| outs.next().expect("the map output")).collect();
+                slices_out.insert(0, outs.next().expect("a split sum's workspace"));
                 let ws_again = outs.next().expect("a split sum's workspace, again");
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, prog.output_offsets[0]);
-                match map_out {
-                    Some((m, at)) => fused_reduce_sum_slices_map::launch::<R>(client, count, dim, 1, seq(ins), ws, m, layout, prog, split, workspace, at),
-                    None => fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, seq(ins), ws, layout, prog, split, workspace),
-                }
-                launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], out, sum_layout, sum_prog);
+                fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, seq(ins), seq(slices_out), layout, prog, split, workspace, map);
+                launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], vec![out], None, sum_layout, sum_prog);
             }
             KernelCall::Reduce { op, layout, prog, map, .. } => {
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
-                let out = outs.next().expect("one output");
-                let map_out = map.map(|at| (outs.next().expect("the map output"), at));
-                launch_reduce_map::<R>(client, op, s_in, out, map_out, layout, prog);
+                // One output per program output, then the map's.
+                launch_reduce::<R>(client, op, s_in, outs.collect(), map, layout, prog);
             }
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
                 let (epi, store) = self.epilogue();
@@ -196,15 +193,9 @@ impl KernelCall {
             }
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
-                let ws = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
+                let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(1 + usize::from(map.is_some())), &mut b);
                 let out_offset = prog.output_offsets[0];
-                match map {
-                    Some(at) => {
-                        let m = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
-                        crate::reduce::fused_reduce_sum_slices_map::expand::<Const<1>>(&mut b.scope, 1, i, ws, m, layout.clone(), prog, split, workspace, at)
-                    }
-                    None => crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, ws, layout.clone(), prog, split, workspace),
-                }
+                crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, o, layout.clone(), prog, split, workspace, map);
                 // The second launch, the sum of the slices, follows as its own kernel.
                 let first = Self::compile_cuda(b, block, name)?;
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, out_offset);
@@ -214,25 +205,22 @@ impl KernelCall {
                 second.insert(0, (name.to_string(), first));
                 return Ok(second);
             }
-            KernelCall::Reduce { op, layout, prog, map: Some(at), .. } => {
+            KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout, prog, map, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
-                let o = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
-                let m = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
-                match (op, layout.cube) {
-                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum_map::expand::<Const<1>>(&mut b.scope, 1, i, o, m, layout, prog, at),
-                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube_map::expand::<Const<1>>(&mut b.scope, 1, i, o, m, layout, prog, at),
-                    (plateau_compiler::ir::ReduceOp::Max, _) => return Err("a max reduction writes no map".into()),
+                let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len() + usize::from(map.is_some())), &mut b);
+                if layout.cube {
+                    crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog, map)
+                } else {
+                    crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog, map)
                 }
             }
-            KernelCall::Reduce { op, layout, prog, .. } => {
+            KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Max, layout, prog, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
                 let o = <Array<S> as LaunchArg>::expand_output(&arr, &mut b);
-                let cube = layout.cube;
-                match (op, cube) {
-                    (plateau_compiler::ir::ReduceOp::Sum, false) => crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Max, false) => crate::reduce::fused_reduce_max::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Sum, true) => crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
-                    (plateau_compiler::ir::ReduceOp::Max, true) => crate::reduce::fused_reduce_max_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog),
+                if layout.cube {
+                    crate::reduce::fused_reduce_max_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog)
+                } else {
+                    crate::reduce::fused_reduce_max::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog)
                 }
             }
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {

@@ -91,8 +91,11 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
                 None => {}
             }
         }
-        KernelCall::Reduce { op: ReduceOp::Sum, layout, split, workspace: at, .. } => {
+        KernelCall::Reduce { op: ReduceOp::Sum, layout, prog, split, workspace: at, .. } => {
             *split = plateau_compiler::schedule::reduce::reduce_split(layout.outputs, layout.reduce_len);
+            if *split > 1 && prog.outputs.len() > 1 {
+                return Err(format!("the sums computed with {} would be split, which only a single sum can be", nodes[0]));
+            }
             if *split > 1 {
                 l.workspace_len = *split * layout.outputs;
                 *at = workspace.ok_or_else(|| format!("the split sum computing {} was given no workspace", nodes[0]))?;
@@ -186,6 +189,30 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
         }
         Op::FusedReduce { program, op, axes, space, group } => {
             let layout = ReduceLayout::new(&space.shape, &axes);
+            let sums: Vec<NodeId> = nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::FusedReduce { group: gr, .. } if group != 0 && gr == group)).collect();
+            if sums.len() > 1 {
+                // Sums over one space in one kernel: a program with an output per sum.
+                let programs: Vec<(Program, Vec<NodeId>)> = sums
+                    .iter()
+                    .map(|&n| match &g.node(n).op {
+                        Op::FusedReduce { program, .. } => (program.clone(), g.operands(n)),
+                        _ => unreachable!("filtered above"),
+                    })
+                    .collect();
+                let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
+                let (merged, ops) = Program::merge(&parts);
+                let (merged, ops) = merged.canonical(&ops);
+                let in_off: Vec<usize> = ops.iter().map(|&o| offset(o)).collect();
+                let out_off: Vec<usize> = sums.iter().map(|&n| offset(n)).collect();
+                let prog = KernelProgram::new(&merged, &space.shape).with_offsets(&in_off, &out_off);
+                return Ok(Lowered {
+                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None },
+                    inputs: ops,
+                    output_len: vec![out_shape.numel(); sums.len()],
+                    outputs: sums.into_iter().map(Some).collect(),
+                    workspace_len: 0,
+                });
+            }
             let prog = KernelProgram::new(&program, &space.shape).with_offsets(&in_off, &[offset(first)]);
             let map_node = nodes[1..].iter().copied().find(|&n| group != 0 && matches!(g.node(n).op, Op::Fused { group: gr, .. } if gr == group));
             match map_node {

@@ -60,48 +60,54 @@ fn position(i: usize, #[comptime] axes: Vec<(usize, usize, usize)>) -> usize {
     p
 }
 
-/// The prologue's value at reduced index `r` of output `o`.
+/// The prologue's value at reduced index `r` of output `o` (a max reduction's single output).
 #[cube]
 fn prologue_at<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, r: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
-    prologue_value::<N>(inputs, base + position(r, comptime!(layout.reduced.clone())), prog)
-}
-
-/// The prologue's value at position `pos` of the space.
-#[cube]
-fn prologue_value<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, pos: usize, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
     let splats = Sequence::<Array<f32>>::new();
-    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
+    let regs = run_program::<N>(inputs, &splats, base + position(r, comptime!(layout.reduced.clone())), prog.clone());
     *regs.index(comptime!(prog.outputs[0]))
 }
 
-/// [`prologue_at`], also storing the value at its position of the space in `map_out` (at
-/// element offset `map`) when the kernel writes the prologue as a map too.
+/// Runs the prologue at reduced index `r` and adds each of its `K` outputs into the partial
+/// sums `part[j * K + k]`; when the kernel writes the prologue as a map too (`map`, a
+/// single-output sum), stores the value at its position of the space in `outputs[K]`.
 #[cube]
-fn prologue_store<N: Size>(
+#[allow(clippy::too_many_arguments)]
+fn accumulate<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
-    map_out: &mut Array<Vector<f32, N>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    part: &mut Array<Vector<f32, N>>,
     base: usize,
     r: usize,
+    #[comptime] j: usize,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
-) -> Vector<f32, N> {
+) {
     let pos = base + position(r, comptime!(layout.reduced.clone()));
-    let v = prologue_value::<N>(inputs, pos, prog);
-    if comptime!(map.is_some()) {
-        map_out[comptime!(map.unwrap_or(0)) + pos] = v;
+    let splats = Sequence::<Array<f32>>::new();
+    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
+    let count = comptime!(prog.outputs.len());
+    #[unroll]
+    for k in 0..count {
+        let reg = comptime!(prog.outputs[k]);
+        part[comptime!(j * count + k)] += *regs.index(reg);
     }
-    v
+    if comptime!(map.is_some()) {
+        let dst = outputs.index_mut(count);
+        dst[comptime!(map.unwrap_or(0)) + pos] = *regs.index(comptime!(prog.outputs[0]));
+    }
 }
 
-/// The sum of the prologue over reduced indices `start, start + step, ...` below `end`, as
-/// four interleaved partial sums (four independent loads per iteration), added in a fixed
-/// order at the end; each value is also stored in `map_out` when `map` is set.
+/// The sums of the prologue's outputs over reduced indices `start, start + step, ...` below
+/// `end`, into `sums[k]`: four interleaved partial sums per output (four independent loads per
+/// iteration), added in a fixed order at the end.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn strided_sum<N: Size>(
+fn strided_sums<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
-    map_out: &mut Array<Vector<f32, N>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    sums: &mut Array<Vector<f32, N>>,
     base: usize,
     start: usize,
     end: usize,
@@ -109,62 +115,64 @@ fn strided_sum<N: Size>(
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
-) -> Vector<f32, N> {
-    let mut a0 = Vector::<f32, N>::new(0.0);
-    let mut a1 = Vector::<f32, N>::new(0.0);
-    let mut a2 = Vector::<f32, N>::new(0.0);
-    let mut a3 = Vector::<f32, N>::new(0.0);
+) {
+    let count = comptime!(prog.outputs.len());
+    let mut part = Array::<Vector<f32, N>>::new(comptime!(4 * count));
+    #[unroll]
+    for j in 0..comptime!(4 * count) {
+        part[j] = Vector::<f32, N>::new(0.0);
+    }
     let mut r = start;
     while r + comptime!(3 * step) < end {
-        a0 += prologue_store::<N>(inputs, map_out, base, r, layout.clone(), prog.clone(), map);
-        a1 += prologue_store::<N>(inputs, map_out, base, r + comptime!(step), layout.clone(), prog.clone(), map);
-        a2 += prologue_store::<N>(inputs, map_out, base, r + comptime!(2 * step), layout.clone(), prog.clone(), map);
-        a3 += prologue_store::<N>(inputs, map_out, base, r + comptime!(3 * step), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(step), comptime!(1usize), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(2 * step), comptime!(2usize), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(3 * step), comptime!(3usize), layout.clone(), prog.clone(), map);
         r += comptime!(4 * step);
     }
     while r < end {
-        a0 += prologue_store::<N>(inputs, map_out, base, r, layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map);
         r += comptime!(step);
     }
-    (a0 + a1) + (a2 + a3)
+    #[unroll]
+    for k in 0..count {
+        sums[k] = (part[k] + part[comptime!(count + k)]) + (part[comptime!(2 * count + k)] + part[comptime!(3 * count + k)]);
+    }
 }
 
-/// The sum of unit `o`'s output (`o` past the last output: nothing).
+/// The terms output `o` sums: all of them, or none for a unit or cube past the last output.
 #[cube]
-fn unit_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, map_out: &mut Array<Vector<f32, N>>, o: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram, #[comptime] map: Option<usize>) -> Vector<f32, N> {
-    let base = position(o, comptime!(layout.kept.clone()));
+fn terms(o: usize, #[comptime] layout: ReduceLayout) -> usize {
     let mut end = 0usize;
     if o < comptime!(layout.outputs) {
         end = comptime!(layout.reduce_len);
     }
-    strided_sum::<N>(inputs, map_out, base, 0usize, end, comptime!(1usize), layout.clone(), prog.clone(), map)
+    end
 }
 
-/// `output[o] = sum_r prologue(space position of (o, r))`.
+/// `outputs[k][o] = sum_r output k of the prologue at the space position of (o, r)`, one
+/// unit per output `o`, for each of the program's `K` outputs (several sums over one space
+/// share their loads). With `map` (a single-output sum), every prologue value is also stored
+/// in `outputs[1]` at element offset `map`: the kernel of a sum and the map it sums.
 #[cube(launch)]
-pub fn fused_reduce_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
-    let o = ABSOLUTE_POS;
-    let acc = unit_sum::<N>(inputs, output, o, layout.clone(), prog.clone(), comptime!(None));
-    if o < comptime!(layout.outputs) {
-        output[comptime!(prog.output_offsets[0]) + o] = acc;
-    }
-}
-
-/// [`fused_reduce_sum`], also writing every prologue value to `map_out` at element offset
-/// `map` (the kernel of a reduction and the map of the same program).
-#[cube(launch)]
-pub fn fused_reduce_sum_map<N: Size>(
+pub fn fused_reduce_sum<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
-    output: &mut Array<Vector<f32, N>>,
-    map_out: &mut Array<Vector<f32, N>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
-    #[comptime] map: usize,
+    #[comptime] map: Option<usize>,
 ) {
     let o = ABSOLUTE_POS;
-    let acc = unit_sum::<N>(inputs, map_out, o, layout.clone(), prog.clone(), comptime!(Some(map)));
+    let count = comptime!(prog.outputs.len());
+    let base = position(o, comptime!(layout.kept.clone()));
+    let mut sums = Array::<Vector<f32, N>>::new(count);
+    strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map);
     if o < comptime!(layout.outputs) {
-        output[comptime!(prog.output_offsets[0]) + o] = acc;
+        #[unroll]
+        for k in 0..count {
+            let dst = outputs.index_mut(k);
+            dst[comptime!(prog.output_offsets[k]) + o] = sums[k];
+        }
     }
 }
 
@@ -187,18 +195,27 @@ pub use plateau_compiler::schedule::reduce::CUBE_REDUCE_MIN;
 /// Units per cube in the cube-per-output reduction (a power of two).
 pub const CUBE_REDUCE_UNITS: usize = 256;
 
+/// Stores `sums` (one per output) at `smem[k * CUBE_REDUCE_UNITS + tid]`, then sums each
+/// output's values in a tree into `smem[k * CUBE_REDUCE_UNITS]`.
 #[cube]
-fn tree_sum<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vector<f32, N> {
+fn tree_sums<N: Size>(smem: &mut SharedMemory<Vector<f32, N>>, sums: &Array<Vector<f32, N>>, tid: usize, #[comptime] count: usize) {
+    #[unroll]
+    for k in 0..count {
+        smem[comptime!(k * CUBE_REDUCE_UNITS) + tid] = sums[k];
+    }
     sync_cube();
     #[unroll]
-    for k in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
-        let s = comptime!(CUBE_REDUCE_UNITS >> (k + 1));
+    for level in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
+        let s = comptime!(CUBE_REDUCE_UNITS >> (level + 1));
         if tid < s {
-            smem[tid] = smem[tid] + smem[tid + s];
+            #[unroll]
+            for k in 0..count {
+                let at = comptime!(k * CUBE_REDUCE_UNITS) + tid;
+                smem[at] = smem[at] + smem[at + s];
+            }
         }
         sync_cube();
     }
-    smem[0]
 }
 
 #[cube]
@@ -215,44 +232,30 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
     smem[0]
 }
 
-/// The sum of cube `o`'s output (a cube past the last output finds no terms).
-#[cube]
-fn cube_sum<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, map_out: &mut Array<Vector<f32, N>>, o: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram, #[comptime] map: Option<usize>) -> Vector<f32, N> {
-    let tid = UNIT_POS as usize;
-    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
-    let base = position(o, comptime!(layout.kept.clone()));
-    let mut end = 0usize;
-    if o < comptime!(layout.outputs) {
-        end = comptime!(layout.reduce_len);
-    }
-    smem[tid] = strided_sum::<N>(inputs, map_out, base, tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
-    tree_sum::<N>(smem, tid)
-}
-
-/// `output[o] = sum_r prologue(..)` with cube `o` computing output `o`.
+/// [`fused_reduce_sum`] with cube `o` computing output `o`: its units stride over the terms,
+/// then meet in a tree per output.
 #[cube(launch)]
-pub fn fused_reduce_sum_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
-    let o = CUBE_POS;
-    let total = cube_sum::<N>(inputs, output, o, layout.clone(), prog.clone(), comptime!(None));
-    if UNIT_POS == 0 && o < comptime!(layout.outputs) {
-        output[comptime!(prog.output_offsets[0]) + o] = total;
-    }
-}
-
-/// [`fused_reduce_sum_cube`], also writing every prologue value to `map_out` at offset `map`.
-#[cube(launch)]
-pub fn fused_reduce_sum_cube_map<N: Size>(
+pub fn fused_reduce_sum_cube<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
-    output: &mut Array<Vector<f32, N>>,
-    map_out: &mut Array<Vector<f32, N>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
-    #[comptime] map: usize,
+    #[comptime] map: Option<usize>,
 ) {
     let o = CUBE_POS;
-    let total = cube_sum::<N>(inputs, map_out, o, layout.clone(), prog.clone(), comptime!(Some(map)));
-    if UNIT_POS == 0 && o < comptime!(layout.outputs) {
-        output[comptime!(prog.output_offsets[0]) + o] = total;
+    let tid = UNIT_POS as usize;
+    let count = comptime!(prog.outputs.len());
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
+    let base = position(o, comptime!(layout.kept.clone()));
+    let mut sums = Array::<Vector<f32, N>>::new(count);
+    strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+    tree_sums::<N>(&mut smem, &sums, tid, count);
+    if tid == 0 && o < comptime!(layout.outputs) {
+        #[unroll]
+        for k in 0..count {
+            let dst = outputs.index_mut(k);
+            dst[comptime!(prog.output_offsets[k]) + o] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
+        }
     }
 }
 
@@ -277,52 +280,20 @@ pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, 
     }
 }
 
-/// Slice `s` of output `o` of a split sum (see `plateau_compiler::schedule::reduce`): cube
-/// `s * outputs + o` sums the slice's terms into `workspace[workspace_offset + s * outputs + o]`.
+/// Slice `s` of output `o` of a split sum (see `plateau_compiler::schedule::reduce`; a
+/// single-output program): cube `s * outputs + o` sums the slice's terms into
+/// `outputs[0][workspace_offset + s * outputs + o]`, the workspace. With `map`, every prologue
+/// value is also stored in `outputs[1]` at element offset `map`.
 #[cube(launch)]
 pub fn fused_reduce_sum_slices<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
-    workspace: &mut Array<Vector<f32, N>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] split: usize,
     #[comptime] workspace_offset: usize,
-) {
-    let total = slice_sum::<N>(inputs, workspace, layout.clone(), prog.clone(), split, comptime!(None));
-    if UNIT_POS == 0 && CUBE_POS / comptime!(layout.outputs) < comptime!(split) {
-        workspace[comptime!(workspace_offset) + CUBE_POS] = total;
-    }
-}
-
-/// [`fused_reduce_sum_slices`], also writing every prologue value to `map_out` at offset `map`.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub fn fused_reduce_sum_slices_map<N: Size>(
-    inputs: &Sequence<Array<Vector<f32, N>>>,
-    workspace: &mut Array<Vector<f32, N>>,
-    map_out: &mut Array<Vector<f32, N>>,
-    #[comptime] layout: ReduceLayout,
-    #[comptime] prog: KernelProgram,
-    #[comptime] split: usize,
-    #[comptime] workspace_offset: usize,
-    #[comptime] map: usize,
-) {
-    let total = slice_sum::<N>(inputs, map_out, layout.clone(), prog.clone(), split, comptime!(Some(map)));
-    if UNIT_POS == 0 && CUBE_POS / comptime!(layout.outputs) < comptime!(split) {
-        workspace[comptime!(workspace_offset) + CUBE_POS] = total;
-    }
-}
-
-/// The sum of one slice of a split sum: cube `s * outputs + o` takes slice `s` of output `o`.
-#[cube]
-fn slice_sum<N: Size>(
-    inputs: &Sequence<Array<Vector<f32, N>>>,
-    map_out: &mut Array<Vector<f32, N>>,
-    #[comptime] layout: ReduceLayout,
-    #[comptime] prog: KernelProgram,
-    #[comptime] split: usize,
     #[comptime] map: Option<usize>,
-) -> Vector<f32, N> {
+) {
     let cube = CUBE_POS;
     let o = cube % comptime!(layout.outputs);
     let s = cube / comptime!(layout.outputs);
@@ -335,8 +306,13 @@ fn slice_sum<N: Size>(
     if end > comptime!(layout.reduce_len) {
         end = comptime!(layout.reduce_len);
     }
-    smem[tid] = strided_sum::<N>(inputs, map_out, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
-    tree_sum::<N>(smem, tid)
+    let mut sums = Array::<Vector<f32, N>>::new(comptime!(1usize));
+    strided_sums::<N>(inputs, outputs, &mut sums, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+    tree_sums::<N>(&mut smem, &sums, tid, comptime!(1usize));
+    if tid == 0 && s < comptime!(split) {
+        let workspace = outputs.index_mut(comptime!(0usize));
+        workspace[comptime!(workspace_offset) + cube] = smem[tid];
+    }
 }
 
 /// The second launch of a split sum: each output's slices, summed from the workspace (read
@@ -358,46 +334,26 @@ pub(crate) fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays:
     s
 }
 
-/// Launches the reduction of `prog` with `layout` (choosing the form by length).
+/// Launches the reduction of `prog` with `layout` (choosing the form by length): a max
+/// writes `outputs[0]`; a sum writes one output per program output, then, with `map` (an
+/// element offset), every prologue value into the last array.
 pub fn launch_reduce<R: Runtime>(
     client: &ComputeClient<R>,
     op: plateau_compiler::ir::ReduceOp,
     inputs: Vec<ArrayArg<R>>,
-    output: ArrayArg<R>,
-    layout: ReduceLayout,
-    prog: KernelProgram,
-) {
-    launch_reduce_map::<R>(client, op, inputs, output, None, layout, prog)
-}
-
-/// [`launch_reduce`]; with `map` (an array and the element offset in it), a sum also writes
-/// every prologue value there.
-pub fn launch_reduce_map<R: Runtime>(
-    client: &ComputeClient<R>,
-    op: plateau_compiler::ir::ReduceOp,
-    inputs: Vec<ArrayArg<R>>,
-    output: ArrayArg<R>,
-    map: Option<(ArrayArg<R>, usize)>,
+    mut outputs: Vec<ArrayArg<R>>,
+    map: Option<usize>,
     layout: ReduceLayout,
     prog: KernelProgram,
 ) {
     use plateau_compiler::ir::ReduceOp;
-    let outputs = layout.outputs.max(1);
-    if layout.cube {
-        let dim = CubeDim::new_1d(CUBE_REDUCE_UNITS as u32);
-        let count = cubecl::calculate_cube_count_elemwise(client, outputs * CUBE_REDUCE_UNITS, dim);
-        match (op, map) {
-            (ReduceOp::Sum, None) => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-            (ReduceOp::Sum, Some((m, at))) => fused_reduce_sum_cube_map::launch::<R>(client, count, dim, 1, seq(inputs), output, m, layout, prog, at),
-            (ReduceOp::Max, _) => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-        }
-    } else {
-        let dim = CubeDim::new_1d(crate::host::BLOCK);
-        let count = cubecl::calculate_cube_count_elemwise(client, outputs, dim);
-        match (op, map) {
-            (ReduceOp::Sum, None) => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-            (ReduceOp::Sum, Some((m, at))) => fused_reduce_sum_map::launch::<R>(client, count, dim, 1, seq(inputs), output, m, layout, prog, at),
-            (ReduceOp::Max, _) => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), output, layout, prog),
-        }
+    let units = if layout.cube { layout.outputs.max(1) * CUBE_REDUCE_UNITS } else { layout.outputs.max(1) };
+    let dim = CubeDim::new_1d(if layout.cube { CUBE_REDUCE_UNITS as u32 } else { crate::host::BLOCK });
+    let count = cubecl::calculate_cube_count_elemwise(client, units, dim);
+    match (op, layout.cube) {
+        (ReduceOp::Sum, false) => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
+        (ReduceOp::Sum, true) => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
+        (ReduceOp::Max, false) => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
+        (ReduceOp::Max, true) => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
     }
 }

@@ -6,8 +6,8 @@
 //! by the bytes moved (bandwidth-bound elementwise work), and only then by arithmetic.
 //!
 //! - A kernel (fused elementwise program, reduction, multi-output program, a sum that also
-//!   writes its prologue as a map, a GEMM with a map over its output as its epilogue,
-//!   macro-op, copy)
+//!   writes its prologue as a map, several sums over one space, a GEMM with a map over its
+//!   output as its epilogue, macro-op, copy)
 //!   costs 1 launch, the bytes of its operand buffers plus its outputs (from the shape
 //!   analysis; a broadcast operand is read from its own, smaller buffer), and its arithmetic
 //!   (program length per element, or the flops of a macro-op), saturating.
@@ -53,7 +53,7 @@ pub fn slice_is_contiguous(shape: &Shape, start: &[usize], end: &[usize]) -> boo
 pub fn is_view(eg: &EG, node: &ENode) -> bool {
     match eg.analysis.op(node.op) {
         EOp::Leaf { .. } | EOp::Proj(_) => true,
-        EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => false,
+        EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } | EOp::MultiSum { .. } => false,
         EOp::Ir(op) => match op {
             Op::Reshape { .. } => true,
             Op::Concat { axis, .. } => *axis == 0,
@@ -94,9 +94,10 @@ pub fn node_cost(eg: &EG, node: &ENode, class: egg::Id) -> Cost {
             let n = types.first().map(|t| t.shape.numel()).unwrap_or(0) as u64;
             (types.iter().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).sum(), n.saturating_mul(program.arithmetic_len() as u64))
         }
-        EOp::ReduceMap { program, space, .. } => {
+        EOp::ReduceMap { program, space, .. } | EOp::MultiSum { program, space, .. } => {
             let types = super::lang::tuple_types(eg.analysis.op(node.op)).unwrap_or_default();
-            (types.iter().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).sum(), (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + 1))
+            let adds = program.outputs.len() as u64;
+            (types.iter().map(|t| (t.shape.numel() * t.dtype.size_bytes()) as u64).sum(), (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + adds))
         }
         EOp::Ir(Op::Fused { program, ty, .. }) => (bytes_of(eg, class), (ty.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64)),
         EOp::Ir(Op::FusedReduce { program, space, .. }) => {

@@ -128,7 +128,8 @@ fn dag_cost(eg: &EG, roots: &[Id], best: &HashMap<Id, ENode>) -> Option<Cost> {
 }
 
 /// The greedy pass judges each class alone, so it cannot see that several outputs computed
-/// by one multi-output kernel (several maps, a sum and its map, an op and its epilogue) share
+/// by one multi-output kernel (several maps, a sum and its map, an op and its epilogue,
+/// several sums over one space) share
 /// its launch. For each multi-output kernel, try reading every class it computes through it,
 /// and keep that when the whole program gets cheaper.
 fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENode>) {
@@ -136,7 +137,7 @@ fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENod
     let mut multis: Vec<(Id, ENode)> = Vec::new();
     for class in eg.classes() {
         for node in &class.nodes {
-            if matches!(eg.analysis.op(node.op), EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. }) {
+            if super::lang::is_tuple(eg.analysis.op(node.op)) {
                 multis.push((class.id, node.clone()));
             }
         }

@@ -25,7 +25,10 @@ pub enum EOp {
     /// reads `op`'s output as its operand 0. The children are `op`'s operands, then the
     /// program's other operands. Its e-class is a tuple.
     WithEpilogue { op: Op, program: Program, types: Vec<TensorType> },
-    /// Output `i` of a `Multi`, a `ReduceMap` or a `WithEpilogue`.
+    /// Several sums over one iteration space in one kernel: output `i` is the sum over `axes`
+    /// of the program's output `i` over `space`. Its e-class is a tuple.
+    MultiSum { program: Program, axes: Vec<usize>, space: TensorType },
+    /// Output `i` of a `Multi`, a `ReduceMap`, a `WithEpilogue` or a `MultiSum`.
     Proj(u32),
 }
 
@@ -33,15 +36,25 @@ pub enum EOp {
 pub fn tuple_types(op: &EOp) -> Option<Vec<TensorType>> {
     match op {
         EOp::Multi { types, .. } | EOp::WithEpilogue { types, .. } => Some(types.clone()),
-        EOp::ReduceMap { axes, space, .. } => {
-            let mut dims = space.shape.0.clone();
-            for &a in axes {
-                dims[a] = 1;
-            }
-            Some(vec![TensorType { dtype: space.dtype, shape: crate::ir::Shape(dims) }, space.clone()])
-        }
+        EOp::ReduceMap { axes, space, .. } => Some(vec![reduced(space, axes), space.clone()]),
+        EOp::MultiSum { program, axes, space } => Some(vec![reduced(space, axes); program.outputs.len()]),
         _ => None,
     }
+}
+
+/// The type of a reduction over `axes` of `space` (reduced axes kept with size 1).
+fn reduced(space: &TensorType, axes: &[usize]) -> TensorType {
+    let mut dims = space.shape.0.clone();
+    for &a in axes {
+        dims[a] = 1;
+    }
+    TensorType { dtype: space.dtype, shape: crate::ir::Shape(dims) }
+}
+
+/// Whether the op is a kernel with several outputs (its e-class is a tuple, read through
+/// `Proj`).
+pub fn is_tuple(op: &EOp) -> bool {
+    matches!(op, EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } | EOp::MultiSum { .. })
 }
 
 /// An interned op with its children.
@@ -106,7 +119,7 @@ impl egg::Analysis<ENode> for Types {
         let ch = |i: usize| egraph[enode.children[i]].data.clone();
         match egraph.analysis.op(enode.op) {
             EOp::Leaf { ty, .. } => Some(ty.clone()),
-            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => None,
+            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } | EOp::MultiSum { .. } => None,
             EOp::Proj(i) => egraph[enode.children[0]].nodes.iter().find_map(|n| tuple_types(egraph.analysis.op(n.op)).and_then(|t| t.get(*i as usize).cloned())),
             EOp::Ir(op) => {
                 let types: Option<Vec<TensorType>> = (0..enode.children.len()).map(ch).collect();

@@ -199,6 +199,14 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         if epilogues > 0 {
             report.rule_hits.insert("epilogue", epilogues);
         }
+        // Sums are grouped in the forms a first extraction chooses for them.
+        let first_roots: Vec<Id> = g.outputs().iter().map(|o| eg.find(class_of[&o.node])).collect();
+        if let Some(first) = extract::extract(&eg, &first_roots) {
+            let sums = rules::sibling_sums(&mut eg, &first.choice);
+            if sums > 0 {
+                report.rule_hits.insert("sibling-sums", sums);
+            }
+        }
     }
     report.egraph_nodes = eg.total_number_of_nodes();
     report.egraph_classes = eg.number_of_classes();
@@ -312,6 +320,13 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                         cx.g.add(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, group }, &ops)?
                     }
                     EOp::ReduceMap { program, space, .. } => cx.g.add(Op::Fused { program, output: 0, group, ty: space }, &ops)?,
+                    // Each sum keeps its own program and operands; the schedule runs the
+                    // group's sums as one kernel.
+                    EOp::MultiSum { program, axes, space } => {
+                        let one = Program { outputs: vec![program.outputs[i as usize]], ..program };
+                        let (one, operands) = one.canonical(&ops);
+                        cx.g.add(Op::FusedReduce { program: one, op: crate::ir::ReduceOp::Sum, axes, space, group }, &operands)?
+                    }
                     // Both projections name the same GEMM node (the graph hash-conses it); the
                     // schedule gives the epilogue its GEMM's kernel.
                     EOp::WithEpilogue { op: gemm, program, types } => {
@@ -336,7 +351,9 @@ fn rebuild_graph(eg: &EG, choice: &HashMap<Id, ENode>, order: &[Id]) -> Result<(
                     _ => return Err(IrError::Invariant("projection of a non-tuple".into())),
                 }
             }
-            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } => return Err(IrError::Invariant("a tuple class used as a value".into())),
+            EOp::Multi { .. } | EOp::ReduceMap { .. } | EOp::WithEpilogue { .. } | EOp::MultiSum { .. } => {
+                return Err(IrError::Invariant("a tuple class used as a value".into()))
+            }
         };
         cx.visiting.remove(&c);
         cx.done.insert(c, id);

@@ -14,6 +14,8 @@ impl Graph {
     pub fn verify(&self) -> Result<(), IrError> {
         let bad = |msg: String| Err(IrError::Invariant(msg));
         let mut names = BTreeSet::new();
+        // The reduction of each group: sums sharing a kernel reduce one space the same way.
+        let mut group_sums: std::collections::BTreeMap<u32, (crate::NodeId, (super::op::ReduceOp, Vec<usize>, super::shape::TensorType))> = std::collections::BTreeMap::new();
         for id in self.node_ids() {
             let node = self.node(id);
             let operands = self.operands(id);
@@ -51,6 +53,20 @@ impl Graph {
                 }
                 if let Some(o) = operands[1..].iter().find(|o| o.index() >= of.index()) {
                     return bad(format!("epilogue {id} reads {o}, which does not come before {of}, whose kernel runs it"));
+                }
+            }
+            if let Op::FusedReduce { op, axes, space, group, .. } = &node.op {
+                if *group != 0 {
+                    let this = (*op, axes.clone(), space.clone());
+                    match group_sums.get(group) {
+                        Some((first, reduce)) if *reduce != this || *op != super::op::ReduceOp::Sum => {
+                            return bad(format!("{id} shares kernel k{group} with {first}, which is not a sum over the same space and axes"));
+                        }
+                        Some(_) => {}
+                        None => {
+                            group_sums.insert(*group, (id, this));
+                        }
+                    }
                 }
             }
             let types: Vec<_> = operands.iter().map(|&o| self.node(o).ty.clone()).collect();

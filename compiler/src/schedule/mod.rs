@@ -153,8 +153,10 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
         if let Some(group) = group {
             if let Some(&k) = group_kernel.get(&group) {
                 let kernel = &mut kernels[k];
-                if matches!(node.op, Op::FusedReduce { .. }) {
+                let leads_map = matches!(g.node(kernel.nodes[0]).op, Op::Fused { .. });
+                if matches!(node.op, Op::FusedReduce { .. }) && leads_map {
                     // A reduction that also writes its prologue as a map: it leads the kernel.
+                    // (Sums sharing a kernel keep their order.)
                     kernel.nodes.insert(0, id);
                     kernel.body.insert(0, body);
                     kernel.name = node.op.mnemonic().to_string();

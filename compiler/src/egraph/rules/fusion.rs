@@ -457,27 +457,7 @@ fn add_pair(eg: &mut EG, op: EOp, children: Vec<Id>, classes: [Id; 2]) {
 /// map's other operands must not depend on the op's output (a BatchNorm of a convolution
 /// reads statistics of it: no epilogue). Extraction keeps it when the whole step gets cheaper.
 pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
-    // Classes that read each class, to find what depends on a GEMM's output.
-    let mut users: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
-    for class in eg.classes() {
-        for node in &class.nodes {
-            for &c in &node.children {
-                users.entry(eg.find(c)).or_default().push(class.id);
-            }
-        }
-    }
-    let dependents = |root: Id| -> HashSet<Id> {
-        let mut seen: HashSet<Id> = HashSet::new();
-        let mut stack = vec![root];
-        while let Some(c) = stack.pop() {
-            for &u in users.get(&c).into_iter().flatten() {
-                if seen.insert(u) {
-                    stack.push(u);
-                }
-            }
-        }
-        seen
-    };
+    let users = Users::new(eg);
     let mut found: Vec<(Id, Id, Op, Vec<Id>, Program, Vec<Id>, Vec<TensorType>)> = Vec::new();
     let mut depends: BTreeMap<Id, HashSet<Id>> = BTreeMap::new();
     for class in eg.classes() {
@@ -504,7 +484,7 @@ pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
                     if gnode.children.len() + others.len() + 2 > MAX_PROGRAM_OPERANDS {
                         continue;
                     }
-                    let dep = depends.entry(g).or_insert_with(|| dependents(g));
+                    let dep = depends.entry(g).or_insert_with(|| users.dependents(g));
                     if others.iter().any(|o| dep.contains(o)) {
                         continue;
                     }
@@ -525,4 +505,121 @@ pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
     }
     eg.rebuild();
     added
+}
+
+/// The classes that read each class (through any of their e-nodes): what depends on what.
+struct Users(BTreeMap<Id, Vec<Id>>);
+
+impl Users {
+    fn new(eg: &EG) -> Self {
+        let mut users: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
+        for class in eg.classes() {
+            for node in &class.nodes {
+                for &c in &node.children {
+                    users.entry(eg.find(c)).or_default().push(class.id);
+                }
+            }
+        }
+        Users(users)
+    }
+
+    /// Every class that reads `root`, directly or not.
+    fn dependents(&self, root: Id) -> HashSet<Id> {
+        let mut seen: HashSet<Id> = HashSet::new();
+        let mut stack = vec![root];
+        while let Some(c) = stack.pop() {
+            for &u in self.0.get(&c).into_iter().flatten() {
+                if seen.insert(u) {
+                    stack.push(u);
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// Most sums one kernel computes together: each keeps four partial sums in registers.
+pub const MAX_SIBLING_SUMS: usize = 4;
+
+/// After saturation and a first extraction (`chosen`): sums over the same space and axes that
+/// read the same tensors over the whole space (a BatchNorm's scale and shift gradients and
+/// the sum its input gradient needs, all over the output gradient and the normalized input; a
+/// loss and an accuracy over the logits) become, as an alternative, one kernel computing all
+/// of them (`EOp::MultiSum`): one launch, and the tensors are read once. Each sum is taken in
+/// the form the first extraction chose for it (the most fused form of a class often reads
+/// other tensors than the one a step runs); only sums that are not split (see
+/// `schedule::reduce`) and do not depend on one another, at most [`MAX_SIBLING_SUMS`] per
+/// kernel and as many as the program limits allow. Extraction keeps a group where the whole
+/// step gets cheaper.
+pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, ENode>) -> usize {
+    let mut groups: BTreeMap<(Vec<usize>, Shape), Vec<Member>> = BTreeMap::new();
+    let mut classes: Vec<Id> = chosen.keys().map(|&c| eg.find(c)).collect();
+    classes.sort();
+    classes.dedup();
+    for class in classes {
+        let Some(node) = chosen.get(&class) else { continue };
+        let EOp::Ir(Op::FusedReduce { program, op: crate::ir::ReduceOp::Sum, axes, space, .. }) = eg.analysis.op(node.op) else { continue };
+        let len: usize = axes.iter().map(|&a| space.shape.0[a]).product();
+        if !space.dtype.is_float() || crate::schedule::reduce::reduce_split(space.shape.numel() / len.max(1), len) > 1 {
+            continue;
+        }
+        let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
+        let whole: HashSet<Id> = children.iter().enumerate().filter(|&(k, &c)| program.views[k] == space.shape && ty(eg, c) == Some(space)).map(|(_, &c)| c).collect();
+        if !whole.is_empty() {
+            groups.entry((axes.clone(), space.shape.clone())).or_default().push(Member { class, program: program.clone(), children, space: space.clone(), whole });
+        }
+    }
+    let users = Users::new(eg);
+    let mut added = 0;
+    for ((axes, _), members) in groups.into_iter().filter(|(_, m)| m.len() > 1) {
+        let depends: Vec<HashSet<Id>> = members.iter().map(|m| users.dependents(m.class)).collect();
+        let merged = |chunk: &[usize]| {
+            let refs: Vec<(&Program, &[Id])> = chunk.iter().map(|&j| (&members[j].program, members[j].children.as_slice())).collect();
+            let (p, ops) = Program::merge(&refs);
+            p.canonical(&ops)
+        };
+        // First fit, in class order: a sum joins the first kernel that reads one of its
+        // tensors, whose sums it neither reads nor is read by, and that stays within the limits.
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        for i in 0..members.len() {
+            let fits_in = |chunk: &Vec<usize>| {
+                let shares = chunk.iter().any(|&j| !members[j].whole.is_disjoint(&members[i].whole));
+                let independent = chunk.iter().all(|&j| !depends[j].contains(&members[i].class) && !depends[i].contains(&members[j].class));
+                if !shares || !independent || chunk.len() >= MAX_SIBLING_SUMS {
+                    return false;
+                }
+                let mut with = chunk.clone();
+                with.push(i);
+                let (p, ops) = merged(&with);
+                fits(&p, ops.len())
+            };
+            match chunks.iter().position(fits_in) {
+                Some(c) => chunks[c].push(i),
+                None => chunks.push(vec![i]),
+            }
+        }
+        for chunk in chunks.into_iter().filter(|c| c.len() > 1) {
+            let (program, ops) = merged(&chunk);
+            let op = eg.analysis.intern(EOp::MultiSum { program, axes: axes.clone(), space: members[chunk[0]].space.clone() });
+            let tuple = eg.add(ENode { op, children: ops });
+            for (i, &j) in chunk.iter().enumerate() {
+                let proj = eg.analysis.intern(EOp::Proj(i as u32));
+                let p = eg.add(ENode { op: proj, children: vec![tuple] });
+                eg.union(members[j].class, p);
+            }
+            added += 1;
+        }
+    }
+    eg.rebuild();
+    added
+}
+
+/// A sum [`sibling_sums`] may group: its class, chosen program and operands, and the tensors
+/// it reads over the whole space.
+struct Member {
+    class: Id,
+    program: Program,
+    children: Vec<Id>,
+    space: TensorType,
+    whole: HashSet<Id>,
 }

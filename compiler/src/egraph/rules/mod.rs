@@ -5,7 +5,7 @@ mod algebra;
 mod fusion;
 mod optimizer;
 
-pub(crate) use fusion::{with_epilogue, sibling_outputs, sum_with_map};
+pub(crate) use fusion::{sibling_outputs, sibling_sums, sum_with_map, with_epilogue};
 pub use fusion::{MAX_PROGRAM_INSTRS, MAX_PROGRAM_OPERANDS};
 
 use super::lang::{EOp, EG};
