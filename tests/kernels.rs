@@ -353,8 +353,9 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
     // A split GEMM's workspace: its own buffer, at an odd offset too.
     let l = lower(g, &[node], &place, Some(9)).unwrap();
     let n = l.output_len[0];
-    // NaN everywhere, so that an element the kernel leaves unwritten shows.
-    let out = upload(&client, &vec![f32::NAN; n + 5]);
+    // NaN everywhere, so that an element the kernel leaves unwritten shows, and 7 more after
+    // the output, which must stay NaN.
+    let out = upload(&client, &vec![f32::NAN; n + 12]);
     let ws_len = 9 + l.workspace_len;
     let ws = client.empty(ws_len * 4);
     // The kernel's arguments in its own order (the lowering may reorder the operands).
@@ -365,18 +366,22 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
             let i = ops.iter().position(|o| o == id).unwrap();
             let mut padded = vec![f32::NAN; 3 + 4 * i];
             padded.extend_from_slice(inputs[i]);
+            // NaN after it too: a read past the operand's end shows.
+            padded.extend_from_slice(&[f32::NAN; 7]);
             // SAFETY: the handle holds the stated number of f32 values.
             unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
         })
         .collect();
     // SAFETY: as above.
-    let mut outs = vec![unsafe { ArrayArg::from_raw_parts(out.clone(), n + 5) }];
+    let mut outs = vec![unsafe { ArrayArg::from_raw_parts(out.clone(), n + 12) }];
     if l.workspace_len > 0 {
         // SAFETY: as above.
         outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
     }
     l.call.launch(&client, args, outs);
-    download(&client, out, n + 5).unwrap()[5..].to_vec()
+    let all = download(&client, out, n + 12).unwrap();
+    assert!(all[..5].iter().chain(&all[5 + n..]).all(|v| v.is_nan()), "the kernel wrote outside its output");
+    all[5..5 + n].to_vec()
 }
 
 /// Long sums with few outputs run split (slices into a workspace at an offset, then their
@@ -436,6 +441,7 @@ fn sums_that_write_their_map_match_the_reference() {
         let want = evaluate(&g, &b, &[r, m]).unwrap();
         let mut padded = vec![f32::NAN; 3];
         padded.extend_from_slice(&data);
+        padded.extend_from_slice(&[f32::NAN; 7]);
         let sums = g.shape(r).numel();
         let (out, map) = (upload(&client, &vec![f32::NAN; sums + 5]), upload(&client, &vec![f32::NAN; n + 7]));
         let ws_len = 9 + l.workspace_len;
@@ -509,6 +515,7 @@ fn sums_sharing_a_kernel_match_the_reference() {
             .map(|&id| {
                 let mut padded = vec![f32::NAN; at(id)];
                 padded.extend_from_slice(&inputs.iter().find(|i| i.0 == id).unwrap().1);
+                padded.extend_from_slice(&[f32::NAN; 7]);
                 unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
             })
             .collect();
@@ -695,6 +702,7 @@ fn epilogues_match_the_reference() {
                 .map(|&id| {
                     let mut padded = vec![f32::NAN; at(id)];
                     padded.extend_from_slice(data(id));
+                    padded.extend_from_slice(&[f32::NAN; 7]);
                     // SAFETY: the handle holds the stated number of f32 values.
                     unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
                 })

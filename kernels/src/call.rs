@@ -79,6 +79,11 @@ impl KernelCall {
         let mut ins = inputs.into_iter();
         let mut outs = outputs.into_iter();
         let mut next_in = || ins.next().expect("invariant: lowering lists every input");
+        // SAFETY: every kernel guards its positions (`pos < n`, cubes past the last output find
+        // no terms) and indexes only the extents its call names, which the lowering derives from
+        // the shapes the buffers were allocated with; so none reads or writes out of bounds, and
+        // every loop is bounded by comptime extents.
+        unsafe {
         match self.clone() {
             KernelCall::Map { prog, n } => {
                 let (mut s_in, mut s_splat) = (SequenceArg::new(), SequenceArg::new());
@@ -93,7 +98,7 @@ impl KernelCall {
                 for o in outs {
                     s_out.push(o);
                 }
-                fused_map::launch::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
+                fused_map::launch_unchecked::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
             }
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
@@ -103,7 +108,7 @@ impl KernelCall {
                 slices_out.insert(0, outs.next().expect("a split sum's workspace"));
                 let ws_again = outs.next().expect("a split sum's workspace, again");
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, prog.output_offsets[0]);
-                fused_reduce_sum_slices::launch::<R>(client, count, dim, 1, seq(ins), seq(slices_out), layout, prog, split, workspace, map);
+                fused_reduce_sum_slices::launch_unchecked::<R>(client, count, dim, 1, seq(ins), seq(slices_out), layout, prog, split, workspace, map);
                 launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], vec![out], None, sum_layout, sum_prog);
             }
             KernelCall::Reduce { op, layout, prog, map, .. } => {
@@ -120,11 +125,11 @@ impl KernelCall {
                 if s.split > 1 {
                     let ws = outs.next().expect("a split GEMM's workspace");
                     let ws_again = outs.next().expect("a split GEMM's workspace, again");
-                    gemm::launch::<R>(client, count, dim, 1, a, b, ws, seq(vec![]), seq(vec![]), s, None, true);
+                    gemm::launch_unchecked::<R>(client, count, dim, 1, a, b, ws, seq(vec![]), seq(vec![]), s, None, true);
                     let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
-                    gemm_reduce::launch::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, epi, store);
+                    gemm_reduce::launch_unchecked::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, epi, store);
                 } else {
-                    gemm::launch::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, epi, store);
+                    gemm::launch_unchecked::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, epi, store);
                 }
             }
             KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } | KernelCall::MaxPool2dGradEpilogue { spec, .. } => {
@@ -133,25 +138,26 @@ impl KernelCall {
                 let epi_in: Vec<ArrayArg<R>> = (1..epi.as_ref().map_or(1, |p| p.access.len())).map(|_| next_in()).collect();
                 let out = outs.next().expect("the gradient's output");
                 let epi_out: Vec<ArrayArg<R>> = (0..epi.as_ref().map_or(0, |p| p.outputs.len())).map(|_| outs.next().expect("an epilogue output")).collect();
-                max_pool2d_grad::launch::<R>(client, count, dim, 1, x, gy, out, seq(epi_in), seq(epi_out), spec, epi, store);
+                max_pool2d_grad::launch_unchecked::<R>(client, count, dim, 1, x, gy, out, seq(epi_in), seq(epi_out), spec, epi, store);
             }
             KernelCall::OneHot { rows, classes, offsets } => {
-                one_hot::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
+                one_hot::launch_unchecked::<R>(client, count, dim, next_in(), outs.next().expect("one output"), rows, classes, offsets)
             }
-            KernelCall::Pad(s) => pad::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), s),
+            KernelCall::Pad(s) => pad::launch_unchecked::<R>(client, count, dim, next_in(), outs.next().expect("one output"), s),
             KernelCall::DropoutMask { n, p_bits, seed, offsets } => {
-                dropout_mask::launch::<R>(client, count, dim, next_in(), outs.next().expect("one output"), n, p_bits, seed, offsets)
+                dropout_mask::launch_unchecked::<R>(client, count, dim, next_in(), outs.next().expect("one output"), n, p_bits, seed, offsets)
             }
             KernelCall::Window { kind, spec } => {
                 let o = outs.next().expect("one output");
                 match kind {
-                    WindowKind::MaxPool2d => max_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
-                    WindowKind::MaxPool2dGather => max_pool2d_gather::launch::<R>(client, count, dim, next_in(), next_in(), o, spec),
+                    WindowKind::MaxPool2d => max_pool2d::launch_unchecked::<R>(client, count, dim, next_in(), o, spec),
+                    WindowKind::MaxPool2dGather => max_pool2d_gather::launch_unchecked::<R>(client, count, dim, next_in(), next_in(), o, spec),
                     WindowKind::MaxPool2dGrad => unreachable!("launched above"),
-                    WindowKind::AvgPool2d => avg_pool2d::launch::<R>(client, count, dim, next_in(), o, spec),
-                    WindowKind::AvgPool2dGrad => avg_pool2d_grad::launch::<R>(client, count, dim, next_in(), o, spec),
+                    WindowKind::AvgPool2d => avg_pool2d::launch_unchecked::<R>(client, count, dim, next_in(), o, spec),
+                    WindowKind::AvgPool2dGrad => avg_pool2d_grad::launch_unchecked::<R>(client, count, dim, next_in(), o, spec),
                 }
             }
+        }
         }
     }
 
@@ -289,11 +295,11 @@ impl KernelCall {
         Ok(vec![(name.to_string(), Self::compile_cuda(b, block, name)?)])
     }
 
-    /// The CUDA C++ of an expanded kernel.
+    /// The CUDA C++ of an expanded kernel, unchecked as the launches run it.
     fn compile_cuda(b: KernelBuilder, block: u32, name: &str) -> Result<String, String> {
         let addr = AddressType::U32;
         let def = b.build(KernelSettings::default().cube_dim(CubeDim::new_1d(block)).address_type(addr).kernel_name(name));
-        let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &sm90_options(), ExecutionMode::Checked, addr.unsigned_type())
+        let compiled = <CudaCompiler as cubecl::Compiler>::compile(&mut CudaCompiler::default(), def, &sm90_options(), ExecutionMode::Unchecked, addr.unsigned_type())
             .map_err(|e| format!("{e:?}"))?;
         Ok(compiled.to_string())
     }

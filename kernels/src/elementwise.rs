@@ -150,7 +150,7 @@ pub fn store_with_epilogue<N: Size>(
 
 /// Every output of `prog` at each of the `n` positions (vectors of `N` elements) of the
 /// iteration space.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_map<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     splats: &Sequence<Array<f32>>,

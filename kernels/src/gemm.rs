@@ -336,7 +336,7 @@ fn gemm_store<N: Size>(
 /// `epi`'s outputs of `v` (its operand 0) and of its other operands (read from `epi_in` at
 /// `i`) into `epi_out`, and `out` is stored only when `store`; split, [`gemm_reduce`] runs the
 /// epilogue. Without one, both sequences are empty.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<N: Size>(
     a: &Array<f32>,
@@ -494,7 +494,7 @@ pub fn gemm<N: Size>(
 
 /// The sum of a split GEMM's k slices, in slice order: one unit per output element; stores it
 /// as [`gemm`] stores an output (with its epilogue, if any).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn gemm_reduce<N: Size>(
     ws: &Array<f32>,
     out: &mut Array<f32>,

@@ -3,7 +3,7 @@
 use cubecl::prelude::*;
 
 /// `out[i, c] = (labels[i] == c)` as 1.0 / 0.0; labels are stored as f32.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn one_hot(labels: &Array<f32>, out: &mut Array<f32>, #[comptime] rows: usize, #[comptime] classes: usize, #[comptime] offsets: (usize, usize)) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(rows * classes) {
@@ -24,7 +24,7 @@ pub struct PadSpec {
 }
 
 /// `out[c] = x[c - lo]` where that is inside `x`, else 0.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn pad(x: &Array<f32>, out: &mut Array<f32>, #[comptime] s: PadSpec) {
     let pos = ABSOLUTE_POS;
     let total = comptime!(s.out.iter().product::<usize>());
@@ -52,7 +52,7 @@ pub fn pad(x: &Array<f32>, out: &mut Array<f32>, #[comptime] s: PadSpec) {
 
 /// `out[i] = 1.0` when dropout keeps element `i` at this step, else `0.0`: the same
 /// counter-based hash as `plateau_compiler::ir::dropout_uniform`, in u32 arithmetic.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn dropout_mask(step: &Array<f32>, out: &mut Array<f32>, #[comptime] n: usize, #[comptime] p_bits: u32, #[comptime] seed: u32, #[comptime] offsets: (usize, usize)) {
     let pos = ABSOLUTE_POS;
     if pos < n {

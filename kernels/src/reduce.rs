@@ -154,7 +154,7 @@ fn terms(o: usize, #[comptime] layout: ReduceLayout) -> usize {
 /// unit per output `o`, for each of the program's `K` outputs (several sums over one space
 /// share their loads). With `map` (a single-output sum), every prologue value is also stored
 /// in `outputs[1]` at element offset `map`: the kernel of a sum and the map it sums.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_reduce_sum<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     outputs: &mut Sequence<Array<Vector<f32, N>>>,
@@ -177,7 +177,7 @@ pub fn fused_reduce_sum<N: Size>(
 }
 
 /// `output[o] = max_r prologue(space position of (o, r))`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_reduce_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = ABSOLUTE_POS;
     if o < comptime!(layout.outputs) {
@@ -234,7 +234,7 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
 
 /// [`fused_reduce_sum`] with cube `o` computing output `o`: its units stride over the terms,
 /// then meet in a tree per output.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_reduce_sum_cube<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     outputs: &mut Sequence<Array<Vector<f32, N>>>,
@@ -260,7 +260,7 @@ pub fn fused_reduce_sum_cube<N: Size>(
 }
 
 /// `output[o] = max_r prologue(..)` with cube `o` computing output `o`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = CUBE_POS;
     let tid = UNIT_POS as usize;
@@ -284,7 +284,7 @@ pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, 
 /// single-output program): cube `s * outputs + o` sums the slice's terms into
 /// `outputs[0][workspace_offset + s * outputs + o]`, the workspace. With `map`, every prologue
 /// value is also stored in `outputs[1]` at element offset `map`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn fused_reduce_sum_slices<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     outputs: &mut Sequence<Array<Vector<f32, N>>>,
@@ -350,10 +350,12 @@ pub fn launch_reduce<R: Runtime>(
     let units = if layout.cube { layout.outputs.max(1) * CUBE_REDUCE_UNITS } else { layout.outputs.max(1) };
     let dim = CubeDim::new_1d(if layout.cube { CUBE_REDUCE_UNITS as u32 } else { crate::host::BLOCK });
     let count = cubecl::calculate_cube_count_elemwise(client, units, dim);
-    match (op, layout.cube) {
-        (ReduceOp::Sum, false) => fused_reduce_sum::launch::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
-        (ReduceOp::Sum, true) => fused_reduce_sum_cube::launch::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
-        (ReduceOp::Max, false) => fused_reduce_max::launch::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
-        (ReduceOp::Max, true) => fused_reduce_max_cube::launch::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
-    }
+    // SAFETY: as for every kernel of `KernelCall::launch`: positions guarded, extents from the
+    // buffers' shapes.
+    unsafe { match (op, layout.cube) {
+        (ReduceOp::Sum, false) => fused_reduce_sum::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
+        (ReduceOp::Sum, true) => fused_reduce_sum_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
+        (ReduceOp::Max, false) => fused_reduce_max::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
+        (ReduceOp::Max, true) => fused_reduce_max_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
+    } }
 }

@@ -54,7 +54,7 @@ fn window_argmax(x: &Array<f32>, nc: usize, oy: usize, ox: usize, #[comptime] s:
 }
 
 /// Max pooling.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn max_pool2d(x: &Array<f32>, y: &mut Array<f32>, #[comptime] s: WindowSpec) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.n * s.c * s.ho * s.wo) {
@@ -67,7 +67,7 @@ pub fn max_pool2d(x: &Array<f32>, y: &mut Array<f32>, #[comptime] s: WindowSpec)
 }
 
 /// `v` gathered at each window's first maximum of `x` (the adjoint of the pooling gradient).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn max_pool2d_gather(x: &Array<f32>, v: &Array<f32>, y: &mut Array<f32>, #[comptime] s: WindowSpec) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.n * s.c * s.ho * s.wo) {
@@ -82,7 +82,7 @@ pub fn max_pool2d_gather(x: &Array<f32>, v: &Array<f32>, y: &mut Array<f32>, #[c
 /// `gx[k] = sum of gy over the windows whose first maximum is k` (no atomics: each input
 /// element visits the windows that contain it), stored with an epilogue when `epi` is one
 /// (see `crate::elementwise::store_with_epilogue`; without one, both sequences are empty).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool2d_grad<N: Size>(
     x: &Array<f32>,
@@ -123,7 +123,7 @@ pub fn max_pool2d_grad<N: Size>(
 }
 
 /// Average pooling (padding counted).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn avg_pool2d(x: &Array<f32>, y: &mut Array<f32>, #[comptime] s: WindowSpec) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.n * s.c * s.ho * s.wo) {
@@ -145,7 +145,7 @@ pub fn avg_pool2d(x: &Array<f32>, y: &mut Array<f32>, #[comptime] s: WindowSpec)
 }
 
 /// The adjoint of average pooling.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn avg_pool2d_grad(gy: &Array<f32>, gx: &mut Array<f32>, #[comptime] s: WindowSpec) {
     let pos = ABSOLUTE_POS;
     if pos < comptime!(s.n * s.c * s.h * s.w) {

@@ -133,8 +133,9 @@ pub enum Op {
     Fused { program: Program, output: u32, group: u32, ty: TensorType },
     /// A reduction over `axes` of the single output of `program` (its prologue), evaluated
     /// over the iteration space `space`; reduced axes are kept with size 1.
-    /// A nonzero `group` shares the kernel with the `Op::Fused` node of that group, a map over
-    /// `space` of the same program: the kernel also writes each prologue value it sums.
+    /// A nonzero `group` shares the kernel with the other nodes of that group: an `Op::Fused`
+    /// map over `space` of the same program (the kernel also writes each prologue value it
+    /// sums), or other sums over the same space and axes (the kernel sums each program).
     FusedReduce { program: Program, op: ReduceOp, axes: Vec<usize>, space: TensorType, group: u32 },
     /// The map `program` over the output of operand 0 (an op that [`Op::takes_epilogue`]),
     /// which `program` reads as its operand 0, whole: that op's epilogue, computed by its
