@@ -168,6 +168,13 @@ struct TraceArgs {
 }
 
 fn main() {
+    // Output into a closed pipe (`plateau compile | head`) ends the process quietly, as it
+    // does other command-line tools, rather than as a panic in `println!`.
+    // SAFETY: restores SIGPIPE's default action, before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -18,6 +18,28 @@ fn trace_prints_forward_and_backward_of_the_default_mlp() {
     assert!(text.lines().any(|l| l.starts_with("out loss = %")));
 }
 
+/// `plateau compile | head -1`: the reader closes the pipe early, and the process ends by the
+/// pipe's signal, as other command-line tools do, not with a panic.
+#[cfg(unix)]
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plateau"))
+        .args(["compile", "--model", "resnet18", "--optimizer", "sgd", "--batch-size", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("schedule: "), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}
+
 #[test]
 fn trace_writes_graphviz() {
     let dir = tempfile::tempdir().unwrap();
