@@ -734,6 +734,84 @@ fn epilogues_match_the_reference() {
     }
 }
 
+/// A sum's epilogue (a BatchNorm's running mean: `0.9 * r + 0.1 * sum / n`, read through a
+/// reshape of the sum to the state's shape), in each form of the sum (a unit per output, a
+/// cube per output), the sum stored or not.
+#[test]
+fn sum_epilogues_match_the_reference() {
+    use plateau::compiler::ir::ReduceOp;
+    use plateau::compiler::TensorType;
+    use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::host::{download, upload};
+    use plateau::kernels::lower::{lower, KernelCall};
+    let client = client();
+    for (dims, cube) in [(vec![8, 6, 3, 3], false), (vec![16, 5, 8, 8], true)] {
+        for store in [true, false] {
+            let space = Shape(dims.clone());
+            let c = dims[1];
+            let mut g = Graph::new();
+            let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
+            let r = g.leaf(Op::Input { name: "r".into() }, DType::F32, vec![c]).unwrap();
+            let sum = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] };
+            let ty = TensorType { dtype: DType::F32, shape: space.clone() };
+            let s = g.add(Op::FusedReduce { program: sum, op: ReduceOp::Sum, axes: vec![0, 2, 3], space: ty, group: 0 }, &[x]).unwrap();
+            assert!(g.node(s).op.takes_epilogue());
+            let n = (space.numel() / c) as f64;
+            let update = Program {
+                views: vec![Shape(vec![c]), Shape(vec![c])],
+                instrs: vec![
+                    Instr::Load(0),
+                    Instr::Load(1),
+                    Instr::Const(0.9f64.to_bits()),
+                    Instr::Binary(BinaryOp::Mul, 1, 2),
+                    Instr::Const((0.1 / n).to_bits()),
+                    Instr::Binary(BinaryOp::Mul, 0, 4),
+                    Instr::Binary(BinaryOp::Add, 3, 5),
+                ],
+                outputs: vec![6],
+            };
+            let e = g.add(Op::Epilogue { program: update, ty: TensorType { dtype: DType::F32, shape: Shape(vec![c]) } }, &[s, r]).unwrap();
+            g.verify().unwrap();
+            let (dx, dr) = (random(space.numel(), 95), random(c, 96));
+            let mut bind = Bindings::new();
+            bind.set("input", "x", plateau::Tensor::from_f32(dims.clone(), &dx).unwrap());
+            bind.set("input", "r", plateau::Tensor::from_f32(vec![c], &dr).unwrap());
+            let want = evaluate(&g, &bind, &[s, e]).unwrap();
+            let at = |id: plateau::NodeId| [(x, 3), (r, 7), (s, 5), (e, 6)].iter().find(|p| p.0 == id).unwrap().1;
+            let nodes = if store { vec![s, e] } else { vec![e] };
+            let l = lower(&g, &nodes, &at, None).unwrap();
+            assert!(matches!(&l.call, KernelCall::Reduce { epi: Some(_), store: st, split: 1, layout, .. } if *st == store && layout.cube == cube), "{dims:?}: {:?}", l.call);
+            let data = |id: plateau::NodeId| if id == x { &dx } else { &dr };
+            let args: Vec<_> = l
+                .inputs
+                .iter()
+                .map(|&id| {
+                    let mut padded = vec![f32::NAN; at(id)];
+                    padded.extend_from_slice(data(id));
+                    padded.extend_from_slice(&[f32::NAN; 7]);
+                    // SAFETY: the handle holds the stated number of f32 values.
+                    unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
+                })
+                .collect();
+            let bufs: Vec<_> = [s, e].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; c + at(id) + 7]))).collect();
+            let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();
+            // SAFETY: as above.
+            let outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), c + at(o.unwrap()) + 7) }).collect();
+            l.call.launch(&client, args, outs);
+            let all = |id: plateau::NodeId| download(&client, handle(id), c + at(id) + 7).unwrap();
+            let got = all(e);
+            assert_close_scaled(&format!("{dims:?} running mean"), &got[at(e)..at(e) + c], &want[1].to_f32());
+            assert!(got[..at(e)].iter().chain(&got[at(e) + c..]).all(|v| v.is_nan()), "{dims:?}: written outside the update");
+            let sums = all(s);
+            if store {
+                assert_close_scaled(&format!("{dims:?} sum"), &sums[at(s)..at(s) + c], &want[0].to_f32());
+            } else {
+                assert!(sums.iter().all(|v| v.is_nan()), "{dims:?}: an unstored sum was written");
+            }
+        }
+    }
+}
+
 /// A weight gradient summing over more than 65,536 positions per output (batch 128 at 28x28).
 #[test]
 fn long_accumulations_are_not_truncated() {

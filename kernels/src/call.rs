@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::{KernelProgram, VECTOR_WIDTH};
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{fused_reduce_sum_slices, launch_reduce, seq, slices_sum, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_sum_slices, launch_reduce, no_epilogue, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
@@ -43,6 +43,7 @@ impl KernelCall {
     fn epilogue(&self) -> (Option<KernelProgram>, bool) {
         match self {
             KernelCall::GemmEpilogue { prog, store, .. } | KernelCall::MaxPool2dGradEpilogue { prog, store, .. } => (Some(prog.clone()), *store),
+            KernelCall::Reduce { epi, store, .. } => (epi.clone(), *store),
             _ => (None, true),
         }
     }
@@ -109,12 +110,16 @@ impl KernelCall {
                 let ws_again = outs.next().expect("a split sum's workspace, again");
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, prog.output_offsets[0]);
                 fused_reduce_sum_slices::launch_unchecked::<R>(client, count, dim, 1, seq(ins), seq(slices_out), layout, prog, split, workspace, map);
-                launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], vec![out], None, sum_layout, sum_prog);
+                launch_reduce::<R>(client, plateau_compiler::ir::ReduceOp::Sum, vec![ws_again], vec![out], None, sum_layout, sum_prog, no_epilogue());
             }
             KernelCall::Reduce { op, layout, prog, map, .. } => {
+                let (epi, store) = self.epilogue();
                 let s_in = (0..prog.access.len()).map(|_| next_in()).collect();
-                // One output per program output, then the map's.
-                launch_reduce::<R>(client, op, s_in, outs.collect(), map, layout, prog);
+                let epi_in: Vec<ArrayArg<R>> = (1..epi.as_ref().map_or(1, |p| p.access.len())).map(|_| next_in()).collect();
+                // One output per program output, then the map's; then the epilogue's.
+                let sums = prog.outputs.len() + usize::from(map.is_some());
+                let s_out: Vec<ArrayArg<R>> = (0..sums).map(|_| outs.next().expect("a sum's output")).collect();
+                launch_reduce::<R>(client, op, s_in, s_out, map, layout, prog, (epi_in, outs.collect(), epi, store));
             }
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
                 let (epi, store) = self.epilogue();
@@ -205,7 +210,7 @@ impl KernelCall {
                 // The second launch, the sum of the slices, follows as its own kernel.
                 let first = Self::compile_cuda(b, block, name)?;
                 let (sum_layout, sum_prog) = slices_sum(layout.outputs, split, workspace, out_offset);
-                let sum_call = KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout: sum_layout, prog: sum_prog, split: 1, workspace: 0, map: None };
+                let sum_call = KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout: sum_layout, prog: sum_prog, split: 1, workspace: 0, map: None, epi: None, store: true };
                 let sum = format!("{name}_sum");
                 let mut second = sum_call.cuda_sources(&sum)?;
                 second.insert(0, (name.to_string(), first));
@@ -214,10 +219,11 @@ impl KernelCall {
             KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Sum, layout, prog, map, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
                 let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len() + usize::from(map.is_some())), &mut b);
+                let (ei, eo) = epilogue_args(&epi, &mut b);
                 if layout.cube {
-                    crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog, map)
+                    crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
                 } else {
-                    crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog, map)
+                    crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
                 }
             }
             KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Max, layout, prog, .. } => {

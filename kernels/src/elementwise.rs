@@ -134,10 +134,24 @@ pub fn store_with_epilogue<N: Size>(
     if comptime!(store) {
         out[out_at + i] = v;
     }
+    run_epilogue::<N>(epi_in, epi_out, i, Vector::<f32, N>::new(v), epi);
+}
+
+/// The epilogue `epi` (if any) of the value `v` a kernel computed at element `i` of its
+/// output: operand 0 is `v`, the others are read from `epi_in` at `i`; each output is stored
+/// into `epi_out`.
+#[cube]
+pub fn run_epilogue<N: Size>(
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    i: usize,
+    v: Vector<f32, N>,
+    #[comptime] epi: Option<KernelProgram>,
+) {
     if comptime!(epi.is_some()) {
         let prog = comptime!(epi.clone().unwrap());
         let splats = Sequence::<Array<f32>>::new();
-        let regs = run_program_with::<N>(epi_in, &splats, i, Vector::<f32, N>::new(v), prog.clone(), true);
+        let regs = run_program_with::<N>(epi_in, &splats, i, v, prog.clone(), true);
         #[unroll]
         for o in 0..prog.outputs.len() {
             let reg = comptime!(prog.outputs[o]);

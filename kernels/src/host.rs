@@ -73,7 +73,7 @@ pub fn fused_reduce_on<R: Runtime>(
     if outputs > 0 {
         // SAFETY: `out` holds `outputs` f32 values.
         let arg = unsafe { ArrayArg::from_raw_parts(out.clone(), outputs) };
-        crate::reduce::launch_reduce::<R>(client, op, ins, vec![arg], None, layout, KernelProgram::new(program, space));
+        crate::reduce::launch_reduce::<R>(client, op, ins, vec![arg], None, layout, KernelProgram::new(program, space), crate::reduce::no_epilogue());
     }
     download(client, out, outputs)
 }

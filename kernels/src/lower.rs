@@ -29,7 +29,9 @@ pub enum KernelCall {
     /// `workspace` of its workspace buffer, then sums them (two launches).
     /// `map`: the element offset of a map output, when the kernel also writes every prologue
     /// value (a sum and a map of the same program in one kernel).
-    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize> },
+    /// `epi`: a single sum's epilogue, as `GemmEpilogue`'s (the sum's own output is stored
+    /// only when `store`).
+    Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize>, epi: Option<KernelProgram>, store: bool },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
     /// A GEMM with an epilogue: `prog`, over the GEMM's output, reads each output value as
@@ -91,10 +93,10 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
                 None => {}
             }
         }
-        KernelCall::Reduce { op: ReduceOp::Sum, layout, prog, split, workspace: at, .. } => {
+        KernelCall::Reduce { op: ReduceOp::Sum, layout, prog, split, workspace: at, epi, .. } => {
             *split = plateau_compiler::schedule::reduce::reduce_split(layout.outputs, layout.reduce_len);
-            if *split > 1 && prog.outputs.len() > 1 {
-                return Err(format!("the sums computed with {} would be split, which only a single sum can be", nodes[0]));
+            if *split > 1 && (prog.outputs.len() > 1 || epi.is_some()) {
+                return Err(format!("the sums computed with {} would be split, which only a single sum without an epilogue can be", nodes[0]));
             }
             if *split > 1 {
                 l.workspace_len = *split * layout.outputs;
@@ -127,7 +129,8 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     let call = |prog: KernelProgram| match base.call {
         KernelCall::Gemm(spec) => KernelCall::GemmEpilogue { spec, prog, store },
         KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } => KernelCall::MaxPool2dGradEpilogue { spec, prog, store },
-        _ => unreachable!("the ops that take epilogues lower to a GEMM or the max-pool gradient"),
+        KernelCall::Reduce { op, layout, prog: sum, split, workspace, map: None, .. } => KernelCall::Reduce { op, layout, prog: sum, split, workspace, map: None, epi: Some(prog), store },
+        _ => unreachable!("the ops that take epilogues lower to a GEMM, the max-pool gradient or a sum"),
     };
     // The epilogues as one program over the GEMM's output, reading it as operand 0.
     let programs: Vec<(Program, Vec<NodeId>)> = epilogues
@@ -140,7 +143,11 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
     let (merged, ops) = Program::merge(&parts);
     let (canon, ops) = merged.canonical(&ops);
-    let space = g.shape(gemm).clone();
+    // The epilogues' own space: the op's output, reshaped.
+    let space = g.shape(e0).clone();
+    if epilogues.iter().any(|&e| g.shape(e) != &space) {
+        return Err(format!("the epilogues of {gemm} map its output in different shapes"));
+    }
     // The op's output first, as `with_operand_first` orders the program's operands.
     let slot = ops.iter().position(|&o| o == gemm).ok_or_else(|| format!("the epilogues of {gemm} do not read its output"))?;
     let program = canon.with_operand_first(slot);
@@ -206,7 +213,7 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
                 let out_off: Vec<usize> = sums.iter().map(|&n| offset(n)).collect();
                 let prog = KernelProgram::new(&merged, &space.shape).with_offsets(&in_off, &out_off);
                 return Ok(Lowered {
-                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None },
+                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None, epi: None, store: true },
                     inputs: ops,
                     output_len: vec![out_shape.numel(); sums.len()],
                     outputs: sums.into_iter().map(Some).collect(),
@@ -217,13 +224,13 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
             let map_node = nodes[1..].iter().copied().find(|&n| group != 0 && matches!(g.node(n).op, Op::Fused { group: gr, .. } if gr == group));
             match map_node {
                 Some(m) => Lowered {
-                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: Some(offset(m)) },
+                    call: KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: Some(offset(m)), epi: None, store: true },
                     inputs: operands,
                     outputs: vec![Some(first), Some(m)],
                     output_len: vec![out_shape.numel(), space.shape.numel()],
                     workspace_len: 0,
                 },
-                None => single(KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None }, operands),
+                None => single(KernelCall::Reduce { op, layout, prog, split: 1, workspace: 0, map: None, epi: None, store: true }, operands),
             }
         }
         Op::MatMul { ta, tb } => {

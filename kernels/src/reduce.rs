@@ -6,7 +6,7 @@
 //! `plateau_compiler::schedule::reduce`) runs its slices as cubes into a workspace, then sums
 //! them. The kernels are written over `N`-wide vectors and launched with `N = 1`.
 
-use crate::elementwise::run_program;
+use crate::elementwise::{run_epilogue, run_program};
 use crate::program::KernelProgram;
 use cubecl::prelude::*;
 use plateau_compiler::Shape;
@@ -153,14 +153,21 @@ fn terms(o: usize, #[comptime] layout: ReduceLayout) -> usize {
 /// `outputs[k][o] = sum_r output k of the prologue at the space position of (o, r)`, one
 /// unit per output `o`, for each of the program's `K` outputs (several sums over one space
 /// share their loads). With `map` (a single-output sum), every prologue value is also stored
-/// in `outputs[1]` at element offset `map`: the kernel of a sum and the map it sums.
+/// in `outputs[1]` at element offset `map`: the kernel of a sum and the map it sums. With an
+/// epilogue (a single-output sum without a map), each sum goes through `epi` as it is stored
+/// (see [`run_epilogue`]), and is itself stored only when `store`.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn fused_reduce_sum<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
 ) {
     let o = ABSOLUTE_POS;
     let count = comptime!(prog.outputs.len());
@@ -168,12 +175,32 @@ pub fn fused_reduce_sum<N: Size>(
     let mut sums = Array::<Vector<f32, N>>::new(count);
     strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map);
     if o < comptime!(layout.outputs) {
+        store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
+    }
+}
+
+/// Stores each sum of output `o` (`sums[k]` into `outputs[k]`), through the epilogue `epi`
+/// when there is one.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_sums<N: Size>(
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
+    sums: &Array<Vector<f32, N>>,
+    o: usize,
+    #[comptime] prog: KernelProgram,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
+) {
+    if comptime!(store) {
         #[unroll]
-        for k in 0..count {
+        for k in 0..prog.outputs.len() {
             let dst = outputs.index_mut(k);
             dst[comptime!(prog.output_offsets[k]) + o] = sums[k];
         }
     }
+    run_epilogue::<N>(epi_in, epi_out, o, sums[0usize], epi);
 }
 
 /// `output[o] = max_r prologue(space position of (o, r))`.
@@ -235,12 +262,17 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
 /// [`fused_reduce_sum`] with cube `o` computing output `o`: its units stride over the terms,
 /// then meet in a tree per output.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn fused_reduce_sum_cube<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    epi_in: &Sequence<Array<Vector<f32, N>>>,
+    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
+    #[comptime] epi: Option<KernelProgram>,
+    #[comptime] store: bool,
 ) {
     let o = CUBE_POS;
     let tid = UNIT_POS as usize;
@@ -253,9 +285,9 @@ pub fn fused_reduce_sum_cube<N: Size>(
     if tid == 0 && o < comptime!(layout.outputs) {
         #[unroll]
         for k in 0..count {
-            let dst = outputs.index_mut(k);
-            dst[comptime!(prog.output_offsets[k]) + o] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
+            sums[k] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
         }
+        store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
     }
 }
 
@@ -336,7 +368,9 @@ pub(crate) fn seq<R: Runtime, T: LaunchArg<RuntimeArg<R> = ArrayArg<R>>>(arrays:
 
 /// Launches the reduction of `prog` with `layout` (choosing the form by length): a max
 /// writes `outputs[0]`; a sum writes one output per program output, then, with `map` (an
-/// element offset), every prologue value into the last array.
+/// element offset), every prologue value into the last array; with an epilogue `epi`, its
+/// other operands are `epi_in` and its outputs `epi_out` (see [`fused_reduce_sum`]).
+#[allow(clippy::too_many_arguments)]
 pub fn launch_reduce<R: Runtime>(
     client: &ComputeClient<R>,
     op: plateau_compiler::ir::ReduceOp,
@@ -345,6 +379,7 @@ pub fn launch_reduce<R: Runtime>(
     map: Option<usize>,
     layout: ReduceLayout,
     prog: KernelProgram,
+    (epi_in, epi_out, epi, store): (Vec<ArrayArg<R>>, Vec<ArrayArg<R>>, Option<KernelProgram>, bool),
 ) {
     use plateau_compiler::ir::ReduceOp;
     let units = if layout.cube { layout.outputs.max(1) * CUBE_REDUCE_UNITS } else { layout.outputs.max(1) };
@@ -352,10 +387,21 @@ pub fn launch_reduce<R: Runtime>(
     let count = cubecl::calculate_cube_count_elemwise(client, units, dim);
     // SAFETY: as for every kernel of `KernelCall::launch`: positions guarded, extents from the
     // buffers' shapes.
-    unsafe { match (op, layout.cube) {
-        (ReduceOp::Sum, false) => fused_reduce_sum::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
-        (ReduceOp::Sum, true) => fused_reduce_sum_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), layout, prog, map),
-        (ReduceOp::Max, false) => fused_reduce_max::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
-        (ReduceOp::Max, true) => fused_reduce_max_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
-    } }
+    unsafe {
+        match (op, layout.cube) {
+            (ReduceOp::Sum, false) => {
+                fused_reduce_sum::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), seq(epi_in), seq(epi_out), layout, prog, map, epi, store)
+            }
+            (ReduceOp::Sum, true) => {
+                fused_reduce_sum_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), seq(epi_in), seq(epi_out), layout, prog, map, epi, store)
+            }
+            (ReduceOp::Max, false) => fused_reduce_max::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
+            (ReduceOp::Max, true) => fused_reduce_max_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
+        }
+    }
+}
+
+/// A launch without an epilogue, for [`launch_reduce`].
+pub fn no_epilogue<R: Runtime>() -> (Vec<ArrayArg<R>>, Vec<ArrayArg<R>>, Option<KernelProgram>, bool) {
+    (Vec::new(), Vec::new(), None, true)
 }

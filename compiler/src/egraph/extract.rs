@@ -157,7 +157,8 @@ fn improve_with_multi_outputs(eg: &EG, roots: &[Id], best: &mut HashMap<Id, ENod
             if cost < current {
                 current = cost;
                 *best = trial;
-                if matches!(eg.analysis.op(mnode.op), EOp::WithEpilogue { .. }) {
+                // (A sum's epilogue is a step output nothing else reads: no class re-chooses.)
+                if matches!(eg.analysis.op(mnode.op), EOp::WithEpilogue { op, .. } if !matches!(op, crate::ir::Op::FusedReduce { .. })) {
                     reread_outputs(eg, roots, best, &mut current, &outputs);
                 }
             }

@@ -195,7 +195,8 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         if pairs > 0 {
             report.rule_hits.insert("sum-with-map", pairs);
         }
-        let epilogues = rules::with_epilogue(&mut eg);
+        let output_classes: Vec<Id> = g.outputs().iter().map(|o| class_of[&o.node]).collect();
+        let epilogues = rules::with_epilogue(&mut eg, &output_classes);
         if epilogues > 0 {
             report.rule_hits.insert("epilogue", epilogues);
         }

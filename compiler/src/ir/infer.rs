@@ -25,8 +25,8 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
         }
         Op::Epilogue { program, ty } => {
             check_program(program, operands, &ty.shape).map_err(fail)?;
-            if program.outputs.len() != 1 || operands.first().map(|o| &o.shape) != Some(&ty.shape) || program.views[0] != ty.shape {
-                return Err(fail("an epilogue maps one output over its GEMM's output, read whole as operand 0".into()));
+            if program.outputs.len() != 1 || operands.first().map(|o| o.shape.numel()) != Some(ty.shape.numel()) || program.views[0] != ty.shape {
+                return Err(fail("an epilogue maps one output over its op's output, read whole (reshaped to its own shape) as operand 0".into()));
             }
             return Ok(ty.clone());
         }

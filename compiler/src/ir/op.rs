@@ -176,10 +176,18 @@ impl Op {
     }
 
     /// Whether the op's kernel can also compute a map over its output as it stores each
-    /// element (an `Op::Epilogue`): the GEMMs that produce activations (matmul, convolution)
-    /// and the max-pool gradient (before a ReLU mask in the backward).
+    /// element (an `Op::Epilogue`): the GEMMs that produce activations (matmul, convolution),
+    /// the max-pool gradient (before a ReLU mask in the backward), and a sum that runs as one
+    /// launch in a kernel of its own (a BatchNorm statistic before its running average).
     pub fn takes_epilogue(&self) -> bool {
-        matches!(self, Op::MatMul { .. } | Op::Conv2d(_) | Op::MaxPool2dGrad(_))
+        match self {
+            Op::MatMul { .. } | Op::Conv2d(_) | Op::MaxPool2dGrad(_) => true,
+            Op::FusedReduce { op: ReduceOp::Sum, axes, space, group: 0, .. } => {
+                let len: usize = axes.iter().map(|&a| space.shape.0[a]).product();
+                crate::schedule::reduce::reduce_split(space.shape.numel() / len.max(1), len) == 1
+            }
+            _ => false,
+        }
     }
 
     pub fn is_leaf(&self) -> bool {

@@ -165,11 +165,19 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
             b
         } else {
             let elementwise = matches!(node.op, Op::Fused { .. });
+            // An epilogue writes each element where it reads its operands, like a map, but its
+            // op's kernel reads the op's operands anywhere: it may overwrite a state only the
+            // epilogue reads (a running statistic after its sum).
+            let epilogue_of = match node.op {
+                Op::Epilogue { .. } => Some(g.operands(id)[0]),
+                _ => None,
+            };
             let same = |b: usize| buffers[b].bytes == bytes(g, id);
             // A state's new value overwrites the state when nothing reads the old one later.
             let state_slot = state_of.get(&id).and_then(|s| {
                 let (b, off) = loc[s];
-                (elementwise && off == 0 && same(b) && reads.get(s).is_none_or(|&r| r <= at) && last[b] <= at).then_some((b, 0))
+                let mapped = elementwise || epilogue_of.is_some_and(|op| !g.operands(op).contains(s));
+                (mapped && off == 0 && same(b) && reads.get(s).is_none_or(|&r| r <= at) && last[b] <= at).then_some((b, 0))
             });
             // Otherwise write over an operand's temporary that dies here.
             let in_place = state_slot.or_else(|| {
@@ -215,9 +223,10 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     // Offline placement: buffers in some order (sizes rounded up to `POOL_ALIGN`), each at the
     // lowest offset that no already-placed buffer with an overlapping lifetime occupies.
     // Lifetimes are inclusive: a buffer read by kernel k cannot share memory with one written
-    // by kernel k. Greedy placement depends on the order, so three are tried (largest first;
-    // earliest first; largest lifetime x size first) and the lowest peak kept, the first
-    // order on ties: the result is never worse than largest-first alone.
+    // by kernel k. Greedy placement depends on the order, so four are tried (largest first,
+    // earliest first on ties; earliest first; largest lifetime x size first; largest first,
+    // latest to die first on ties) and the lowest peak kept, the first order on ties: the
+    // result is never worse than largest-first alone.
     let temps: Vec<usize> = (0..buffers.len()).filter(|&b| matches!(buffers[b].kind, BufferKind::Temp { .. })).collect();
     let place = |order: &[usize]| -> (u64, Vec<u64>) {
         let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new(); // (offset, bytes, first, last)
@@ -247,11 +256,12 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         }
         (pool_peak, offsets)
     };
-    let mut orders: Vec<Vec<usize>> = vec![temps.clone(), temps.clone(), temps];
+    let mut orders: Vec<Vec<usize>> = vec![temps.clone(), temps.clone(), temps.clone(), temps];
     orders[0].sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes), first[b], b));
     orders[1].sort_by_key(|&b| (first[b], std::cmp::Reverse(buffers[b].bytes), b));
     orders[2].sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes.saturating_mul((last[b] - first[b] + 1) as u64)), b));
-    let (pool_peak, offsets) = orders.iter().map(|o| place(o)).min_by_key(|p| p.0).expect("three orders");
+    orders[3].sort_by_key(|&b| (std::cmp::Reverse(buffers[b].bytes), std::cmp::Reverse(last[b]), b));
+    let (pool_peak, offsets) = orders.iter().map(|o| place(o)).min_by_key(|p| p.0).expect("four orders");
     for &b in &orders[0] {
         buffers[b].kind = BufferKind::Temp { offset: offsets[b], from: first[b], to: last[b].min(end.saturating_sub(1)) };
     }

@@ -456,27 +456,40 @@ fn add_pair(eg: &mut EG, op: EOp, children: Vec<Id>, classes: [Id; 2]) {
 /// stores its output and stores the map of it (a tuple of the two, `EOp::WithEpilogue`). The
 /// map's other operands must not depend on the op's output (a BatchNorm of a convolution
 /// reads statistics of it: no epilogue). Extraction keeps it when the whole step gets cheaper.
-pub(crate) fn with_epilogue(eg: &mut EG) -> usize {
+pub(crate) fn with_epilogue(eg: &mut EG, roots: &[Id]) -> usize {
     let users = Users::new(eg);
+    let index = Index::new(eg);
+    let roots: HashSet<Id> = roots.iter().map(|&r| eg.find(r)).collect();
     let mut found: Vec<(Id, Id, Op, Vec<Id>, Program, Vec<Id>, Vec<TensorType>)> = Vec::new();
     let mut depends: BTreeMap<Id, HashSet<Id>> = BTreeMap::new();
     for class in eg.classes() {
         let Some(t) = ty(eg, class.id) else { continue };
+        let most_fused_map = index.most_fused(eg, class.id, false).map(|(_, _, n)| n.clone());
         for node in &class.nodes {
             let EOp::Ir(Op::Fused { program, .. }) = eg.analysis.op(node.op) else { continue };
             if program.outputs.len() != 1 || !t.dtype.is_float() {
                 continue;
             }
+            // A sum's epilogue: a step output (a running statistic's update), in its most fused form.
+            let sum_epilogue = roots.contains(&class.id) && most_fused_map.as_ref() == Some(node);
             let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
             for (slot, &g) in children.iter().enumerate() {
-                // The GEMM's output, read whole over the map's own space, in this slot only.
+                // The op's output, read whole over the map's own space (a reshape of it: the same
+                // elements in the same order), in this slot only.
                 let Some(gt) = ty(eg, g) else { continue };
-                if program.views[slot] != t.shape || gt != t || children.iter().filter(|&&c| c == g).count() != 1 {
+                if program.views[slot] != t.shape || gt.dtype != t.dtype || gt.shape.numel() != t.shape.numel() || children.iter().filter(|&&c| c == g).count() != 1 {
                     continue;
                 }
                 let others: Vec<Id> = children.iter().enumerate().filter(|&(k, _)| k != slot).map(|(_, &c)| c).collect();
+                // A sum and its epilogue each in their most fused form only, and only a map that
+                // is a step output: a class holds many forms of one sum or map, and every map
+                // that reads a sum would pair with each (thousands of tuples on ResNet-18, whose
+                // every BatchNorm has sums that small maps read, for extraction to try).
+                let most_fused_sum = index.most_fused(eg, g, true).map(|(_, _, n)| n.clone());
                 for gnode in &eg[g].nodes {
                     let gemm = match eg.analysis.op(gnode.op) {
+                        EOp::Ir(op @ Op::FusedReduce { .. }) if op.takes_epilogue() && sum_epilogue && most_fused_sum.as_ref() == Some(gnode) => op.clone(),
+                        EOp::Ir(Op::FusedReduce { .. }) => continue,
                         EOp::Ir(op) if op.takes_epilogue() => op.clone(),
                         _ => continue,
                     };
