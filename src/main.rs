@@ -286,6 +286,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
                 "stop": format!("{:?}", r.stop),
                 "egraph_nodes": r.egraph_nodes,
                 "fallback": r.fallback,
+                "rule_hits": r.rule_hits,
             },
             "kernels": s.kernels,
             "buffers": s.buffers,
@@ -293,6 +294,8 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
         println!("{json}");
     } else {
         print!("{s}");
+        // Rules in name order, with how many alternatives each added.
+        let hits: Vec<String> = r.rule_hits.iter().map(|(name, n)| format!("{name} {n}")).collect();
         println!(
             "compiled in {seconds:.3} s; rewriter: {} iterations, {:?}, {} e-nodes{}",
             r.iterations,
@@ -300,6 +303,9 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
             r.egraph_nodes,
             if r.fallback { "; extraction failed, kept unfused" } else { "" }
         );
+        if !hits.is_empty() {
+            println!("rules (alternatives added): {}", hits.join(", "));
+        }
     }
     Ok(())
 }

@@ -110,6 +110,12 @@ fn compile_reports_the_schedule_as_json() {
         assert!(kernels[0].get(k).is_some(), "kernel field {k}");
     }
     assert!(v["bytes_moved"].as_u64().unwrap() > 0 && v["peak_memory_bytes"].as_u64().unwrap() > 0);
+    // What each rule added: the loss and the accuracy are one group of sums.
+    assert_eq!(v["rewriter"]["rule_hits"]["sibling-sums"], 1, "{}", v["rewriter"]);
+    assert!(v["rewriter"]["rule_hits"]["map-into-map"].as_u64().unwrap() > 0);
+    let text = plateau(&["compile", "--model", "mlp", "--optimizer", "sam", "--batch-size", "16"]);
+    let last = String::from_utf8(text.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(last.starts_with("rules (alternatives added): broadcast-into-load ") && last.contains(", sibling-sums 1,"), "{last}");
     let sgd = plateau(&["compile", "--model", "mlp", "--optimizer", "sgd", "--batch-size", "16", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&sgd.stdout).unwrap();
     assert_eq!(s["optimizer_launches"], 1);
