@@ -18,12 +18,12 @@ fn trace_prints_forward_and_backward_of_the_default_mlp() {
     assert!(text.lines().any(|l| l.starts_with("out loss = %")));
 }
 
-/// `plateau compile | head -1`: the reader closes the pipe early, and the process ends by the
-/// pipe's signal, as other command-line tools do, not with a panic.
+/// `plateau compile | head -1`: the reader closes the pipe early (here before the first line:
+/// ResNet-18 compiles for a tenth of a second), and the process ends by the pipe's signal, as
+/// other command-line tools do, not with a panic.
 #[cfg(unix)]
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::ExitStatusExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_plateau"))
         .args(["compile", "--model", "resnet18", "--optimizer", "sgd", "--batch-size", "2"])
@@ -31,9 +31,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    assert!(first.starts_with("schedule: "), "{first}");
+    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.is_empty(), "{stderr}");

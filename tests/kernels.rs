@@ -247,23 +247,34 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     for (kind, leaf) in leaves(&compiled.fused) {
         dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
     }
+    let mut values = Default::default();
     for i in 0..5 {
         b.set("scalar", "step", Tensor::scalar(DType::F32, i as f64));
         if compiled.fused.find_leaf("scalar", "step").is_some() {
             dev.set("scalar", "step", &Tensor::scalar(DType::F32, i as f64)).unwrap();
         }
-        let want = run_step(&compiled.fused, &mut b).unwrap()["loss"].item() as f32;
+        values = run_step(&compiled.fused, &mut b).unwrap();
+        let want = values["loss"].item() as f32;
         dev.step().unwrap();
         let got = dev.output("loss").unwrap().item() as f32;
         assert!(close(&[got], &[want]) || (got - want).abs() <= 1e-4 * want.abs(), "{name} step {i}: loss {got} vs {want}");
     }
-    let want = b.get("param", "params").unwrap().to_f32();
-    let got = dev.get("param", "params").unwrap().to_f32();
-    // Relative to the parameter vector's norm (float summation orders differ between the
-    // device kernels and the interpreter).
-    let diff: f64 = want.iter().zip(&got).map(|(a, c)| ((a - c) as f64).powi(2)).sum::<f64>().sqrt();
-    let norm: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-    assert!(diff <= 1e-4 * norm, "{name}: parameters differ by {} (relative)", diff / norm);
+    // Every value the last step reported (the loss, the accuracy, SAM's gradient norm).
+    assert!(values.contains_key("accuracy"), "{name}: {:?}", values.keys());
+    for (out, want) in &values {
+        let (want, got) = (want.item() as f32, dev.output(out).unwrap().item() as f32);
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{name}: {out} {got} vs {want}");
+    }
+    // Every parameter and state (momentum, BatchNorm's running statistics), relative to its
+    // norm (float summation orders differ between the device kernels and the interpreter).
+    for (kind, leaf) in leaves(&compiled.fused).into_iter().filter(|(k, _)| matches!(*k, "param" | "state")) {
+        let want = b.get(kind, &leaf).unwrap().to_f32();
+        let got = dev.get(kind, &leaf).unwrap().to_f32();
+        let diff: f64 = want.iter().zip(&got).map(|(a, c)| ((a - c) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(diff <= 1e-4 * norm.max(1e-30), "{name}: {kind} {leaf} differs by {} (relative)", diff / norm);
+    }
+
     (compiled.schedule.kernels.iter().filter(|k| k.workspace.is_some()).count(), dev.pool_buffers())
 }
 
@@ -443,21 +454,22 @@ fn sums_that_write_their_map_match_the_reference() {
         padded.extend_from_slice(&data);
         padded.extend_from_slice(&[f32::NAN; 7]);
         let sums = g.shape(r).numel();
-        let (out, map) = (upload(&client, &vec![f32::NAN; sums + 5]), upload(&client, &vec![f32::NAN; n + 7]));
+        let (out, map) = (upload(&client, &vec![f32::NAN; sums + 5 + 7]), upload(&client, &vec![f32::NAN; n + 7 + 7]));
         let ws_len = 9 + l.workspace_len;
         let ws = client.empty(ws_len * 4);
         // SAFETY: every handle holds the stated number of f32 values.
         let args = vec![unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }];
-        let mut outs = unsafe { vec![ArrayArg::from_raw_parts(out.clone(), sums + 5), ArrayArg::from_raw_parts(map.clone(), n + 7)] };
+        let mut outs = unsafe { vec![ArrayArg::from_raw_parts(out.clone(), sums + 12), ArrayArg::from_raw_parts(map.clone(), n + 14)] };
         if l.workspace_len > 0 {
             // SAFETY: as above.
             outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
         }
         l.call.launch(&client, args, outs);
-        let got_sum = download(&client, out, sums + 5).unwrap()[5..].to_vec();
-        let got_map = download(&client, map, n + 7).unwrap()[7..].to_vec();
-        assert_close_scaled(&format!("sum over {axes:?} of {dims:?}"), &got_sum, &want[0].to_f32());
-        assert!(close(&got_map, &want[1].to_f32()), "map over {dims:?}");
+        let (all_sum, all_map) = (download(&client, out, sums + 12).unwrap(), download(&client, map, n + 14).unwrap());
+        assert_close_scaled(&format!("sum over {axes:?} of {dims:?}"), &all_sum[5..5 + sums], &want[0].to_f32());
+        assert!(close(&all_map[7..7 + n], &want[1].to_f32()), "map over {dims:?}");
+        let outside = all_sum[..5].iter().chain(&all_sum[5 + sums..]).chain(&all_map[..7]).chain(&all_map[7 + n..]);
+        assert!(outside.collect::<Vec<_>>().iter().all(|v| v.is_nan()), "{dims:?}: written outside the sum or the map");
     }
 }
 
@@ -520,14 +532,16 @@ fn sums_sharing_a_kernel_match_the_reference() {
             })
             .collect();
         let sums = g.shape(s0).numel();
-        let outs: Vec<_> = [s0, s1, s2].iter().map(|&s| upload(&client, &vec![f32::NAN; sums + at(s)])).collect();
+        // NaN before and after each output, which must stay NaN.
+        let outs: Vec<_> = [s0, s1, s2].iter().map(|&s| upload(&client, &vec![f32::NAN; sums + at(s) + 7])).collect();
         // SAFETY: as above.
-        let out_args = [s0, s1, s2].iter().zip(&outs).map(|(&s, h)| unsafe { ArrayArg::from_raw_parts(h.clone(), sums + at(s)) }).collect();
+        let out_args = [s0, s1, s2].iter().zip(&outs).map(|(&s, h)| unsafe { ArrayArg::from_raw_parts(h.clone(), sums + at(s) + 7) }).collect();
         l.call.launch(&client, args, out_args);
         assert_eq!(n % sums, 0);
         for (k, (&s, h)) in [s0, s1, s2].iter().zip(outs).enumerate() {
-            let got = download(&client, h, sums + at(s)).unwrap()[at(s)..].to_vec();
-            assert_close_scaled(&format!("sum {k} over {axes:?} of {dims:?}"), &got, &want[k].to_f32());
+            let all = download(&client, h, sums + at(s) + 7).unwrap();
+            assert_close_scaled(&format!("sum {k} over {axes:?} of {dims:?}"), &all[at(s)..at(s) + sums], &want[k].to_f32());
+            assert!(all[..at(s)].iter().chain(&all[at(s) + sums..]).all(|v| v.is_nan()), "sum {k} over {axes:?} of {dims:?}: written outside");
         }
     }
 }
@@ -708,10 +722,10 @@ fn epilogues_match_the_reference() {
                 })
                 .collect();
             // NaN everywhere, so that an element the kernel leaves unwritten shows.
-            let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id)]))).collect();
+            let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id) + 7]))).collect();
             let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();
             // SAFETY: as above.
-            let mut outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), n + at(o.unwrap())) }).collect();
+            let mut outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), n + at(o.unwrap()) + 7) }).collect();
             let ws_len = 9 + l.workspace_len;
             let ws = client.empty(ws_len * 4);
             if l.workspace_len > 0 {
@@ -719,7 +733,11 @@ fn epilogues_match_the_reference() {
                 outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
             }
             l.call.launch(&client, args, outs);
-            let got = |id: plateau::NodeId| download(&client, handle(id), n + at(id)).unwrap()[at(id)..].to_vec();
+            let got = |id: plateau::NodeId| {
+                let all = download(&client, handle(id), n + at(id) + 7).unwrap();
+                assert!(all[..at(id)].iter().chain(&all[at(id) + n..]).all(|v| v.is_nan()), "case {i}: written outside {id}");
+                all[at(id)..at(id) + n].to_vec()
+            };
             assert_close_scaled(&format!("case {i} relu epilogue"), &got(e1), &want[1].to_f32());
             assert_close_scaled(&format!("case {i} second epilogue"), &got(e2), &want[2].to_f32());
             if store {
@@ -727,7 +745,7 @@ fn epilogues_match_the_reference() {
             } else {
                 // Unstored, the GEMM's output argument is bound to the first epilogue's buffer:
                 // nothing may land there outside that epilogue's own elements.
-                let whole = download(&client, handle(e1), n + at(e1)).unwrap();
+                let whole = download(&client, handle(e1), n + at(e1) + 7).unwrap();
                 assert!(whole[..at(e1)].iter().all(|v| v.is_nan()), "case {i}: an unstored GEMM output was written");
             }
         }
@@ -802,11 +820,14 @@ fn sum_epilogues_match_the_reference() {
             let got = all(e);
             assert_close_scaled(&format!("{dims:?} running mean"), &got[at(e)..at(e) + c], &want[1].to_f32());
             assert!(got[..at(e)].iter().chain(&got[at(e) + c..]).all(|v| v.is_nan()), "{dims:?}: written outside the update");
-            let sums = all(s);
             if store {
+                let sums = all(s);
                 assert_close_scaled(&format!("{dims:?} sum"), &sums[at(s)..at(s) + c], &want[0].to_f32());
+                assert!(sums[..at(s)].iter().chain(&sums[at(s) + c..]).all(|v| v.is_nan()), "{dims:?}: written outside the sum");
             } else {
-                assert!(sums.iter().all(|v| v.is_nan()), "{dims:?}: an unstored sum was written");
+                // Unstored, the sum's argument is bound to the update's buffer, which the check
+                // above finds written only where the update goes.
+                assert_eq!(l.outputs, [Some(e), Some(e)], "{dims:?}");
             }
         }
     }

@@ -38,8 +38,8 @@ fn sm90_options() -> CompilationOptions {
 }
 
 impl KernelCall {
-    /// The epilogue of a GEMM or a max-pool gradient, and whether the kernel stores its op's
-    /// own output: `(None, true)` without one.
+    /// The epilogue of a GEMM, a max-pool gradient or a sum, and whether the kernel stores its
+    /// op's own output: `(None, true)` without one.
     fn epilogue(&self) -> (Option<KernelProgram>, bool) {
         match self {
             KernelCall::GemmEpilogue { prog, store, .. } | KernelCall::MaxPool2dGradEpilogue { prog, store, .. } => (Some(prog.clone()), *store),
@@ -80,10 +80,12 @@ impl KernelCall {
         let mut ins = inputs.into_iter();
         let mut outs = outputs.into_iter();
         let mut next_in = || ins.next().expect("invariant: lowering lists every input");
-        // SAFETY: every kernel guards its positions (`pos < n`, cubes past the last output find
-        // no terms) and indexes only the extents its call names, which the lowering derives from
-        // the shapes the buffers were allocated with; so none reads or writes out of bounds, and
-        // every loop is bounded by comptime extents.
+        // SAFETY: every kernel guards its positions (`pos < n`; cubes past the last output find
+        // no terms, or, in a GEMM by phases or a cube-per-output max, recompute an in-bounds tile
+        // or output and store nothing else or the same values) and indexes only the extents its
+        // call names, which the lowering derives from the shapes the buffers were allocated
+        // with; so none reads or writes out of bounds, and every loop is bounded by comptime
+        // extents.
         unsafe {
         match self.clone() {
             KernelCall::Map { prog, n } => {

@@ -108,8 +108,8 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
     Ok(l)
 }
 
-/// The kernel of an op with its epilogues: `nodes` are the op (a GEMM or the max-pool
-/// gradient) and the `Op::Epilogue` nodes reading it, or the epilogues alone when the kernel
+/// The kernel of an op with its epilogues: `nodes` are the op (a GEMM, the max-pool gradient
+/// or a sum) and the `Op::Epilogue` nodes reading it, or the epilogues alone when the kernel
 /// does not store the op's output. `None` for any other kernel.
 fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Option<Lowered>, String> {
     let epilogues: Vec<NodeId> = nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::Epilogue { .. })).collect();

@@ -71,14 +71,15 @@ fn bytes_of(eg: &EG, id: egg::Id) -> u64 {
 }
 
 /// The arithmetic of a node that takes an epilogue, computing `out`: two operations per
-/// multiply-add for a matmul, and for the others (as before they could take an epilogue)
-/// their output's bytes.
+/// multiply-add for a matmul, a sum's prologue and addition over its space, and for the others
+/// (as before they could take an epilogue) their output's bytes.
 fn gemm_arithmetic(eg: &EG, op: &Op, children: &[egg::Id], out: &crate::ir::TensorType) -> u64 {
     match op {
         Op::MatMul { .. } => {
             let k = eg[children[0]].data.as_ref().map(|t| t.shape.numel()).unwrap_or(0) as u64 / out.shape.0[0].max(1) as u64;
             (out.shape.numel() as u64).saturating_mul(2 * k)
         }
+        Op::FusedReduce { program, space, .. } => (space.shape.numel() as u64).saturating_mul(program.arithmetic_len() as u64 + 1),
         _ => (out.shape.numel() * out.dtype.size_bytes()) as u64,
     }
 }

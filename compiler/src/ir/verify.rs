@@ -16,6 +16,8 @@ impl Graph {
         let mut names = BTreeSet::new();
         // The reduction of each group: sums sharing a kernel reduce one space the same way.
         let mut group_sums: std::collections::BTreeMap<u32, (crate::NodeId, (super::op::ReduceOp, Vec<usize>, super::shape::TensorType))> = std::collections::BTreeMap::new();
+        let mut group_members: std::collections::BTreeMap<u32, Vec<crate::NodeId>> = std::collections::BTreeMap::new();
+        let mut map_groups: BTreeSet<u32> = BTreeSet::new();
         for id in self.node_ids() {
             let node = self.node(id);
             let operands = self.operands(id);
@@ -55,8 +57,16 @@ impl Graph {
                     return bad(format!("epilogue {id} reads {o}, which does not come before {of}, whose kernel runs it"));
                 }
             }
+            if let Op::Fused { group, .. } = &node.op {
+                map_groups.insert(*group);
+            }
             if let Op::FusedReduce { op, axes, space, group, .. } = &node.op {
                 if *group != 0 {
+                    let members = group_members.entry(*group).or_default();
+                    if let Some(m) = operands.iter().find(|o| members.contains(o)) {
+                        return bad(format!("{id} reads {m}, which shares its kernel k{group}"));
+                    }
+                    members.push(id);
                     let this = (*op, axes.clone(), space.clone());
                     match group_sums.get(group) {
                         Some((first, reduce)) if *reduce != this || *op != super::op::ReduceOp::Sum => {
@@ -74,6 +84,10 @@ impl Graph {
             if ty != node.ty {
                 return bad(format!("{id} is typed {} but its op gives {}", node.ty, ty));
             }
+        }
+        // A kernel of several sums writes no map (only a single sum writes the map it sums).
+        if let Some((g, _)) = group_members.iter().find(|(g, m)| m.len() > 1 && map_groups.contains(g)) {
+            return bad(format!("kernel k{g} has several sums and a map"));
         }
         let mut out_names = BTreeSet::new();
         for out in self.outputs() {

@@ -90,7 +90,7 @@ pub fn is_kernel(g: &Graph, id: NodeId) -> bool {
 }
 
 /// The nodes a kernel computing `nodes` reads: their operands, except the output of the op
-/// (a GEMM or a max-pool gradient) whose epilogue reads it in the same kernel, for which the
+/// (a GEMM, a max-pool gradient or a sum) whose epilogue reads it in the same kernel, for which the
 /// op's own operands (when the kernel does not store the op's output, the op is not among
 /// `nodes`).
 pub(crate) fn kernel_reads(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {

@@ -176,7 +176,7 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
             // A state's new value overwrites the state when nothing reads the old one later.
             let state_slot = state_of.get(&id).and_then(|s| {
                 let (b, off) = loc[s];
-                let mapped = elementwise || epilogue_of.is_some_and(|op| !g.operands(op).contains(s));
+                let mapped = elementwise || epilogue_of.is_some_and(|op| !reads_through_views(g, op).contains(s));
                 (mapped && off == 0 && same(b) && reads.get(s).is_none_or(|&r| r <= at) && last[b] <= at).then_some((b, 0))
             });
             // Otherwise write over an operand's temporary that dies here.
@@ -267,4 +267,21 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
     }
     let persistent: u64 = buffers.iter().filter(|b| matches!(b.kind, BufferKind::Persistent(_))).map(|b| b.bytes).sum();
     Plan { buffers, loc, workspace, peak_bytes: persistent + pool_peak, page }
+}
+
+/// What node `id` reads, looking through the views between it and the kernels or leaves that
+/// compute them (a parameter read as a slice of the arena reads the arena).
+fn reads_through_views(g: &Graph, id: NodeId) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let mut stack = g.operands(id);
+    while let Some(o) = stack.pop() {
+        if out.contains(&o) {
+            continue;
+        }
+        out.push(o);
+        if !super::is_kernel(g, o) && !g.node(o).op.is_leaf() {
+            stack.extend(g.operands(o));
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! Fusion rules: elementwise work merges into fused programs, into reduction prologues, and
 //! same-shaped outputs into one multi-output kernel; after saturation, a sum with the map it
-//! sums, and a GEMM with a map over its output (its epilogue), into one kernel. Every new node is an alternative; the
-//! extractor decides which to keep.
+//! sums, an op (a GEMM, a max-pool gradient, a sum) with a map over its output (its
+//! epilogue), and, after a first extraction, sums over one space that read the same tensors,
+//! into one kernel. Every new node is an alternative; the extractor decides which to keep.
 
 use super::{Change, Rule};
 use crate::egraph::lang::{ty, EOp, ENode, EG};
@@ -452,10 +453,13 @@ fn add_pair(eg: &mut EG, op: EOp, children: Vec<Id>, classes: [Id; 2]) {
 
 /// After saturation: a map reading the whole output of an op that takes epilogues (a GEMM:
 /// the bias and activation after a layer; a max-pool gradient: the ReLU mask after it in the
-/// backward) becomes, as an alternative, that op's epilogue: one kernel computes the op,
+/// backward; a sum that runs as one launch: a running statistic's update), whole or through a
+/// reshape of it, becomes, as an alternative, that op's epilogue: one kernel computes the op,
 /// stores its output and stores the map of it (a tuple of the two, `EOp::WithEpilogue`). The
 /// map's other operands must not depend on the op's output (a BatchNorm of a convolution
-/// reads statistics of it: no epilogue). Extraction keeps it when the whole step gets cheaper.
+/// reads statistics of it: no epilogue). A sum pairs only with a map that is a step output,
+/// each in its most fused form (see below). Extraction keeps it when the whole step gets
+/// cheaper.
 pub(crate) fn with_epilogue(eg: &mut EG, roots: &[Id]) -> usize {
     let users = Users::new(eg);
     let index = Index::new(eg);
@@ -584,6 +588,10 @@ pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, E
     }
     let users = Users::new(eg);
     let mut added = 0;
+    // The groups kept so far: their sums, and every class that reads one of them. One kernel
+    // reads every operand of its sums, so two groups that each read a sum of the other would
+    // be a cycle; such a group is not offered.
+    let mut kept: Vec<(Vec<Id>, HashSet<Id>)> = Vec::new();
     for ((axes, _), members) in groups.into_iter().filter(|(_, m)| m.len() > 1) {
         let depends: Vec<HashSet<Id>> = members.iter().map(|m| users.dependents(m.class)).collect();
         let merged = |chunk: &[usize]| {
@@ -612,6 +620,12 @@ pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, E
             }
         }
         for chunk in chunks.into_iter().filter(|c| c.len() > 1) {
+            let sums: Vec<Id> = chunk.iter().map(|&j| members[j].class).collect();
+            let readers: HashSet<Id> = chunk.iter().flat_map(|&j| depends[j].iter().copied()).collect();
+            if creates_cycle(&kept, &sums, &readers) {
+                continue;
+            }
+            kept.push((sums, readers));
             let (program, ops) = merged(&chunk);
             let op = eg.analysis.intern(EOp::MultiSum { program, axes: axes.clone(), space: members[chunk[0]].space.clone() });
             let tuple = eg.add(ENode { op, children: ops });
@@ -635,4 +649,26 @@ struct Member {
     children: Vec<Id>,
     space: TensorType,
     whole: HashSet<Id>,
+}
+
+/// Whether adding the group of `sums` (read by `readers`) to the `kept` groups closes a cycle
+/// among the groups: group A reads group B when a sum of A reads (directly or not) a sum of B.
+fn creates_cycle(kept: &[(Vec<Id>, HashSet<Id>)], sums: &[Id], readers: &HashSet<Id>) -> bool {
+    let reads = |a_sums: &[Id], b_readers: &HashSet<Id>| a_sums.iter().any(|s| b_readers.contains(s));
+    // Groups the new one reaches by reading, transitively; a cycle if one of them reads it.
+    let mut reached: Vec<usize> = (0..kept.len()).filter(|&k| reads(sums, &kept[k].1)).collect();
+    let mut i = 0;
+    while i < reached.len() {
+        let from = reached[i];
+        if reads(&kept[from].0, readers) {
+            return true;
+        }
+        for k in 0..kept.len() {
+            if !reached.contains(&k) && reads(&kept[from].0, &kept[k].1) {
+                reached.push(k);
+            }
+        }
+        i += 1;
+    }
+    false
 }
