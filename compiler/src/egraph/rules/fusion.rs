@@ -376,13 +376,8 @@ pub(crate) fn sibling_outputs(eg: &mut EG, roots: &[(Id, u32)]) -> usize {
             let (merged, ops) = Program::merge(&refs);
             let (merged, ops) = merged.canonical(&ops);
             let types: Vec<TensorType> = chunk.iter().map(|&j| parts[j].2.clone()).collect();
-            let multi_op = eg.analysis.intern(EOp::Multi { program: merged, types });
-            let multi = eg.add(ENode { op: multi_op, children: ops });
-            for (i, &j) in chunk.iter().enumerate() {
-                let proj = eg.analysis.intern(EOp::Proj(i as u32));
-                let p = eg.add(ENode { op: proj, children: vec![multi] });
-                eg.union(members[j], p);
-            }
+            let classes: Vec<Id> = chunk.iter().map(|&j| members[j]).collect();
+            add_tuple(eg, EOp::Multi { program: merged, types }, ops, &classes);
             added += 1;
         }
     }
@@ -433,18 +428,18 @@ pub(crate) fn sum_with_map(eg: &mut EG) -> usize {
     pairs.dedup_by(|a, b| (a.0, a.1, &a.2, &a.5) == (b.0, b.1, &b.2, &b.5));
     let mut added = 0;
     for (sum, map, program, axes, space, children) in pairs {
-        add_pair(eg, EOp::ReduceMap { program, axes, space }, children, [sum, map]);
+        add_tuple(eg, EOp::ReduceMap { program, axes, space }, children, &[sum, map]);
         added += 1;
     }
     eg.rebuild();
     added
 }
 
-/// Adds the two-output kernel `op` over `children`, its outputs 0 and 1 equal to `classes`.
-fn add_pair(eg: &mut EG, op: EOp, children: Vec<Id>, classes: [Id; 2]) {
+/// Adds the multi-output kernel `op` over `children`, its output `i` equal to `classes[i]`.
+fn add_tuple(eg: &mut EG, op: EOp, children: Vec<Id>, classes: &[Id]) {
     let op = eg.analysis.intern(op);
     let tuple = eg.add(ENode { op, children });
-    for (i, class) in classes.into_iter().enumerate() {
+    for (i, &class) in classes.iter().enumerate() {
         let proj = eg.analysis.intern(EOp::Proj(i as u32));
         let p = eg.add(ENode { op: proj, children: vec![tuple] });
         eg.union(class, p);
@@ -517,7 +512,7 @@ pub(crate) fn with_epilogue(eg: &mut EG, roots: &[Id]) -> usize {
     let mut added = 0;
     for (gemm_class, map_class, gemm, mut children, program, others, types) in found {
         children.extend(others);
-        add_pair(eg, EOp::WithEpilogue { op: gemm, program, types }, children, [gemm_class, map_class]);
+        add_tuple(eg, EOp::WithEpilogue { op: gemm, program, types }, children, &[gemm_class, map_class]);
         added += 1;
     }
     eg.rebuild();
@@ -625,15 +620,9 @@ pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, E
             if creates_cycle(&kept, &sums, &readers) {
                 continue;
             }
-            kept.push((sums, readers));
+            kept.push((sums.clone(), readers));
             let (program, ops) = merged(&chunk);
-            let op = eg.analysis.intern(EOp::MultiSum { program, axes: axes.clone(), space: members[chunk[0]].space.clone() });
-            let tuple = eg.add(ENode { op, children: ops });
-            for (i, &j) in chunk.iter().enumerate() {
-                let proj = eg.analysis.intern(EOp::Proj(i as u32));
-                let p = eg.add(ENode { op: proj, children: vec![tuple] });
-                eg.union(members[j].class, p);
-            }
+            add_tuple(eg, EOp::MultiSum { program, axes: axes.clone(), space: members[chunk[0]].space.clone() }, ops, &sums);
             added += 1;
         }
     }
