@@ -162,15 +162,17 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     // Sums over one space that read the same tensors share a kernel: in each of the 20
     // BatchNorms' backward in each of SAM's two passes, the scale and shift gradients and a
     // sum of the input gradient (with the next BatchNorm's where a residual joins them), and
-    // the loss and the accuracy: 120 sums in 41 kernels, 79 launches fewer.
+    // the loss and the accuracy; over a small space (at batch 8, the last stage's 8 x 512 x 4
+    // x 4) also sums of different tensors (the row sums of the exponentials and of the
+    // labels; the statistics of a block's two branches): 126 sums in 44 kernels.
     let sum = |n: &plateau::NodeId| matches!(c.fused.node(*n).op, plateau::compiler::ir::Op::FusedReduce { .. });
     let shared = c.schedule.kernels.iter().filter(|k| k.nodes.len() > 1 && k.nodes.iter().all(sum)).map(|k| k.nodes.len()).collect::<Vec<_>>();
-    assert_eq!((shared.len(), shared.iter().sum::<usize>()), (41, 120), "{shared:?}");
+    assert_eq!((shared.len(), shared.iter().sum::<usize>()), (44, 126), "{shared:?}");
     // Each BatchNorm's running mean and variance are updated as their sums are stored (the
     // sums' epilogues), in the clean pass only: 40 maps that take no launch.
     let of_sums = c.fused.node_ids().filter(|&n| matches!(c.fused.node(n).op, plateau::compiler::ir::Op::Epilogue { .. }) && sum(&c.fused.operands(n)[0])).count();
     assert_eq!(of_sums, 40);
-    assert_eq!(c.schedule.kernels.len(), 396);
+    assert_eq!(c.schedule.kernels.len(), 393);
     // 60 of them are split GEMMs (two launches each): at batch 8 the deeper layers'
     // convolutions and input gradients have few output tiles (8 x 4 x 4 positions) and
     // long sums over channels and taps, and the first layers' weight gradients sum over
@@ -179,7 +181,7 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     // the ascent's squared norm of the arena, a split sum.
     let split = c.schedule.kernels.iter().filter(|k| k.split > 1).count();
     assert_eq!(split, 61);
-    assert_eq!(c.schedule.launches, 396 + split);
+    assert_eq!(c.schedule.launches, 393 + split);
 }
 
 #[test]

@@ -248,10 +248,11 @@ fn sums_over_the_same_tensors_share_one_kernel() {
             "%4 = fused_reduce_sum{axes=0,2,3 over f32[8,4,3,3]: mul(sub($0, $1), $2) | [8,4,3,3] [1,4,1,1] [8,4,3,3]} %1, %2, %0 : f32[1,4,1,1]",
         ]
     );
-    // Sums of tensors they do not share keep their kernels.
+    // Over a space larger than `SMALL_SUM_SPACE`, sums of tensors they do not share keep their
+    // kernels.
     let mut g = Graph::new();
-    let x = input(&mut g, "x", &[8, 4, 3, 3]);
-    let gy = input(&mut g, "gy", &[8, 4, 3, 3]);
+    let x = input(&mut g, "x", &[8, 64, 16, 16]);
+    let gy = input(&mut g, "gy", &[8, 64, 16, 16]);
     let sum_gy = g.reduce(Sum, gy, &[0, 2, 3]).unwrap();
     let xx = g.binary(BinaryOp::Mul, x, x).unwrap();
     let sum_xx = g.reduce(Sum, xx, &[0, 2, 3]).unwrap();

@@ -553,6 +553,13 @@ impl Users {
 /// Most sums one kernel computes together: each keeps four partial sums in registers.
 pub const MAX_SIBLING_SUMS: usize = 4;
 
+/// Sums over a space this small (elements) share a kernel even when they read different
+/// tensors (the loss's sums over `[batch, classes]`: the row sums of the exponentials and of
+/// the labels' one-hot): their tensors, kept alive until the shared kernel runs, are small.
+/// Over a larger space a kernel of unrelated sums could keep large tensors alive longer, which
+/// the cost model does not weigh.
+pub const SMALL_SUM_SPACE: usize = 1 << 16;
+
 /// After saturation and a first extraction (`chosen`): sums over the same space and axes that
 /// read the same tensors over the whole space (a BatchNorm's scale and shift gradients and
 /// the sum its input gradient needs, all over the output gradient and the normalized input; a
@@ -577,7 +584,7 @@ pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, E
         }
         let children: Vec<Id> = node.children.iter().map(|&c| eg.find(c)).collect();
         let whole: HashSet<Id> = children.iter().enumerate().filter(|&(k, &c)| program.views[k] == space.shape && ty(eg, c) == Some(space)).map(|(_, &c)| c).collect();
-        if !whole.is_empty() {
+        if !whole.is_empty() || space.shape.numel() <= SMALL_SUM_SPACE {
             groups.entry((axes.clone(), space.shape.clone())).or_default().push(Member { class, program: program.clone(), children, space: space.clone(), whole });
         }
     }
@@ -595,11 +602,13 @@ pub(crate) fn sibling_sums(eg: &mut EG, chosen: &std::collections::HashMap<Id, E
             p.canonical(&ops)
         };
         // First fit, in class order: a sum joins the first kernel that reads one of its
-        // tensors, whose sums it neither reads nor is read by, and that stays within the limits.
+        // tensors (any kernel, over a small space), whose sums it neither reads nor is read by,
+        // and that stays within the limits.
+        let small = members[0].space.shape.numel() <= SMALL_SUM_SPACE;
         let mut chunks: Vec<Vec<usize>> = Vec::new();
         for i in 0..members.len() {
             let fits_in = |chunk: &Vec<usize>| {
-                let shares = chunk.iter().any(|&j| !members[j].whole.is_disjoint(&members[i].whole));
+                let shares = small || chunk.iter().any(|&j| !members[j].whole.is_disjoint(&members[i].whole));
                 let independent = chunk.iter().all(|&j| !depends[j].contains(&members[i].class) && !depends[i].contains(&members[j].class));
                 if !shares || !independent || chunk.len() >= MAX_SIBLING_SUMS {
                     return false;
