@@ -2,7 +2,9 @@
 //! walks the reduced axes, evaluates the prologue program at each position and accumulates,
 //! or by a cube (long reductions), whose units stride over the terms and meet in a tree.
 //! Sums keep four partial sums per unit, so that four terms' loads are in flight at once
-//! rather than each waiting for the previous addition. A split sum (few outputs, see
+//! rather than each waiting for the previous addition. A sum kernel sums every output of its
+//! program (several sums over one space sharing their loads), and a single sum may run an
+//! epilogue on each result as it stores it. A split sum (few outputs, see
 //! `plateau_compiler::schedule::reduce`) runs its slices as cubes into a workspace, then sums
 //! them. The kernels are written over `N`-wide vectors and launched with `N = 1`.
 
