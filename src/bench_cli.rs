@@ -166,7 +166,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         let s = &v.compiled.schedule;
         println!("| {} | {:.3} | {:.3} | {} | {} | {} | {} |", v.name, median(&v.times), median(&v.host), s.launches, s.optimizer_launches, s.bytes_moved, s.peak_memory_bytes);
     }
-    println!("(host ms: until the step's launches were queued, before waiting for the device; near the median, the step is bound by launching, not by the device)");
+    println!("(host ms: until the step's launches were queued, before waiting for the device at its end; near the median, the step is bound by launching, or, on wgpu, the host waited for the device while submitting)");
     println!("ratio sam / (2 x sgd) = {ratio:.3}");
     if let Some(n) = naive_ratio {
         println!("ratio naive_sam / (2 x sgd) = {n:.3}");
