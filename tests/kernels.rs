@@ -33,6 +33,16 @@ fn reference(program: &Program, space: &Shape, inputs: &[(Vec<usize>, Vec<f32>)]
     evaluate(&g, &b, &nodes).unwrap().into_iter().map(|t| t.to_f32()).collect()
 }
 
+/// `data` uploaded after `at` NaN and followed by 7 more, as a kernel argument: a read before
+/// or past the operand shows as NaN.
+fn padded_arg(client: &plateau::kernels::cubecl::prelude::ComputeClient<WgpuRuntime>, data: &[f32], at: usize) -> plateau::kernels::cubecl::prelude::ArrayArg<WgpuRuntime> {
+    let mut padded = vec![f32::NAN; at];
+    padded.extend_from_slice(data);
+    padded.extend_from_slice(&[f32::NAN; 7]);
+    // SAFETY: the handle holds the stated number of f32 values.
+    unsafe { plateau::kernels::cubecl::prelude::ArrayArg::from_raw_parts(plateau::kernels::host::upload(client, &padded), padded.len()) }
+}
+
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| r.random_range(0.1f32..2.0) * if r.random_bool(0.5) { 1.0 } else { -1.0 }).collect()
@@ -375,12 +385,7 @@ fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> 
         .iter()
         .map(|id| {
             let i = ops.iter().position(|o| o == id).unwrap();
-            let mut padded = vec![f32::NAN; 3 + 4 * i];
-            padded.extend_from_slice(inputs[i]);
-            // NaN after it too: a read past the operand's end shows.
-            padded.extend_from_slice(&[f32::NAN; 7]);
-            // SAFETY: the handle holds the stated number of f32 values.
-            unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
+            padded_arg(&client, inputs[i], 3 + 4 * i)
         })
         .collect();
     // SAFETY: as above.
@@ -450,15 +455,12 @@ fn sums_that_write_their_map_match_the_reference() {
         let mut b = Bindings::new();
         b.set("input", "x", plateau::Tensor::from_f32(dims.clone(), &data).unwrap());
         let want = evaluate(&g, &b, &[r, m]).unwrap();
-        let mut padded = vec![f32::NAN; 3];
-        padded.extend_from_slice(&data);
-        padded.extend_from_slice(&[f32::NAN; 7]);
         let sums = g.shape(r).numel();
         let (out, map) = (upload(&client, &vec![f32::NAN; sums + 5 + 7]), upload(&client, &vec![f32::NAN; n + 7 + 7]));
         let ws_len = 9 + l.workspace_len;
         let ws = client.empty(ws_len * 4);
+        let args = vec![padded_arg(&client, &data, 3)];
         // SAFETY: every handle holds the stated number of f32 values.
-        let args = vec![unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }];
         let mut outs = unsafe { vec![ArrayArg::from_raw_parts(out.clone(), sums + 12), ArrayArg::from_raw_parts(map.clone(), n + 14)] };
         if l.workspace_len > 0 {
             // SAFETY: as above.
@@ -524,12 +526,7 @@ fn sums_sharing_a_kernel_match_the_reference() {
         let args: Vec<_> = l
             .inputs
             .iter()
-            .map(|&id| {
-                let mut padded = vec![f32::NAN; at(id)];
-                padded.extend_from_slice(&inputs.iter().find(|i| i.0 == id).unwrap().1);
-                padded.extend_from_slice(&[f32::NAN; 7]);
-                unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
-            })
+            .map(|&id| padded_arg(&client, &inputs.iter().find(|i| i.0 == id).unwrap().1, at(id)))
             .collect();
         let sums = g.shape(s0).numel();
         // NaN before and after each output, which must stay NaN.
@@ -713,13 +710,7 @@ fn epilogues_match_the_reference() {
             let args: Vec<_> = l
                 .inputs
                 .iter()
-                .map(|&id| {
-                    let mut padded = vec![f32::NAN; at(id)];
-                    padded.extend_from_slice(data(id));
-                    padded.extend_from_slice(&[f32::NAN; 7]);
-                    // SAFETY: the handle holds the stated number of f32 values.
-                    unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
-                })
+                .map(|&id| padded_arg(&client, data(id), at(id)))
                 .collect();
             // NaN everywhere, so that an element the kernel leaves unwritten shows.
             let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id) + 7]))).collect();
@@ -803,13 +794,7 @@ fn sum_epilogues_match_the_reference() {
             let args: Vec<_> = l
                 .inputs
                 .iter()
-                .map(|&id| {
-                    let mut padded = vec![f32::NAN; at(id)];
-                    padded.extend_from_slice(data(id));
-                    padded.extend_from_slice(&[f32::NAN; 7]);
-                    // SAFETY: the handle holds the stated number of f32 values.
-                    unsafe { ArrayArg::from_raw_parts(upload(&client, &padded), padded.len()) }
-                })
+                .map(|&id| padded_arg(&client, data(id), at(id)))
                 .collect();
             let bufs: Vec<_> = [s, e].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; c + at(id) + 7]))).collect();
             let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();

@@ -222,11 +222,7 @@ impl KernelCall {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
                 let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len() + usize::from(map.is_some())), &mut b);
                 let (ei, eo) = epilogue_args(&epi, &mut b);
-                if layout.cube {
-                    crate::reduce::fused_reduce_sum_cube::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
-                } else {
-                    crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
-                }
+                crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
             }
             KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Max, layout, prog, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);

@@ -152,13 +152,20 @@ pub fn run_epilogue<N: Size>(
         let prog = comptime!(epi.clone().unwrap());
         let splats = Sequence::<Array<f32>>::new();
         let regs = run_program_with::<N>(epi_in, &splats, i, v, prog.clone(), true);
-        #[unroll]
-        for o in 0..prog.outputs.len() {
-            let reg = comptime!(prog.outputs[o]);
-            let at = comptime!(prog.output_offsets[o]);
-            let dst = epi_out.index_mut(o);
-            dst[at + i] = *regs.index(reg);
-        }
+        store_outputs::<N>(&regs, epi_out, i, prog);
+    }
+}
+
+/// Stores each output of `prog` (its registers `regs`) at position `i` of its array in
+/// `outputs`, after the output's element offset.
+#[cube]
+fn store_outputs<N: Size>(regs: &Sequence<Vector<f32, N>>, outputs: &mut Sequence<Array<Vector<f32, N>>>, i: usize, #[comptime] prog: KernelProgram) {
+    #[unroll]
+    for o in 0..prog.outputs.len() {
+        let reg = comptime!(prog.outputs[o]);
+        let at = comptime!(prog.output_offsets[o]);
+        let dst = outputs.index_mut(o);
+        dst[at + i] = *regs.index(reg);
     }
 }
 
@@ -175,12 +182,6 @@ pub fn fused_map<N: Size>(
     let pos = ABSOLUTE_POS;
     if pos < n {
         let regs = run_program::<N>(inputs, splats, pos, prog.clone());
-        #[unroll]
-        for o in 0..prog.outputs.len() {
-            let r = comptime!(prog.outputs[o]);
-            let off = comptime!(prog.output_offsets[o]);
-            let out = outputs.index_mut(o);
-            out[off + pos] = *regs.index(r);
-        }
+        store_outputs::<N>(&regs, outputs, pos, prog);
     }
 }

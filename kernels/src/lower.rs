@@ -133,16 +133,7 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
         _ => unreachable!("the ops that take epilogues lower to a GEMM, the max-pool gradient or a sum"),
     };
     // The epilogues as one program over the GEMM's output, reading it as operand 0.
-    let programs: Vec<(Program, Vec<NodeId>)> = epilogues
-        .iter()
-        .map(|&e| match &g.node(e).op {
-            Op::Epilogue { program, .. } => (program.clone(), g.operands(e)),
-            _ => unreachable!("filtered above"),
-        })
-        .collect();
-    let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
-    let (merged, ops) = Program::merge(&parts);
-    let (canon, ops) = merged.canonical(&ops);
+    let (canon, ops) = merged_program(g, &epilogues);
     // The epilogues' own space: the op's output, reshaped.
     let space = g.shape(e0).clone();
     if epilogues.iter().any(|&e| g.shape(e) != &space) {
@@ -173,6 +164,21 @@ fn lower_epilogue(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize)
     Ok(Some(Lowered { call: call(prog), inputs, outputs, output_len, workspace_len: 0 }))
 }
 
+/// The programs of `nodes` (epilogues, or sums sharing a kernel) as one program with an
+/// output per node, in canonical form, and its operands.
+fn merged_program(g: &Graph, nodes: &[NodeId]) -> (Program, Vec<NodeId>) {
+    let programs: Vec<(Program, Vec<NodeId>)> = nodes
+        .iter()
+        .map(|&n| match &g.node(n).op {
+            Op::Epilogue { program, .. } | Op::FusedReduce { program, .. } => (program.clone(), g.operands(n)),
+            other => unreachable!("only epilogues and sums are merged, not `{}`", other.mnemonic()),
+        })
+        .collect();
+    let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
+    let (merged, ops) = Program::merge(&parts);
+    merged.canonical(&ops)
+}
+
 fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {
     let first = nodes[0];
     let operands = g.operands(first);
@@ -199,16 +205,7 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
             let sums: Vec<NodeId> = nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::FusedReduce { group: gr, .. } if group != 0 && gr == group)).collect();
             if sums.len() > 1 {
                 // Sums over one space in one kernel: a program with an output per sum.
-                let programs: Vec<(Program, Vec<NodeId>)> = sums
-                    .iter()
-                    .map(|&n| match &g.node(n).op {
-                        Op::FusedReduce { program, .. } => (program.clone(), g.operands(n)),
-                        _ => unreachable!("filtered above"),
-                    })
-                    .collect();
-                let parts: Vec<(&Program, &[NodeId])> = programs.iter().map(|(p, o)| (p, &o[..])).collect();
-                let (merged, ops) = Program::merge(&parts);
-                let (merged, ops) = merged.canonical(&ops);
+                let (merged, ops) = merged_program(g, &sums);
                 let in_off: Vec<usize> = ops.iter().map(|&o| offset(o)).collect();
                 let out_off: Vec<usize> = sums.iter().map(|&n| offset(n)).collect();
                 let prog = KernelProgram::new(&merged, &space.shape).with_offsets(&in_off, &out_off);

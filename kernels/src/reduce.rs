@@ -152,12 +152,13 @@ fn terms(o: usize, #[comptime] layout: ReduceLayout) -> usize {
     end
 }
 
-/// `outputs[k][o] = sum_r output k of the prologue at the space position of (o, r)`, one
-/// unit per output `o`, for each of the program's `K` outputs (several sums over one space
-/// share their loads). With `map` (a single-output sum), every prologue value is also stored
-/// in `outputs[1]` at element offset `map`: the kernel of a sum and the map it sums. With an
-/// epilogue (a single-output sum without a map), each sum goes through `epi` as it is stored
-/// (see [`run_epilogue`]), and is itself stored only when `store`.
+/// `outputs[k][o] = sum_r output k of the prologue at the space position of (o, r)`, for
+/// each of the program's `K` outputs (several sums over one space share their loads): one
+/// unit per output `o`, or, when `layout.cube`, cube `o`, whose units stride over the terms
+/// and meet in a tree per output. With `map` (a single-output sum), every prologue value is
+/// also stored in `outputs[1]` at element offset `map`: the kernel of a sum and the map it
+/// sums. With an epilogue (a single-output sum without a map), each sum goes through `epi` as
+/// it is stored (see [`run_epilogue`]), and is itself stored only when `store`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn fused_reduce_sum<N: Size>(
@@ -171,13 +172,29 @@ pub fn fused_reduce_sum<N: Size>(
     #[comptime] epi: Option<KernelProgram>,
     #[comptime] store: bool,
 ) {
-    let o = ABSOLUTE_POS;
     let count = comptime!(prog.outputs.len());
-    let base = position(o, comptime!(layout.kept.clone()));
     let mut sums = Array::<Vector<f32, N>>::new(count);
-    strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map);
-    if o < comptime!(layout.outputs) {
-        store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
+    if comptime!(layout.cube) {
+        let o = CUBE_POS;
+        let tid = UNIT_POS as usize;
+        let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
+        let base = position(o, comptime!(layout.kept.clone()));
+        strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+        tree_sums::<N>(&mut smem, &sums, tid, count);
+        if tid == 0 && o < comptime!(layout.outputs) {
+            #[unroll]
+            for k in 0..count {
+                sums[k] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
+            }
+            store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
+        }
+    } else {
+        let o = ABSOLUTE_POS;
+        let base = position(o, comptime!(layout.kept.clone()));
+        strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map);
+        if o < comptime!(layout.outputs) {
+            store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
+        }
     }
 }
 
@@ -259,38 +276,6 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
         sync_cube();
     }
     smem[0]
-}
-
-/// [`fused_reduce_sum`] with cube `o` computing output `o`: its units stride over the terms,
-/// then meet in a tree per output.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn fused_reduce_sum_cube<N: Size>(
-    inputs: &Sequence<Array<Vector<f32, N>>>,
-    outputs: &mut Sequence<Array<Vector<f32, N>>>,
-    epi_in: &Sequence<Array<Vector<f32, N>>>,
-    epi_out: &mut Sequence<Array<Vector<f32, N>>>,
-    #[comptime] layout: ReduceLayout,
-    #[comptime] prog: KernelProgram,
-    #[comptime] map: Option<usize>,
-    #[comptime] epi: Option<KernelProgram>,
-    #[comptime] store: bool,
-) {
-    let o = CUBE_POS;
-    let tid = UNIT_POS as usize;
-    let count = comptime!(prog.outputs.len());
-    let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
-    let base = position(o, comptime!(layout.kept.clone()));
-    let mut sums = Array::<Vector<f32, N>>::new(count);
-    strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
-    tree_sums::<N>(&mut smem, &sums, tid, count);
-    if tid == 0 && o < comptime!(layout.outputs) {
-        #[unroll]
-        for k in 0..count {
-            sums[k] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
-        }
-        store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
-    }
 }
 
 /// `output[o] = max_r prologue(..)` with cube `o` computing output `o`.
@@ -391,11 +376,8 @@ pub fn launch_reduce<R: Runtime>(
     // buffers' shapes.
     unsafe {
         match (op, layout.cube) {
-            (ReduceOp::Sum, false) => {
+            (ReduceOp::Sum, _) => {
                 fused_reduce_sum::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), seq(epi_in), seq(epi_out), layout, prog, map, epi, store)
-            }
-            (ReduceOp::Sum, true) => {
-                fused_reduce_sum_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), seq(outputs), seq(epi_in), seq(epi_out), layout, prog, map, epi, store)
             }
             (ReduceOp::Max, false) => fused_reduce_max::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
             (ReduceOp::Max, true) => fused_reduce_max_cube::launch_unchecked::<R>(client, count, dim, 1, seq(inputs), outputs.remove(0), layout, prog),
