@@ -88,6 +88,8 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         // One fixed random batch (seed 0) for every variant.
         crate::bind_random_batch(&mut b, &traced, opts.classes, 0, 0.01, 0.05)?;
         let runner = Runner::new(backend, &compiled, &b).context("--device")?;
+        // The figures of the layout the device runs.
+        let compiled = runner.compiled().cloned().unwrap_or(compiled);
         variants.push(Variant { name, compiled, runner, times: Vec::new(), host: Vec::new() });
     }
     for round in 0..args.warmup + args.rounds {

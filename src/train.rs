@@ -220,6 +220,7 @@ impl<'d> Trainer<'d> {
         b.set("scalar", "rho", scalar(c.rho));
         b.set("scalar", "step", scalar(0.0));
         let runner = Runner::new(c.device, &compiled, &b).context("--device")?;
+        let compiled = runner.compiled().cloned().unwrap_or(compiled);
         // Evaluation: the same arena, forward only, at the batch size and at the remainder
         // of every split it will see.
         let mut sizes = vec![c.batch_size];

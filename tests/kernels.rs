@@ -238,10 +238,7 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, run_step, TraceOptions};
     let o = TraceOptions { batch_size: batch, input_shape: vec![1, side, side], ..TraceOptions::default() };
-    let (traced, step, mut compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
-    if let Some(page) = paged {
-        compiled = plateau::compiler::schedule::compile_step_paged(&step, rewrite, page).unwrap();
-    }
+    let (traced, step, compiled) = compile(model, &o, &spec, false, rewrite).unwrap();
     let mut b = initial_state(&traced, &step, 3).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     b.set("input", "x", Tensor::from_f32(vec![batch, 1, side, side], &random(batch * side * side, 12)).unwrap());
@@ -253,7 +250,13 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
         Some(limit) => DeviceStep::with_binding_limit(client(), &compiled, limit).unwrap(),
         None => DeviceStep::new(client(), &compiled).unwrap(),
     };
-    assert_eq!(dev.device_bytes(), compiled.schedule.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
+    // Compiled as one pool; a device binding less lays it out again in pages it binds.
+    assert_eq!(compiled.schedule.page_bytes, None);
+    let laid_out = dev.compiled().schedule.clone();
+    assert_eq!(laid_out.page_bytes, paged, "{name}");
+    assert!(laid_out.peak_memory_bytes >= compiled.schedule.peak_memory_bytes);
+    assert_eq!(laid_out.launches, compiled.schedule.launches);
+    assert_eq!(dev.device_bytes(), laid_out.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
     for (kind, leaf) in leaves(&compiled.fused) {
         dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
     }
@@ -334,8 +337,8 @@ fn split_gemm_steps_on_wgpu_match_the_reference() {
     assert_eq!((splits, pages), (5, 1));
 }
 
-/// A pool larger than the device binds at once, held as one buffer per page: no temporary
-/// crosses a page, and the step is the reference's.
+/// A pool larger than the device binds at once, laid out again in pages the device binds and
+/// held as one buffer per page: no temporary crosses a page, and the step is the reference's.
 #[test]
 fn paged_pools_match_the_reference() {
     use plateau::{BaseOptimizer, OptimizerSpec, Sam};
@@ -347,6 +350,7 @@ fn paged_pools_match_the_reference() {
     let o = plateau::TraceOptions { batch_size: 8, input_shape: vec![1, 6, 6], ..plateau::TraceOptions::default() };
     let (_, step, _) = plateau::compile(&plateau::ModelSpec::Cnn, &o, &spec, false, true).unwrap();
     let compiled = plateau::compiler::schedule::compile_step_paged(&step, true, 16 << 10).unwrap();
+    assert_eq!(compiled.schedule.page_bytes, Some(16 << 10));
     let err = plateau::runtime::device::DeviceStep::with_binding_limit(client(), &compiled, 16 << 10).err().expect("refused").to_string();
     assert!(err.contains("113704-byte buffer (`param:params`)") && err.contains("binds at most 16384 bytes"), "{err}");
 }

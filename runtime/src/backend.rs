@@ -252,6 +252,18 @@ impl Runner {
         }
     }
 
+    /// The step as a device runs it (its pool laid out in pages where the device binds less
+    /// than the whole pool; see [`DeviceStep::compiled`]); `None` on the reference, which runs
+    /// the fused graph as given.
+    pub fn compiled(&self) -> Option<&Compiled> {
+        match self {
+            Runner::Reference { .. } => None,
+            Runner::Wgpu(s) => Some(s.compiled()),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => Some(s.compiled()),
+        }
+    }
+
     /// Waits until every launched kernel has finished (the reference runs synchronously).
     pub fn sync(&self) -> Result<(), RuntimeError> {
         match self {

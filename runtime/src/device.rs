@@ -52,19 +52,33 @@ impl<R: Runtime> DeviceStep<R> {
             return Err(unsupported(format!("f64 values on a device ({id})")));
         }
         // The temporaries in one pool at the plan's offsets; one buffer per persistent leaf.
+        // A pool larger than the device binds is laid out again in pages it binds, unless the
+        // plan's pages already are.
+        let pool_bytes = |s: &plateau_compiler::Schedule| {
+            s.buffers
+                .iter()
+                .filter_map(|b| match b.kind {
+                    BufferKind::Temp { offset, .. } => Some(offset + b.bytes),
+                    BufferKind::Persistent(_) => None,
+                })
+                .max()
+                .unwrap_or(0)
+                .max(4)
+        };
+        let relaid;
+        let compiled = if pool_bytes(&compiled.schedule) > limit && compiled.schedule.page_bytes.is_none_or(|p| p > limit) {
+            relaid = compiled.paged(limit);
+            &relaid
+        } else {
+            compiled
+        };
         let s = &compiled.schedule;
-        let pool_bytes = s
-            .buffers
-            .iter()
-            .filter_map(|b| match b.kind {
-                BufferKind::Temp { offset, .. } => Some(offset + b.bytes),
-                BufferKind::Persistent(_) => None,
-            })
-            .max()
-            .unwrap_or(0)
-            .max(4);
+        let pool_bytes = pool_bytes(s);
         // The whole pool in one buffer when the device can bind it, else a buffer per page.
-        let page = if pool_bytes <= limit { pool_bytes.next_multiple_of(4) } else { s.page_bytes };
+        let page = match s.page_bytes {
+            Some(page) if pool_bytes > limit => page,
+            _ => pool_bytes.next_multiple_of(4),
+        };
         // A buffer larger than the device can bind fails deep inside the device layer; say
         // so here, with the sizes.
         let too_big = |bytes: u64, what: &str| {
@@ -116,6 +130,12 @@ impl<R: Runtime> DeviceStep<R> {
             }
         }
         Ok(step)
+    }
+
+    /// The step as this device runs it: the kernels as compiled, the pool laid out in pages
+    /// where the device binds less than the whole pool (see [`Compiled::paged`]).
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
     }
 
     /// Buffers holding the pool of temporaries: 1, or one per page of the plan's layout.

@@ -57,7 +57,8 @@ pub struct Schedule {
     pub peak_memory_bytes: u64,
     pub param_count: usize,
     /// Page size of the pool layout: no temporary smaller than a page crosses a multiple of it.
-    pub page_bytes: u64,
+    /// `None`: laid out as one pool (see [`Compiled::paged`]).
+    pub page_bytes: Option<u64>,
     pub kernels: Vec<Kernel>,
     pub buffers: Vec<Buffer>,
     /// Where every fused-graph node lives: (buffer, element offset).
@@ -117,10 +118,10 @@ pub(crate) fn kernel_reads(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
     reads
 }
 
-/// Lays out the kernels of a fused step: one launch per kernel node (one per group for
-/// multi-output programs), in the fused graph's topological order; the pool in pages of
-/// `page` bytes.
-pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
+/// Lays out the kernels of a fused step over an arena of `param_count` parameters: one launch
+/// per kernel node (one per group for multi-output programs), in the fused graph's topological
+/// order; the pool as one, or in pages of `page` bytes.
+pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled {
     let g = &fused.graph;
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut group_kernel: BTreeMap<u32, usize> = BTreeMap::new();
@@ -216,7 +217,7 @@ pub fn schedule(step: &Step, fused: Fused, page: u64) -> Compiled {
         optimizer_launches: kernels.iter().filter(|k| k.phase.is_optimizer()).map(Kernel::launches).sum(),
         bytes_moved: kernels.iter().map(|k| k.bytes).sum(),
         peak_memory_bytes: plan.peak_bytes,
-        param_count: step.arena.len,
+        param_count,
         page_bytes: plan.page,
         kernels,
         locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
@@ -297,13 +298,27 @@ pub(crate) fn is_value_output(g: &Graph, id: NodeId) -> bool {
     g.outputs().iter().any(|o| o.node == id && o.kind == OutputKind::Value)
 }
 
-/// Fuses and schedules `step`; with `rewrite` off the program stays one op per kernel.
+/// Fuses and schedules `step`, its temporaries laid out as one pool; with `rewrite` off the
+/// program stays one op per kernel.
 pub fn compile_step(step: &Step, rewrite: bool) -> Result<Compiled, crate::IrError> {
-    compile_step_paged(step, rewrite, POOL_PAGE)
+    let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
+    Ok(schedule(fused, step.arena.len, None))
 }
 
-/// [`compile_step`] with the pool laid out in pages of `page` bytes instead of [`POOL_PAGE`].
+/// [`compile_step`] with the pool laid out in pages of `page` bytes (see [`Compiled::paged`]).
 pub fn compile_step_paged(step: &Step, rewrite: bool, page: u64) -> Result<Compiled, crate::IrError> {
-    let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
-    Ok(schedule(step, fused, page.max(POOL_ALIGN).next_multiple_of(POOL_ALIGN)))
+    Ok(compile_step(step, rewrite)?.paged(page))
+}
+
+impl Compiled {
+    /// The same kernels with the pool of temporaries laid out in pages of `page` bytes
+    /// (rounded down to [`POOL_ALIGN`], at least that): for a device that binds at most that
+    /// much per buffer and so holds the pool as one buffer per page. A temporary that fits in
+    /// a page crosses no page boundary; the peak may grow by what the page ends leave unused
+    /// (at most a few MB: ResNet-18's SAM step at batch 128 in 128 MiB pages, 2.6 MB).
+    pub fn paged(&self, page: u64) -> Compiled {
+        let page = (page - page % POOL_ALIGN).max(POOL_ALIGN);
+        let fused = Fused { graph: self.fused.clone(), phases: self.phases.clone(), report: self.report.clone() };
+        schedule(fused, self.schedule.param_count, Some(page))
+    }
 }

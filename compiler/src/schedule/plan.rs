@@ -15,9 +15,10 @@ use std::fmt;
 /// Alignment of every placement in the temporary pool, in bytes (one four-f32 vector).
 pub const POOL_ALIGN: u64 = 16;
 
-/// The pool is laid out in pages of this many bytes: no temporary that fits in a page
-/// straddles a page boundary, so a device that cannot bind the whole pool at once (wgpu
-/// guarantees 128 MiB per storage binding) can hold it as one buffer per page.
+/// The page size of a pool laid out for any device: wgpu guarantees 128 MiB per storage
+/// binding. A pool laid out in pages has no temporary that fits in a page straddle a page
+/// boundary, so a device that cannot bind the whole pool at once can hold it as one buffer per
+/// page.
 pub const POOL_PAGE: u64 = 128 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -52,7 +53,8 @@ pub(super) struct Plan {
     /// The workspace buffer of each split-GEMM kernel.
     pub workspace: BTreeMap<usize, usize>,
     pub peak_bytes: u64,
-    pub page: u64,
+    /// `None`: one pool, no page boundaries.
+    pub page: Option<u64>,
 }
 
 impl Plan {
@@ -69,7 +71,7 @@ fn bytes(g: &Graph, n: NodeId) -> u64 {
     (g.shape(n).numel() * g.dtype(n).size_bytes()) as u64
 }
 
-pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>, page: u64, unstored: &BTreeSet<NodeId>) -> Plan {
+pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, usize>, page: Option<u64>, unstored: &BTreeSet<NodeId>) -> Plan {
     let end = kernels.len();
     // The kernel that first needs each node's storage: its producer, or for a view the
     // producer of what it views.
@@ -242,8 +244,10 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
             // before the end of an overlapping buffer can be free), or to the next page.
             let mut offset = 0u64;
             loop {
-                if size <= page && offset / page != (offset + size - 1) / page {
-                    offset = (offset / page + 1) * page;
+                if let Some(page) = page.filter(|&p| size <= p) {
+                    if offset / page != (offset + size - 1) / page {
+                        offset = (offset / page + 1) * page;
+                    }
                 }
                 match conflicts.iter().filter(|&&(o, s)| o < offset + size && offset < o + s).map(|&(o, s)| o + s).max() {
                     Some(end) => offset = end,
