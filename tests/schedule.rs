@@ -98,6 +98,17 @@ fn cnn_fused_steps_match_the_naive_program_and_meet_the_launch_targets() {
     check_model("cnn", cnn(), true);
 }
 
+/// BatchNorm in training (its backward's sums rewritten by linearity, its running statistics
+/// updated as their sums are stored) and residual blocks: WRN-16-1 on 3x8x8 inputs, fused
+/// against naive, SGD and SAM.
+#[test]
+fn wrn_fused_steps_match_the_naive_program() {
+    let (model, o) = (ModelSpec::Wrn16 { k: 1 }, opts(4, &[3, 8, 8]));
+    for (name, spec) in [("wrn sgd", sgd()), ("wrn sam", sam(None))] {
+        check_fused_against_naive(name, &model, &o, &spec);
+    }
+}
+
 #[test]
 fn the_sam_ascent_is_one_norm_reduction_and_one_perturbation_over_the_arena() {
     let (model, o) = (ModelSpec::default(), opts(128, &[784]));
@@ -164,15 +175,18 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     // sum of the input gradient (with the next BatchNorm's where a residual joins them), and
     // the loss and the accuracy; over a small space (at batch 8, the last stage's 8 x 512 x 4
     // x 4) also sums of different tensors (the row sums of the exponentials and of the
-    // labels; the statistics of a block's two branches): 126 sums in 44 kernels.
+    // labels; the statistics of a block's two branches): 116 sums in 38 kernels. The mean's
+    // gradient, a combination of those sums and the forward's by linearity (`sum-is-linear`),
+    // is computed by the input gradient's map, with no sum of its own (126 sums in 44 kernels
+    // and 393 kernels before).
     let sum = |n: &plateau::NodeId| matches!(c.fused.node(*n).op, plateau::compiler::ir::Op::FusedReduce { .. });
     let shared = c.schedule.kernels.iter().filter(|k| k.nodes.len() > 1 && k.nodes.iter().all(sum)).map(|k| k.nodes.len()).collect::<Vec<_>>();
-    assert_eq!((shared.len(), shared.iter().sum::<usize>()), (44, 126), "{shared:?}");
+    assert_eq!((shared.len(), shared.iter().sum::<usize>()), (38, 116), "{shared:?}");
     // Each BatchNorm's running mean and variance are updated as their sums are stored (the
     // sums' epilogues), in the clean pass only: 40 maps that take no launch.
     let of_sums = c.fused.node_ids().filter(|&n| matches!(c.fused.node(n).op, plateau::compiler::ir::Op::Epilogue { .. }) && sum(&c.fused.operands(n)[0])).count();
     assert_eq!(of_sums, 40);
-    assert_eq!(c.schedule.kernels.len(), 393);
+    assert_eq!(c.schedule.kernels.len(), 329);
     // 60 of them are split GEMMs (two launches each): at batch 8 the deeper layers'
     // convolutions and input gradients have few output tiles (8 x 4 x 4 positions) and
     // long sums over channels and taps, and the first layers' weight gradients sum over
@@ -181,7 +195,7 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     // the ascent's squared norm of the arena, a split sum.
     let split = c.schedule.kernels.iter().filter(|k| k.split > 1).count();
     assert_eq!(split, 61);
-    assert_eq!(c.schedule.launches, 393 + split);
+    assert_eq!(c.schedule.launches, 329 + split);
 }
 
 /// ResNet-18 at batch 128: SAM's peak is at most one parameter-sized buffer above SGD's with
@@ -195,8 +209,10 @@ fn resnet18_sam_peak_is_one_parameter_buffer_above_sgd() {
     let (_, _, sam_c) = compile(&ModelSpec::ResNet18, &o, &sam(None), false, true).unwrap();
     let param_bytes = 4 * sgd_c.schedule.param_count as u64;
     let (sgd_peak, sam_peak) = (sgd_c.schedule.peak_memory_bytes, sam_c.schedule.peak_memory_bytes);
-    assert_eq!((sgd_peak, sam_peak, param_bytes), (744_175_792, 788_869_876, 44_695_848));
-    assert!(sam_peak - sgd_peak <= param_bytes);
+    assert_eq!((sgd_peak, sam_peak, param_bytes), (739_979_696, 784_675_572, 44_695_848));
+    // As on the MLP and the CNN: plus SAM's two scalars, each on a 16-byte boundary.
+    let align = plateau::compiler::schedule::POOL_ALIGN;
+    assert!(sam_peak - sgd_peak <= param_bytes.next_multiple_of(align) + 2 * align, "{} bytes above SGD", sam_peak - sgd_peak);
     // The pool's peak is the most bytes live at once (each buffer rounded up to 16 bytes),
     // less the 16-byte padding of the highest: no placement does better.
     for c in [&sgd_c, &sam_c] {
@@ -214,7 +230,7 @@ fn resnet18_sam_peak_is_one_parameter_buffer_above_sgd() {
     let page = plateau::compiler::schedule::POOL_PAGE;
     let (sgd_p, sam_p) = (sgd_c.paged(page).schedule, sam_c.paged(page).schedule);
     assert_eq!((sgd_p.page_bytes, sgd_p.launches, sam_p.launches), (Some(page), sgd_c.schedule.launches, sam_c.schedule.launches));
-    assert_eq!((sgd_p.peak_memory_bytes - sgd_peak, sam_p.peak_memory_bytes - sam_peak), (1_139_132, 2_582_396));
+    assert_eq!((sgd_p.peak_memory_bytes - sgd_peak, sam_p.peak_memory_bytes - sam_peak), (1_140_924, 2_582_396));
 }
 
 #[test]

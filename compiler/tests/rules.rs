@@ -379,3 +379,25 @@ fn a_map_reading_its_gemm_second_is_an_epilogue_too() {
     assert!(hits["epilogue"] > 0, "{hits:?}");
     assert_eq!(kernels(&text), ["%3 = matmul %0, %1 : f32[8,32]", "%4 = epilogue{max(add($1, $0), 0.0) | [8,32] [32]} %3, %2 : f32[8,32]"]);
 }
+
+/// BatchNorm's backward in miniature: a sum `s2` of a combination that reads the result of
+/// another sum `s1` over the same tensor cannot share its kernel, but by linearity it is
+/// `s1 * exp(s1) - 8 s1`, which the map reading it computes in passing: two kernels, not three.
+#[test]
+fn a_sum_of_a_combination_is_a_combination_of_sums() {
+    use plateau_compiler::ir::ReduceOp;
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[8, 4]);
+    let s1 = g.reduce(ReduceOp::Sum, x, &[0]).unwrap();
+    let k = g.unary(UnaryOp::Exp, s1).unwrap();
+    let kb = g.broadcast(k, &Shape(vec![8, 4])).unwrap();
+    let s1b = g.broadcast(s1, &Shape(vec![8, 4])).unwrap();
+    let xk = g.binary(BinaryOp::Mul, x, kb).unwrap();
+    let t = g.binary(BinaryOp::Sub, xk, s1b).unwrap();
+    let s2 = g.reduce(ReduceOp::Sum, t, &[0]).unwrap();
+    let s2b = g.broadcast(s2, &Shape(vec![8, 4])).unwrap();
+    let y = g.binary(BinaryOp::Mul, x, s2b).unwrap();
+    let (text, hits) = fused(g, y);
+    assert!(hits["sum-is-linear"] >= 3, "{hits:?}");
+    assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=0 over f32[8,4]: $0 | [8,4]} %0 : f32[1,4]", "%2 = fused{k1.0: mul($0, sub(mul($1, exp($1)), mul($1, 8.0))) | [8,4] [1,4]} %0, %1 : f32[8,4]"]);
+}

@@ -156,6 +156,18 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
                             let reshape = eg.analysis.intern(EOp::Ir(Op::Reshape { shape }));
                             eg.add(ENode { op: reshape, children: vec![inner] })
                         }
+                        rules::Change::AddOver { parts, op, rest } => {
+                            let mut children = Vec::new();
+                            for (part, ch) in parts {
+                                let part = eg.analysis.intern(part);
+                                let c = eg.add(ENode { op: part, children: ch });
+                                derived.push((c, class));
+                                children.push(c);
+                            }
+                            children.extend(rest);
+                            let op = eg.analysis.intern(op);
+                            eg.add(ENode { op, children })
+                        }
                     };
                     if eg.union(class, other) {
                         hits += 1;

@@ -20,6 +20,9 @@ pub(crate) enum Change {
     /// The class also contains a reshape (to the class's shape) of this new e-node, which has
     /// the same elements in another shape.
     AddReshaped(EOp, Vec<Id>, crate::ir::Shape),
+    /// The class also contains `op` over the classes of the new e-nodes `parts` (each a class
+    /// of its own, serving this one), then over `rest`.
+    AddOver { parts: Vec<(EOp, Vec<Id>)>, op: EOp, rest: Vec<Id> },
 }
 
 /// A named rule: a one-line algebra comment and the search that applies it.
