@@ -19,7 +19,7 @@ fn trace_prints_forward_and_backward_of_the_default_mlp() {
 }
 
 /// `plateau compile | head -1`: the reader closes the pipe early (here before the first line:
-/// ResNet-18 compiles for a tenth of a second), and the process ends by the pipe's signal, as
+/// ResNet-18 compiles for half a second), and the process ends by the pipe's signal, as
 /// other command-line tools do, not with a panic.
 #[cfg(unix)]
 #[test]

@@ -14,10 +14,10 @@ pub(super) fn rules() -> Vec<Rule> {
         // permute(matmul(a, b)) -> matmul{tb,ta}(b, a): (AB)^T = B^T A^T.
         Rule { name: "transpose-of-matmul", algebra: "(a b)^T -> b^T a^T", find: transpose_of_matmul },
         // sum(a + b) -> sum(a) + sum(b), sum(-a) -> -sum(a), sum(a * c) -> sum(a) * c and
-        // sum(broadcast(c)) -> n c for c constant along the summed axes (n terms each; the last
-        // rounds differently, as any reordered sum does): a sum of a combination becomes a combination of
-        // sums, which a kernel reading the sums computes in passing, and whose parts may be
-        // sums that are computed anyway or that share another sum's kernel (BatchNorm's
+        // sum(broadcast(c)) -> n c, for c constant along the summed axes (n terms each); these
+        // round differently, as any reordered sum does. A sum of a combination becomes a
+        // combination of sums, which a kernel reading the sums computes in passing, and whose
+        // parts may be sums computed anyway or sharing another sum's kernel (BatchNorm's
         // backward: its mean's gradient is a combination of sums over the same tensors).
         Rule { name: "sum-is-linear", algebra: "sum(a + c b) -> sum(a) + c sum(b)", find: sum_is_linear },
     ]
