@@ -254,7 +254,6 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     assert_eq!(compiled.schedule.page_bytes, None);
     let laid_out = dev.compiled().schedule.clone();
     assert_eq!(laid_out.page_bytes, paged, "{name}");
-    assert!(laid_out.peak_memory_bytes >= compiled.schedule.peak_memory_bytes);
     assert_eq!(laid_out.launches, compiled.schedule.launches);
     assert_eq!(dev.device_bytes(), laid_out.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
     for (kind, leaf) in leaves(&compiled.fused) {

@@ -401,3 +401,20 @@ fn a_sum_of_a_combination_is_a_combination_of_sums() {
     assert!(hits["sum-is-linear"] >= 3, "{hits:?}");
     assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=0 over f32[8,4]: $0 | [8,4]} %0 : f32[1,4]", "%2 = fused{k1.0: mul($0, sub(mul($1, exp($1)), mul($1, 8.0))) | [8,4] [1,4]} %0, %1 : f32[8,4]"]);
 }
+
+/// A sum that reads a broadcast through a reshape is no sum of a broadcast: `x` of `[2, 1]`
+/// broadcast to `[2, 3]` and summed as `[3, 2, 1]` over its first axis adds different
+/// elements of `x` (`[2 x0 + x1, x0 + 2 x1]`), not `3 x`: the broadcast stays a kernel, the
+/// sum another.
+#[test]
+fn a_broadcast_read_through_a_reshape_is_summed_as_it_is() {
+    use plateau_compiler::ir::ReduceOp;
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[2, 1]);
+    let b = g.broadcast(x, &Shape(vec![2, 3])).unwrap();
+    let r = g.reshape(b, Shape(vec![3, 2, 1])).unwrap();
+    let s = g.reduce(ReduceOp::Sum, r, &[0]).unwrap();
+    let (text, _) = fused(g, s);
+    assert!(!text.contains("3.0"), "{text}");
+    assert_eq!(kernels(&text).len(), 2, "{text}");
+}

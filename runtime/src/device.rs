@@ -1,6 +1,7 @@
 //! Executing a compiled step on a cubecl device: the memory plan's temporaries in one pool at
-//! their planned offsets (one buffer, or one per page of the plan's layout when the device
-//! cannot bind the whole pool; device memory is the plan's peak either way), a buffer per
+//! their planned offsets (one buffer, or, when the device cannot bind the whole pool, the step
+//! laid out again in pages it binds and a buffer per page; device memory is the peak of the
+//! layout it runs either way), a buffer per
 //! persistent leaf, kernels launched in schedule order, values read back only when asked.
 
 use crate::error::RuntimeError;
@@ -45,7 +46,8 @@ impl<R: Runtime> DeviceStep<R> {
     }
 
     /// As [`DeviceStep::new`], binding at most `limit` bytes per buffer: a pool larger than
-    /// that is held as one buffer per page of the plan's layout.
+    /// that is laid out again in pages of at most `limit` bytes (unless the plan's pages are
+    /// already that small) and held as one buffer per page.
     pub fn with_binding_limit(client: ComputeClient<R>, compiled: &Compiled, limit: u64) -> Result<Self, RuntimeError> {
         let graph = compiled.fused.clone();
         if let Some(id) = graph.node_ids().find(|&id| graph.dtype(id) == DType::F64) {

@@ -3,8 +3,9 @@
 //! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
 //! kernel may write over an operand that dies with it, and a state's new value overwrites
 //! the state once nothing reads the old one. A split GEMM or sum gets a workspace for its
-//! partial results, live only during its kernel. The pool is laid out in pages (`POOL_PAGE`) that
-//! no page-sized temporary straddles, so a device can hold it as one buffer per page.
+//! partial results, live only during its kernel. The pool is laid out as one, or in pages (for
+//! a device that binds less, `Compiled::paged`) that no page-sized temporary straddles, so the
+//! device can hold it as one buffer per page.
 
 use super::{is_value_output, Kernel};
 use crate::ir::{leaf_kind, leaf_name, Graph, NodeId, Op, OutputKind};

@@ -36,9 +36,10 @@ fn sum_is_linear(eg: &EG) -> Vec<(Id, Change)> {
     for class in eg.classes() {
         let Some(t) = ty(eg, class.id) else { continue };
         for node in &class.nodes {
-            // A plain sum (the step's own, before any prologue is fused into it).
+            // A plain sum (the step's own, before any prologue is fused into it) of a tensor of
+            // the space's shape (not read through a reshape).
             let EOp::Ir(Op::FusedReduce { program, op: ReduceOp::Sum, axes, space, group: 0 }) = eg.analysis.op(node.op) else { continue };
-            if program.instrs != [Instr::Load(0)] || program.views[0] != space.shape {
+            if program.instrs != [Instr::Load(0)] || program.views[0] != space.shape || ty(eg, node.children[0]).map(|x| &x.shape) != Some(&space.shape) {
                 continue;
             }
             let sum_of = |view: &Shape, x: Id| {

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, HashSet};
 
 /// Longest fused program (instructions) a rule may build: past this a kernel's registers
 /// spill and its compile time grows, while launches saved are already few. The longest that
-/// real steps build are BatchNorm's input gradients with their mean's gradient inlined (87 on
-/// ResNet-18; one of them needs more than 96); for sm_90a ptxas gives them at most 40
-/// registers and no spills.
+/// real steps keep are BatchNorm's input gradients with their mean's gradient inlined (87
+/// instructions on ResNet-18; under a limit of 96 one of them is not found, as inlining goes
+/// through longer alternatives); for sm_90a ptxas gives them at most 40 registers and no
+/// spills.
 pub const MAX_PROGRAM_INSTRS: usize = 128;
 
 /// Most buffers (operands plus outputs) a fused program may bind: every one is a storage
