@@ -141,6 +141,44 @@ fn vectorized_elementwise_programs_match_the_reference() {
     }
 }
 
+/// Coordinates along each axis (`coord0 * 100 + coord1 * 10 + coord2`) and a one-hot
+/// comparison of a per-row label with the last coordinate: scalar (lanes would differ), where
+/// the same program without coordinates vectorizes.
+#[test]
+fn programs_reading_coordinates_match_the_reference() {
+    use Instr::*;
+    let client = client();
+    let space = Shape(vec![3, 5, 8]);
+    let p = Program {
+        views: vec![Shape(vec![3, 5, 1])],
+        instrs: vec![
+            Load(0),
+            Coord(0),
+            Coord(1),
+            Coord(2),
+            Const(100f64.to_bits()),
+            Const(10f64.to_bits()),
+            Binary(BinaryOp::Mul, 1, 4),
+            Binary(BinaryOp::Mul, 2, 5),
+            Binary(BinaryOp::Add, 6, 7),
+            Binary(BinaryOp::Add, 8, 3),
+            Compare(CmpOp::Eq, 0, 3),
+        ],
+        outputs: vec![9, 10],
+    };
+    assert_eq!(width(&p, &space), 1);
+    let plain = Program { views: p.views.clone(), instrs: vec![Load(0), Const(10f64.to_bits()), Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+    assert_eq!(width(&plain, &space), 4);
+    let labels: Vec<f32> = (0..15).map(|i| ((i * 3) % 8) as f32).collect();
+    let want = reference(&p, &space, &[(vec![3, 5, 1], labels.clone())]);
+    let got = fused_map_on(&client, &p, &space, &[&labels]).unwrap();
+    let index: Vec<f32> = (0..120).map(|i| (i / 40 * 100 + i / 8 % 5 * 10 + i % 8) as f32).collect();
+    assert_eq!(got[0], index);
+    assert_eq!(got[0], want[0]);
+    let one_hot: Vec<f32> = (0..120).map(|i| f32::from(labels[i / 8] == (i % 8) as f32)).collect();
+    assert_eq!((got[1].clone(), want[1].clone()), (one_hot.clone(), one_hot));
+}
+
 #[test]
 fn fused_elementwise_handles_any_size() {
     let client = client();

@@ -418,3 +418,20 @@ fn a_broadcast_read_through_a_reshape_is_summed_as_it_is() {
     assert!(!text.contains("3.0"), "{text}");
     assert_eq!(kernels(&text).len(), 2, "{text}");
 }
+
+/// One-hot labels are a comparison with the class coordinate, computed where the loss reads
+/// them: the mean of `x` at each row's label is one kernel, not a one-hot kernel and a sum.
+#[test]
+fn one_hot_labels_are_computed_where_they_are_read() {
+    use plateau_compiler::ir::ReduceOp;
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 3]);
+    let y = g.leaf(Op::Input { name: "labels".into() }, DType::I32, vec![4]).unwrap();
+    let h = g.add(Op::OneHot { classes: 3 }, &[y]).unwrap();
+    let zero = g.full_like(0.0, x).unwrap();
+    let picked = g.select(h, x, zero).unwrap();
+    let s = g.reduce(ReduceOp::Sum, picked, &[0, 1]).unwrap();
+    let (text, hits) = fused(g, s);
+    assert_eq!(hits["one-hot-as-map"], 1, "{hits:?}");
+    assert_eq!(kernels(&text), ["%2 = fused_reduce_sum{axes=0,1 over f32[4,3]: select(eq($0, coord1), $1, 0.0) | [4,1] [4,3]} %1, %0 : f32[1,1]"]);
+}

@@ -111,6 +111,11 @@ pub fn run_program_with<N: Size>(
                 let v = select_many((*regs.index(c)).not_equal(zero), *regs.index(a), *regs.index(b));
                 regs.push(v);
             }
+            // Only in scalar programs (`KernelProgram::vectorized` refuses it): `pos` is an
+            // element's position.
+            KInstr::Coord { divisor, extent } => {
+                regs.push(Vector::<f32, N>::new(f32::cast_from((pos / divisor) % extent)));
+            }
         }
     }
     regs

@@ -15,6 +15,9 @@ pub enum KInstr {
     Binary(BinaryOp, usize, usize),
     Compare(CmpOp, usize, usize),
     Select(usize, usize, usize),
+    /// The position's coordinate along one axis of the iteration space, `(pos / divisor) %
+    /// extent`, as f32.
+    Coord { divisor: usize, extent: usize },
 }
 
 /// How operand `i` is read at iteration position `pos`: the sum over its axes of
@@ -66,6 +69,7 @@ pub fn access(view: &Shape, space: &Shape) -> Access {
 impl KernelProgram {
     /// Lowers `program` evaluated over `space`.
     pub fn new(program: &Program, space: &Shape) -> Self {
+        let strides = space.strides();
         let instrs = program
             .instrs
             .iter()
@@ -76,6 +80,7 @@ impl KernelProgram {
                 Instr::Binary(op, a, b) => KInstr::Binary(op, a as usize, b as usize),
                 Instr::Compare(op, a, b) => KInstr::Compare(op, a as usize, b as usize),
                 Instr::Select(c, a, b) => KInstr::Select(c as usize, a as usize, b as usize),
+                Instr::Coord(a) => KInstr::Coord { divisor: strides[a as usize], extent: space.0[a as usize] },
             })
             .collect();
         KernelProgram {
@@ -134,6 +139,10 @@ impl KernelProgram {
     /// allows it (`n` and every output offset are multiples of `w`, every read vectorizes).
     pub fn vectorized(&self, n: usize, w: usize) -> Option<KernelProgram> {
         if w <= 1 || !n.is_multiple_of(w) || self.width != 1 || self.output_offsets.iter().any(|o| !o.is_multiple_of(w)) {
+            return None;
+        }
+        // A coordinate differs between a vector's lanes: such a program runs scalar.
+        if self.instrs.iter().any(|i| matches!(i, KInstr::Coord { .. })) {
             return None;
         }
         let mut access = Vec::with_capacity(self.access.len());

@@ -283,6 +283,12 @@ pub fn infer(op: &Op, operands: &[TensorType]) -> Result<TensorType, IrError> {
 
 /// Each operand is read through its view (same element count), broadcast to `space`.
 fn check_program(p: &super::program::Program, operands: &[TensorType], space: &Shape) -> Result<(), String> {
+    if let Some(a) = p.instrs.iter().find_map(|i| match *i {
+        super::program::Instr::Coord(a) if a as usize >= space.rank() => Some(a),
+        _ => None,
+    }) {
+        return Err(format!("coordinate along axis {a} of a rank-{} space", space.rank()));
+    }
     for (i, (v, o)) in p.views.iter().zip(operands).enumerate() {
         if v.numel() != o.shape.numel() {
             return Err(format!("operand {i} has {} elements, its view {v} has {}", o.shape.numel(), v.numel()));

@@ -21,6 +21,9 @@ pub enum Instr {
     Compare(CmpOp, u32, u32),
     /// `a` where `cond != 0`, else `b`.
     Select(u32, u32, u32),
+    /// The current element's coordinate along axis `a` of the iteration space (one-hot labels
+    /// compare a label with it).
+    Coord(u32),
 }
 
 /// A fused elementwise program.
@@ -97,10 +100,10 @@ impl Program {
         Program { views, outputs: vec![instrs.len() as u32 - 1], instrs }
     }
 
-    /// Evaluates every instruction for one element; `load(i)` reads operand `i`. Results of
-    /// arithmetic are rounded to `dtype`, so a fused f32 program computes exactly what the
-    /// unfused ops would.
-    pub fn eval(&self, dtype: DType, mut load: impl FnMut(u32) -> f64, regs: &mut Vec<f64>) {
+    /// Evaluates every instruction for one element; `load(i)` reads operand `i`, `coord(a)` is
+    /// the element's coordinate along axis `a`. Results of arithmetic are rounded to `dtype`, so
+    /// a fused f32 program computes exactly what the unfused ops would.
+    pub fn eval(&self, dtype: DType, mut load: impl FnMut(u32) -> f64, coord: impl Fn(u32) -> f64, regs: &mut Vec<f64>) {
         regs.clear();
         for ins in &self.instrs {
             let r = |i: &u32| regs[*i as usize];
@@ -117,6 +120,7 @@ impl Program {
                         r(b)
                     }
                 }
+                Instr::Coord(a) => coord(*a),
             };
             regs.push(v);
         }
@@ -134,9 +138,15 @@ impl Program {
         }
     }
 
-    /// Number of arithmetic instructions (loads and constants excluded).
+    /// Number of arithmetic instructions (loads, constants and coordinates excluded).
     pub fn arithmetic_len(&self) -> usize {
-        self.instrs.iter().filter(|i| !matches!(i, Instr::Load(_) | Instr::Const(_))).count()
+        self.instrs.iter().filter(|i| !matches!(i, Instr::Load(_) | Instr::Const(_) | Instr::Coord(_))).count()
+    }
+
+    /// Whether the program reads an element's coordinates (it then means something only over
+    /// its own iteration space, and may be inlined only into a program over the same space).
+    pub fn reads_coords(&self) -> bool {
+        self.instrs.iter().any(|i| matches!(i, Instr::Coord(_)))
     }
 
     /// A canonical form: only instructions reachable from the outputs, identical instructions
@@ -195,6 +205,7 @@ impl Program {
                 Instr::Binary(op, a, b) => Instr::Binary(op, map(a, own), map(b, own)),
                 Instr::Compare(op, a, b) => Instr::Compare(op, map(a, own), map(b, own)),
                 Instr::Select(c, a, b) => Instr::Select(map(c, own), map(a, own), map(b, own)),
+                Instr::Coord(a) => Instr::Coord(a),
             });
         }
         let outputs = self.outputs.iter().map(|&o| map(o, &self.instrs)).collect();
@@ -245,6 +256,7 @@ impl Program {
                     Instr::Binary(op, a, b) => Instr::Binary(op, ib + a, ib + b),
                     Instr::Compare(op, a, b) => Instr::Compare(op, ib + a, ib + b),
                     Instr::Select(c, a, b) => Instr::Select(ib + c, ib + a, ib + b),
+                    Instr::Coord(a) => Instr::Coord(a),
                 });
             }
             out.outputs.extend(p.outputs.iter().map(|o| ib + o));
@@ -265,6 +277,7 @@ impl Program {
             Instr::Binary(op, a, b) => format!("{}({}, {})", super::op::Op::Binary(op).mnemonic(), self.expr_at(a), self.expr_at(b)),
             Instr::Compare(op, a, b) => format!("{}({}, {})", super::op::Op::Compare(op).mnemonic(), self.expr_at(a), self.expr_at(b)),
             Instr::Select(c, a, b) => format!("select({}, {}, {})", self.expr_at(c), self.expr_at(a), self.expr_at(b)),
+            Instr::Coord(a) => format!("coord{a}"),
         }
     }
 }
@@ -309,6 +322,7 @@ impl<T: Clone + Eq + std::hash::Hash> Canon<'_, T> {
                 Instr::Load(slot)
             }
             Instr::Const(b) => Instr::Const(b),
+            Instr::Coord(a) => Instr::Coord(a),
             Instr::Unary(op, a) => Instr::Unary(op, self.visit(a)),
             Instr::Binary(op, a, b) => {
                 let a = self.visit(a);

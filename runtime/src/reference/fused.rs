@@ -33,6 +33,7 @@ pub fn map(program: &Program, output: u32, args: &[&Tensor], space: &TensorType)
                     let s = &strides[i as usize];
                     args[i as usize].data[coords.iter().zip(s).map(|(c, st)| c * st).sum::<usize>()]
                 },
+                |a| coords[a as usize] as f64,
                 &mut regs,
             );
             round_to(space.dtype, regs[out_at])

@@ -40,10 +40,28 @@ pub(super) fn rules() -> Vec<Rule> {
         Rule { name: "reshape-into-load", algebra: "f(reshape(x)) reads x", find: reshape_into_load },
         // map(f, const c) -> map(f with c inlined): constants are immediates, not buffers.
         Rule { name: "const-into-program", algebra: "f(c) computes c in-kernel", find: const_into_program },
+        // one_hot(y) -> map(y[i] == c): the labels' one-hot is a comparison with the class
+        // coordinate, which the loss's kernels compute where they read it.
+        Rule { name: "one-hot-as-map", algebra: "one_hot(y)[i, c] = (y[i] == c)", find: one_hot_as_map },
         // sum(g(x)) * c -> sum(g(x) * c) for c a power of two: a scalar mean needs no kernel
         // after its reduction (exact: scaling by 2^k rounds nothing, barring subnormals).
         Rule { name: "scale-into-reduce", algebra: "sum(x) * 2^k -> sum(x * 2^k)", find: scale_into_reduce },
     ]
+}
+
+fn one_hot_as_map(eg: &EG) -> Vec<(Id, Change)> {
+    use crate::ir::{CmpOp, Instr};
+    let mut out = Vec::new();
+    for class in eg.classes() {
+        let Some(t) = ty(eg, class.id) else { continue };
+        for node in &class.nodes {
+            let EOp::Ir(Op::OneHot { .. }) = eg.analysis.op(node.op) else { continue };
+            // Labels `[n]` read as `[n, 1]`, compared with the coordinate along the classes.
+            let program = Program { views: vec![Shape(vec![t.shape.0[0], 1])], instrs: vec![Instr::Load(0), Instr::Coord(1), Instr::Compare(CmpOp::Eq, 0, 1)], outputs: vec![2] };
+            out.push((class.id, Change::Add(EOp::Ir(Op::Fused { program, output: 0, group: 0, ty: t.clone() }), node.children.clone())));
+        }
+    }
+    out
 }
 
 /// Whether multiplying by `c` is exact in binary floating point: `c = ±2^k`, normal.
@@ -114,6 +132,16 @@ fn program_node(eg: &EG, node: &ENode) -> Option<(Program, Kernel)> {
             Some((program.clone(), Kernel::Reduce { op: *op, axes: axes.clone(), space: space.clone() }))
         }
         _ => None,
+    }
+}
+
+impl Kernel {
+    /// The iteration space: a map's output, a reduction's input.
+    fn space(&self) -> &TensorType {
+        match self {
+            Kernel::Map { ty } => ty,
+            Kernel::Reduce { space, .. } => space,
+        }
     }
 }
 
@@ -235,6 +263,11 @@ fn inline_producers(eg: &EG, want_reduce: bool) -> Vec<(Id, Change)> {
             let child = node.children[slot];
             let Some(kt) = ty(eg, child) else { continue };
             let Some((q, producer)) = most_fused(eg, &index, child) else { continue };
+            // Coordinates are the producer's own: only into a program over the same space,
+            // reading it whole.
+            if q.reads_coords() && (p.views[slot] != kt.shape || kt.shape != kernel.space().shape) {
+                continue;
+            }
             let Some(views) = compose_views(&p.views[slot], &kt.shape, &q.views) else { continue };
             let (np, nops) = p.inline(&ops, slot as u32, &q, 0, &producer.children, &views);
             let (cp, cops) = np.canonical(&nops);
