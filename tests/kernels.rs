@@ -179,6 +179,34 @@ fn programs_reading_coordinates_match_the_reference() {
     assert_eq!((got[1].clone(), want[1].clone()), (one_hot.clone(), one_hot));
 }
 
+/// The fused loss compares labels with the class coordinate, so a label outside `0..classes`
+/// would give a row of zeros: both backends refuse it when it is set, naming it and where.
+#[test]
+fn labels_outside_the_classes_are_refused_when_set() {
+    use plateau::runtime::{Backend, Runner};
+    let o = plateau::TraceOptions { batch_size: 4, input_shape: vec![1, 6, 6], ..plateau::TraceOptions::default() };
+    let spec = plateau::OptimizerSpec { base: plateau::BaseOptimizer::sgd(0.9, 0.0), sam: None };
+    let (traced, step, compiled) = plateau::compile(&plateau::ModelSpec::Mlp { hidden: vec![8] }, &o, &spec, false, true).unwrap();
+    assert_eq!(compiled.labels.get("labels"), Some(&10));
+    assert!(!compiled.fused.node_ids().any(|n| matches!(compiled.fused.node(n).op, Op::OneHot { .. })), "the one-hot is computed where it is read");
+    let mut b = plateau::initial_state(&traced, &step, 1).unwrap();
+    b.set("input", "x", Tensor::from_f32(vec![4, 1, 6, 6], &random(144, 2)).unwrap());
+    b.set("input", "labels", Tensor::labels(&[0, 9, 3, 10]));
+    for s in ["lr", "rho", "step"] {
+        b.set("scalar", s, Tensor::scalar(DType::F32, 0.1));
+    }
+    for backend in [Backend::Reference, Backend::Wgpu] {
+        let err = Runner::new(backend, &compiled, &b).err().expect("refused").to_string();
+        assert_eq!(err, "label 10 at position 3 is outside 0..10", "{backend:?}");
+        let mut good = b.clone();
+        good.set("input", "labels", Tensor::labels(&[0, 9, 3, 1]));
+        let mut r = Runner::new(backend, &compiled, &good).unwrap();
+        let err = r.set("input", "labels", &Tensor::labels(&[0, -1, 3, 1])).unwrap_err().to_string();
+        assert_eq!(err, "label -1 at position 1 is outside 0..10", "{backend:?}");
+        assert!(r.step(&["loss"]).unwrap()["loss"].item().is_finite());
+    }
+}
+
 #[test]
 fn fused_elementwise_handles_any_size() {
     let client = client();

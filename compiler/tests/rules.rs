@@ -420,7 +420,7 @@ fn a_broadcast_read_through_a_reshape_is_summed_as_it_is() {
 }
 
 /// One-hot labels are a comparison with the class coordinate, computed where the loss reads
-/// them: the mean of `x` at each row's label is one kernel, not a one-hot kernel and a sum.
+/// them: the sum of `x` at each row's label is one kernel, not a one-hot kernel and a sum.
 #[test]
 fn one_hot_labels_are_computed_where_they_are_read() {
     use plateau_compiler::ir::ReduceOp;

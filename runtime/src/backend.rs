@@ -1,6 +1,6 @@
 //! Choosing where a compiled step runs, at run time.
 
-use crate::device::{leaves, DeviceStep};
+use crate::device::{check_labels, leaves, DeviceStep};
 use crate::error::RuntimeError;
 use crate::reference::{run_step, Bindings, Tensor};
 use plateau_compiler::Compiled;
@@ -30,7 +30,7 @@ impl FromStr for Backend {
 
 /// A compiled step ready to run on one backend.
 pub enum Runner {
-    Reference { graph: plateau_compiler::Graph, bindings: Bindings },
+    Reference { graph: plateau_compiler::Graph, bindings: Bindings, labels: BTreeMap<String, usize> },
     Wgpu(Box<DeviceStep<plateau_kernels::cubecl::wgpu::WgpuRuntime>>),
     #[cfg(feature = "cuda")]
     Cuda(Box<DeviceStep<plateau_kernels::cubecl::cuda::CudaRuntime>>),
@@ -177,7 +177,14 @@ impl Runner {
     /// Prepares `compiled` on `backend` with the leaf values in `bindings`.
     pub fn new(backend: Backend, compiled: &Compiled, bindings: &Bindings) -> Result<Self, RuntimeError> {
         match backend {
-            Backend::Reference => Ok(Runner::Reference { graph: compiled.fused.clone(), bindings: bindings.clone() }),
+            Backend::Reference => {
+                for (name, _) in &compiled.labels {
+                    if let Some(value) = bindings.get("input", name) {
+                        check_labels(&compiled.labels, "input", name, value)?;
+                    }
+                }
+                Ok(Runner::Reference { graph: compiled.fused.clone(), bindings: bindings.clone(), labels: compiled.labels.clone() })
+            }
             Backend::Wgpu => {
                 if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
                     // SAFETY: set before any device thread starts.
@@ -208,8 +215,9 @@ impl Runner {
     /// Sets a leaf (the `step` counter, a new batch, the learning rate).
     pub fn set(&mut self, kind: &str, name: &str, value: &Tensor) -> Result<(), RuntimeError> {
         match self {
-            Runner::Reference { graph, bindings } => {
+            Runner::Reference { graph, bindings, labels } => {
                 if graph.find_leaf(kind, name).is_some() {
+                    check_labels(labels, kind, name, value)?;
                     bindings.set(kind, name, value.clone());
                 }
                 Ok(())
@@ -228,7 +236,7 @@ impl Runner {
             other => other,
         };
         match self {
-            Runner::Reference { graph, bindings } => {
+            Runner::Reference { graph, bindings, .. } => {
                 if let Some(id) = graph.find_leaf(kind, name) {
                     bindings.set(kind, name, Tensor::from_f32(graph.shape(id).clone(), data)?);
                 }
@@ -288,7 +296,7 @@ impl Runner {
     /// Runs one step and returns the named value outputs (read back from the device).
     pub fn step(&mut self, read: &[&str]) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
         match self {
-            Runner::Reference { graph, bindings } => {
+            Runner::Reference { graph, bindings, .. } => {
                 let mut out = run_step(graph, bindings)?;
                 out.retain(|k, _| read.contains(&k.as_str()));
                 Ok(out)

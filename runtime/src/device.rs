@@ -6,6 +6,7 @@
 
 use crate::error::RuntimeError;
 use crate::reference::Tensor;
+use std::collections::BTreeMap;
 use plateau_compiler::ir::{leaf_kind, leaf_name, Op, OutputKind, Program};
 use plateau_compiler::schedule::BufferKind;
 use plateau_compiler::{Compiled, DType, Graph, NodeId};
@@ -211,6 +212,7 @@ impl<R: Runtime> DeviceStep<R> {
         if value.ty != ty {
             return Err(RuntimeError::BindingMismatch { kind: "leaf", name: name.into(), expected: ty, got: value.ty.clone() });
         }
+        check_labels(&self.compiled.labels, kind, name, value)?;
         self.write(id, &value.to_f32());
         Ok(())
     }
@@ -336,6 +338,16 @@ impl<R: Runtime> DeviceStep<R> {
             outputs.push(arg((h.clone(), *len, 0)));
         }
         lowered.call.launch(&self.client, inputs, outputs);
+    }
+}
+
+/// Refuses labels outside `0..classes` for a label input (`Compiled::labels`: the fused program
+/// compares them with the class coordinate and would give a row of zeros).
+pub fn check_labels(labels: &BTreeMap<String, usize>, kind: &str, name: &str, value: &Tensor) -> Result<(), RuntimeError> {
+    let Some(&classes) = labels.get(name).filter(|_| kind == "input") else { return Ok(()) };
+    match value.data.iter().position(|&l| !(l >= 0.0 && l < classes as f64 && l.fract() == 0.0)) {
+        Some(position) => Err(RuntimeError::LabelOutOfRange { label: value.data[position] as i64, position, classes }),
+        None => Ok(()),
     }
 }
 

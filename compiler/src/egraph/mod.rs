@@ -67,6 +67,23 @@ pub struct Fused {
     pub graph: Graph,
     pub phases: BTreeMap<NodeId, Phase>,
     pub report: Report,
+    /// The step's label inputs, by name, with the number of classes their one-hot has: a
+    /// label outside `0..classes` is the caller's error, which the fused program (one-hot
+    /// labels compared where they are read) cannot report itself.
+    pub labels: BTreeMap<String, usize>,
+}
+
+/// The inputs that feed a one-hot, with its number of classes.
+fn label_inputs(g: &Graph) -> BTreeMap<String, usize> {
+    let mut labels = BTreeMap::new();
+    for id in g.node_ids() {
+        if let Op::OneHot { classes } = g.node(id).op {
+            if let Op::Input { name } = &g.node(g.operands(id)[0]).op {
+                labels.insert(name.clone(), classes);
+            }
+        }
+    }
+    labels
 }
 
 /// Converts a step node's op to its e-graph form: elementwise ops become one-instruction
@@ -272,7 +289,7 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
     }
     out.verify()?;
     report.seconds = start.elapsed().as_secs_f64();
-    Ok(Fused { graph: out, phases, report })
+    Ok(Fused { graph: out, phases, report, labels: label_inputs(g) })
 }
 
 /// Builds the IR graph of the extracted choice (the classes it reaches), operands before

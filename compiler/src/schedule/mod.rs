@@ -73,6 +73,9 @@ pub struct Compiled {
     pub phases: BTreeMap<NodeId, Phase>,
     pub schedule: Schedule,
     pub report: Report,
+    /// Label inputs by name, with their number of classes (see [`crate::egraph::Fused`]):
+    /// runners refuse a label outside `0..classes` when it is set.
+    pub labels: BTreeMap<String, usize>,
 }
 
 /// Whether a fused-graph node is computed by a kernel (rather than being a leaf or a view).
@@ -223,7 +226,7 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
         locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
         buffers: plan.buffers,
     };
-    Compiled { fused: fused.graph.clone(), phases: fused.phases, schedule, report: fused.report }
+    Compiled { fused: fused.graph.clone(), phases: fused.phases, schedule, report: fused.report, labels: fused.labels }
 }
 
 impl Schedule {
@@ -318,7 +321,7 @@ impl Compiled {
     /// (at most a few MB: ResNet-18's SAM step at batch 128 in 128 MiB pages, 2.6 MB).
     pub fn paged(&self, page: u64) -> Compiled {
         let page = (page - page % POOL_ALIGN).max(POOL_ALIGN);
-        let fused = Fused { graph: self.fused.clone(), phases: self.phases.clone(), report: self.report.clone() };
+        let fused = Fused { graph: self.fused.clone(), phases: self.phases.clone(), report: self.report.clone(), labels: self.labels.clone() };
         schedule(fused, self.schedule.param_count, Some(page))
     }
 }
