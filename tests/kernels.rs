@@ -250,11 +250,21 @@ fn fused_reductions_match_the_reference() {
     use plateau::kernels::host::fused_reduce_on;
     let client = client();
     let space = Shape(vec![3, 5, 7]);
-    // prologue: exp(x) * b  with b broadcast over the last axis
+    // prologue: exp(x) * b + coord0 - coord1, with b broadcast over the last axis (a term's
+    // coordinates are its position's in the space, whichever axes are reduced)
     let p = Program {
         views: vec![Shape(vec![3, 5, 7]), Shape(vec![7])],
-        instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Unary(UnaryOp::Exp, 0), Instr::Binary(BinaryOp::Mul, 2, 1)],
-        outputs: vec![3],
+        instrs: vec![
+            Instr::Load(0),
+            Instr::Load(1),
+            Instr::Unary(UnaryOp::Exp, 0),
+            Instr::Binary(BinaryOp::Mul, 2, 1),
+            Instr::Coord(0),
+            Instr::Coord(1),
+            Instr::Binary(BinaryOp::Add, 3, 4),
+            Instr::Binary(BinaryOp::Sub, 6, 5),
+        ],
+        outputs: vec![7],
     };
     let inputs = vec![(vec![3, 5, 7], random(105, 7)), (vec![7], random(7, 8))];
     let data: Vec<&[f32]> = inputs.iter().map(|(_, d)| d.as_slice()).collect();
@@ -482,18 +492,23 @@ fn split_sums_match_the_reference() {
         let mut g = Graph::new();
         let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, dims.clone()).unwrap();
         let sq = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
-        let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
-        let r = g.add(Op::FusedReduce { program: sq, op: ReduceOp::Sum, axes: axes.clone(), space: ty, group: 0 }, &[x]).unwrap();
-        let l = lower(&g, &[r], &|_| 0, Some(9)).unwrap();
-        let outputs = g.shape(r).numel();
-        assert!(matches!(l.call, KernelCall::Reduce { split, .. } if split == splits), "{dims:?}: {:?}", l.call);
-        assert_eq!(l.workspace_len, splits * outputs);
-        let data = random(n, 10);
-        let mut b = Bindings::new();
-        b.set("input", "x", Tensor::from_f32(dims.clone(), &data).unwrap());
-        let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
-        let got = run_lowered(&g, r, &[&data]);
-        assert_close_scaled(&format!("sum of squares over {axes:?} of {dims:?}"), &got, &want);
+        // And each term times its coordinate along the last axis: positions are the space's.
+        let last = dims.len() as u32 - 1;
+        let by_coord = Program { views: vec![space.clone()], instrs: vec![Instr::Load(0), Instr::Coord(last), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+        for (what, program) in [("squares", sq), ("terms times their last coordinate", by_coord)] {
+            let ty = plateau::compiler::TensorType { dtype: DType::F32, shape: space.clone() };
+            let r = g.add(Op::FusedReduce { program, op: ReduceOp::Sum, axes: axes.clone(), space: ty, group: 0 }, &[x]).unwrap();
+            let l = lower(&g, &[r], &|_| 0, Some(9)).unwrap();
+            let outputs = g.shape(r).numel();
+            assert!(matches!(l.call, KernelCall::Reduce { split, .. } if split == splits), "{dims:?}: {:?}", l.call);
+            assert_eq!(l.workspace_len, splits * outputs);
+            let data = random(n, 10);
+            let mut b = Bindings::new();
+            b.set("input", "x", Tensor::from_f32(dims.clone(), &data).unwrap());
+            let want = evaluate(&g, &b, &[r]).unwrap()[0].to_f32();
+            let got = run_lowered(&g, r, &[&data]);
+            assert_close_scaled(&format!("sum of {what} over {axes:?} of {dims:?}"), &got, &want);
+        }
     }
 }
 
@@ -752,10 +767,22 @@ fn epilogues_match_the_reference() {
                 instrs: vec![Instr::Load(1), Instr::Load(0), Instr::Binary(BinaryOp::Add, 0, 1), Instr::Const(0f64.to_bits()), Instr::Binary(BinaryOp::Max, 2, 3)],
                 outputs: vec![4],
             };
+            // (Plus the element's coordinate along the last and the first axis: an epilogue
+            // runs at its element's position in the op's output.)
+            let last = space.rank() as u32 - 1;
             let sq = Program {
                 views: vec![space.clone(), other_view],
-                instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 0), Instr::Binary(BinaryOp::Sub, 2, 1)],
-                outputs: vec![3],
+                instrs: vec![
+                    Instr::Load(0),
+                    Instr::Load(1),
+                    Instr::Binary(BinaryOp::Mul, 0, 0),
+                    Instr::Binary(BinaryOp::Sub, 2, 1),
+                    Instr::Coord(last),
+                    Instr::Coord(0),
+                    Instr::Binary(BinaryOp::Add, 3, 4),
+                    Instr::Binary(BinaryOp::Add, 6, 5),
+                ],
+                outputs: vec![7],
             };
             let e1 = g.add(Op::Epilogue { program: relu, ty: ty.clone() }, &[y, bias]).unwrap();
             let e2 = g.add(Op::Epilogue { program: sq, ty }, &[y, other]).unwrap();
