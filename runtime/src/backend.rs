@@ -178,7 +178,7 @@ impl Runner {
     pub fn new(backend: Backend, compiled: &Compiled, bindings: &Bindings) -> Result<Self, RuntimeError> {
         match backend {
             Backend::Reference => {
-                for (name, _) in &compiled.labels {
+                for name in compiled.labels.keys() {
                     if let Some(value) = bindings.get("input", name) {
                         check_labels(&compiled.labels, "input", name, value)?;
                     }
