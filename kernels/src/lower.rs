@@ -7,8 +7,8 @@ use crate::macros::PadSpec;
 use crate::program::{access, Access, KernelProgram, VECTOR_WIDTH};
 use crate::reduce::ReduceLayout;
 use crate::window::WindowSpec;
-use plateau_compiler::ir::{Instr, Op, Program, ReduceOp};
-use plateau_compiler::{Graph, NodeId, Shape};
+use plateau_compiler::ir::{Op, Program, ReduceOp};
+use plateau_compiler::{Graph, NodeId};
 
 /// The sliding-window kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,10 +70,6 @@ pub struct Lowered {
     /// caller passes the workspace buffer twice more after the output (see
     /// `KernelCall::launch`).
     pub workspace_len: usize,
-}
-
-fn identity(space: &Shape) -> Program {
-    Program { views: vec![space.clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] }
 }
 
 /// Lowers the kernel computing `nodes` (one node, or every output node of a multi-output
@@ -186,7 +182,7 @@ fn lower_call(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> 
     let out_shape = g.shape(first).clone();
     let single = |call: KernelCall, inputs: Vec<NodeId>| Lowered { call, inputs, outputs: vec![Some(first)], output_len: vec![out_shape.numel()], workspace_len: 0 };
     let copy = |acc: Access| {
-        let mut prog = KernelProgram::new(&identity(&out_shape), &out_shape).with_offsets(&[0], &[offset(first)]);
+        let mut prog = KernelProgram::new(&Program::identity(out_shape.clone()), &out_shape).with_offsets(&[0], &[offset(first)]);
         prog.access[0] = acc;
         single(KernelCall::map(prog, out_shape.numel()), vec![operands[0]])
     };

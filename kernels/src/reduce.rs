@@ -339,7 +339,7 @@ pub fn fused_reduce_sum_slices<N: Size>(
 /// order (a strided walk, then the tree), so that no unit waits on a chain of loads.
 pub fn slices_sum(outputs: usize, split: usize, workspace_offset: usize, output_offset: usize) -> (ReduceLayout, KernelProgram) {
     let space = Shape(vec![split, outputs]);
-    let identity = plateau_compiler::ir::Program { views: vec![space.clone()], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+    let identity = plateau_compiler::ir::Program::identity(space.clone());
     let layout = ReduceLayout { cube: true, ..ReduceLayout::new(&space, &[0]) };
     (layout, KernelProgram::new(&identity, &space).with_offsets(&[workspace_offset], &[output_offset]))
 }

@@ -177,7 +177,7 @@ impl<R: Runtime> DeviceStep<R> {
             return;
         }
         let src = self.client.create_from_slice(f32::as_bytes(data));
-        let p = Program { views: vec![plateau_compiler::Shape(vec![n])], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+        let p = Program::identity(plateau_compiler::Shape(vec![n]));
         let prog = KernelProgram::new(&p, &plateau_compiler::Shape(vec![n])).with_offsets(&[0], &[off]);
         // SAFETY: `src` holds `n` f32 values and buffer `b` holds `len`.
         let (i, o) = unsafe { (ArrayArg::from_raw_parts(src, n), ArrayArg::from_raw_parts(self.buffers[b].0.clone(), len)) };
@@ -300,7 +300,7 @@ impl<R: Runtime> DeviceStep<R> {
 
     fn copy(&self, from: NodeId, to: NodeId) {
         let shape = self.graph.shape(from).clone();
-        let p = Program { views: vec![shape.clone()], instrs: vec![plateau_compiler::ir::Instr::Load(0)], outputs: vec![0] };
+        let p = Program::identity(shape.clone());
         let (ih, il, io) = self.loc(from);
         let (oh, ol, oo) = self.loc(to);
         let prog = KernelProgram::new(&p, &shape).with_offsets(&[io], &[oo]);

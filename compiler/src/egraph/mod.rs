@@ -100,7 +100,7 @@ fn to_eop(g: &Graph, id: NodeId) -> EOp {
         Op::Select => fused(Instr::Select(0, 1, 2)),
         Op::Reduce { op, axes } => {
             let x = g.operands(id)[0];
-            let program = Program { views: vec![g.shape(x).clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] };
+            let program = Program::identity(g.shape(x).clone());
             EOp::Ir(Op::FusedReduce { program, op: *op, axes: axes.clone(), space: g.ty(x).clone(), group: 0 })
         }
         op => EOp::Ir(op.clone()),

@@ -93,6 +93,11 @@ pub fn round_to(dtype: DType, v: f64) -> f64 {
 
 impl Program {
     /// The program of one elementwise instruction whose operand `i` is instruction `i`.
+    /// The program reading its one operand through `view`: a copy, or a plain reduction.
+    pub fn identity(view: Shape) -> Self {
+        Program { views: vec![view], instrs: vec![Instr::Load(0)], outputs: vec![0] }
+    }
+
     pub fn of_instr(views: Vec<Shape>, instr: Instr) -> Self {
         // Operand i is loaded by instruction i, so `instr` names its operands directly.
         let mut instrs: Vec<Instr> = (0..views.len() as u32).map(Instr::Load).collect();

@@ -226,7 +226,7 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
         locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
         buffers: plan.buffers,
     };
-    Compiled { fused: fused.graph.clone(), phases: fused.phases, schedule, report: fused.report, labels: fused.labels }
+    Compiled { fused: fused.graph, phases: fused.phases, schedule, report: fused.report, labels: fused.labels }
 }
 
 impl Schedule {
@@ -310,7 +310,13 @@ pub fn compile_step(step: &Step, rewrite: bool) -> Result<Compiled, crate::IrErr
 
 /// [`compile_step`] with the pool laid out in pages of `page` bytes (see [`Compiled::paged`]).
 pub fn compile_step_paged(step: &Step, rewrite: bool, page: u64) -> Result<Compiled, crate::IrError> {
-    Ok(compile_step(step, rewrite)?.paged(page))
+    let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
+    Ok(schedule(fused, step.arena.len, Some(page_size(page))))
+}
+
+/// `page` rounded down to a multiple of [`POOL_ALIGN`], at least that.
+fn page_size(page: u64) -> u64 {
+    (page - page % POOL_ALIGN).max(POOL_ALIGN)
 }
 
 impl Compiled {
@@ -320,8 +326,7 @@ impl Compiled {
     /// a page crosses no page boundary; the peak may grow by what the page ends leave unused
     /// (at most a few MB: ResNet-18's SAM step at batch 128 in 128 MiB pages, 2.6 MB).
     pub fn paged(&self, page: u64) -> Compiled {
-        let page = (page - page % POOL_ALIGN).max(POOL_ALIGN);
         let fused = Fused { graph: self.fused.clone(), phases: self.phases.clone(), report: self.report.clone(), labels: self.labels.clone() };
-        schedule(fused, self.schedule.param_count, Some(page))
+        schedule(fused, self.schedule.param_count, Some(page_size(page)))
     }
 }

@@ -39,12 +39,11 @@ fn sum_is_linear(eg: &EG) -> Vec<(Id, Change)> {
             // A plain sum (the step's own, before any prologue is fused into it) of a tensor of
             // the space's shape (not read through a reshape).
             let EOp::Ir(Op::FusedReduce { program, op: ReduceOp::Sum, axes, space, group: 0 }) = eg.analysis.op(node.op) else { continue };
-            if program.instrs != [Instr::Load(0)] || program.views[0] != space.shape || ty(eg, node.children[0]).map(|x| &x.shape) != Some(&space.shape) {
+            if *program != Program::identity(space.shape.clone()) || ty(eg, node.children[0]).map(|x| &x.shape) != Some(&space.shape) {
                 continue;
             }
             let sum_of = |view: &Shape, x: Id| {
-                let p = Program { views: vec![view.clone()], instrs: vec![Instr::Load(0)], outputs: vec![0] };
-                (EOp::Ir(Op::FusedReduce { program: p, op: ReduceOp::Sum, axes: axes.clone(), space: space.clone(), group: 0 }), vec![x])
+                (EOp::Ir(Op::FusedReduce { program: Program::identity(view.clone()), op: ReduceOp::Sum, axes: axes.clone(), space: space.clone(), group: 0 }), vec![x])
             };
             let map = |instr: Instr, views: Vec<Shape>| EOp::Ir(Op::Fused { program: Program::of_instr(views, instr), output: 0, group: 0, ty: t.clone() });
             for inner in &eg[node.children[0]].nodes {
