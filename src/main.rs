@@ -376,7 +376,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
-/// of a split GEMM), each a whole translation unit as NVRTC compiles it; all sources are
+/// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it; all sources are
 /// generated before any file is written, so a kernel that cannot be emitted leaves the
 /// directory untouched.
 fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
@@ -384,7 +384,7 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
     let mut sources = Vec::new();
     for k in &s.kernels {
         let name = format!("k{}_{}", k.id, k.name);
-        let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, &k.nodes, &|n| s.locations[&n].1, s.workspace_offset(k), &name)
+        let src = plateau::kernels::emit::kernel_cuda(&compiled.fused, s, k, &name)
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
         sources.extend(src);
     }

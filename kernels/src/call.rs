@@ -1,7 +1,7 @@
 //! Running a `KernelCall`: launched on a cubecl runtime, or expanded with no device and
 //! compiled to CUDA C++.
 
-use crate::elementwise::fused_map;
+use crate::elementwise::{fused_map, fused_map_slices};
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
 use crate::program::{KernelProgram, VECTOR_WIDTH};
@@ -52,6 +52,8 @@ impl KernelCall {
     fn units(&self) -> (usize, u32) {
         match self {
             KernelCall::Map { n, .. } => (*n, BLOCK),
+            KernelCall::MapSlices { n, .. } => (*n, CUBE_REDUCE_UNITS as u32),
+            KernelCall::ReduceSlices { layout, split, .. } => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, split, .. } if *split > 1 => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
@@ -102,6 +104,32 @@ impl KernelCall {
                     s_out.push(o);
                 }
                 fused_map::launch_unchecked::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, n, prog);
+            }
+            KernelCall::MapSlices { prog, n, slices } => {
+                // The sum's place is bound where its operand would be, as the total's output.
+                let (mut s_in, mut s_splat, mut total) = (SequenceArg::new(), SequenceArg::new(), None);
+                for (k, a) in prog.access.iter().enumerate() {
+                    match (k == slices.operand, a.splat) {
+                        (true, _) => total = Some(next_in()),
+                        (false, true) => s_splat.push(next_in()),
+                        (false, false) => s_in.push(next_in()),
+                    }
+                }
+                let mut s_out = SequenceArg::new();
+                for _ in 0..prog.outputs.len() {
+                    s_out.push(outs.next().expect("a map output"));
+                }
+                let workspace = outs.next().expect("the slices' workspace");
+                let total = total.expect("the sum's operand");
+                fused_map_slices::launch_unchecked::<R>(client, count, dim, prog.width, s_in, s_splat, s_out, workspace, total, n, prog, slices);
+            }
+            KernelCall::ReduceSlices { layout, prog, split, workspace, map } => {
+                let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
+                // The sum's own output goes unwritten: the map reading it stores it.
+                let _sum = outs.next().expect("one output");
+                let mut slices_out: Vec<ArrayArg<R>> = map.iter().map(|_| outs.next().expect("the map output")).collect();
+                slices_out.insert(0, outs.next().expect("a split sum's workspace"));
+                fused_reduce_sum_slices::launch_unchecked::<R>(client, count, dim, 1, seq(ins), seq(slices_out), layout, prog, split, workspace, map);
             }
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let ins: Vec<ArrayArg<R>> = (0..prog.access.len()).map(|_| next_in()).collect();
@@ -203,6 +231,32 @@ impl KernelCall {
                     let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), &mut b);
                     fused_map::expand::<Const<1>>(&mut b.scope, 1, i, s, o, n, prog);
                 }
+            }
+            KernelCall::MapSlices { prog, n, slices } => {
+                let (mut vectors, mut splats) = prog.input_counts();
+                if prog.access[slices.operand].splat {
+                    splats -= 1;
+                } else {
+                    vectors -= 1;
+                }
+                let s = <Sequence<Array<f32>> as LaunchArg>::expand(&seq(splats), &mut b);
+                if prog.width == VECTOR_WIDTH {
+                    type V = Vector<f32, Const<VECTOR_WIDTH>>;
+                    let i = <Sequence<Array<V>> as LaunchArg>::expand(&vseq::<V>(vectors), &mut b);
+                    let o = <Sequence<Array<V>> as LaunchArg>::expand_output(&vseq::<V>(prog.outputs.len()), &mut b);
+                    let (w, t) = (input(&mut b), output(&mut b));
+                    fused_map_slices::expand::<Const<VECTOR_WIDTH>>(&mut b.scope, VECTOR_WIDTH, i, s, o, w, t, n, prog, slices);
+                } else {
+                    let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(vectors), &mut b);
+                    let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len()), &mut b);
+                    let (w, t) = (input(&mut b), output(&mut b));
+                    fused_map_slices::expand::<Const<1>>(&mut b.scope, 1, i, s, o, w, t, n, prog, slices);
+                }
+            }
+            KernelCall::ReduceSlices { layout, prog, split, workspace, map } => {
+                let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);
+                let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(1 + usize::from(map.is_some())), &mut b);
+                crate::reduce::fused_reduce_sum_slices::expand::<Const<1>>(&mut b.scope, 1, i, o, layout, prog, split, workspace, map);
             }
             KernelCall::Reduce { layout, prog, split, workspace, map, .. } if split > 1 => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);

@@ -2,6 +2,7 @@
 //! argument, so cubecl compiles (and caches) one kernel per distinct program.
 
 use crate::program::{Access, KInstr, KernelProgram};
+use crate::reduce::CUBE_REDUCE_UNITS;
 use cubecl::prelude::*;
 use plateau_compiler::ir::{BinaryOp, CmpOp, UnaryOp};
 
@@ -28,20 +29,20 @@ pub fn load_index(pos: usize, #[comptime] acc: Access) -> usize {
 /// instruction. Operands marked `splat` are read as one scalar from `splats` and broadcast.
 #[cube]
 pub fn run_program<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, splats: &Sequence<Array<f32>>, pos: usize, #[comptime] prog: KernelProgram) -> Sequence<Vector<f32, N>> {
-    run_program_with::<N>(inputs, splats, pos, Vector::<f32, N>::new(0.0), prog, false)
+    run_program_with::<N>(inputs, splats, pos, Vector::<f32, N>::new(0.0), prog, None)
 }
 
-/// [`run_program`], where operand 0 is `first` rather than a load when `first_given` (a
-/// GEMM's epilogue: operand 0 is the value the GEMM computed; the other operands' slots
-/// count from 0 without it).
+/// [`run_program`], where operand `given` is `value` rather than a load (a GEMM's
+/// epilogue: operand 0 is the value the GEMM computed; a map summing a split sum's slices:
+/// the sum); the other operands' slots count without it.
 #[cube]
 pub fn run_program_with<N: Size>(
     inputs: &Sequence<Array<Vector<f32, N>>>,
     splats: &Sequence<Array<f32>>,
     pos: usize,
-    first: Vector<f32, N>,
+    value: Vector<f32, N>,
     #[comptime] prog: KernelProgram,
-    #[comptime] first_given: bool,
+    #[comptime] given: Option<usize>,
 ) -> Sequence<Vector<f32, N>> {
     let mut regs = Sequence::<Vector<f32, N>>::new();
     let zero = Vector::<f32, N>::new(0.0);
@@ -51,8 +52,8 @@ pub fn run_program_with<N: Size>(
         match ins {
             KInstr::Load(k) => {
                 let acc = comptime!(prog.access[k].clone());
-                if comptime!(first_given && k == 0) {
-                    regs.push(first);
+                if comptime!(given == Some(k)) {
+                    regs.push(value);
                 } else if comptime!(acc.splat) {
                     let input = splats.index(comptime!(acc.slot));
                     regs.push(Vector::<f32, N>::new(input[load_index(pos, acc.clone())]));
@@ -156,7 +157,7 @@ pub fn run_epilogue<N: Size>(
     if comptime!(epi.is_some()) {
         let prog = comptime!(epi.clone().unwrap());
         let splats = Sequence::<Array<f32>>::new();
-        let regs = run_program_with::<N>(epi_in, &splats, i, v, prog.clone(), true);
+        let regs = run_program_with::<N>(epi_in, &splats, i, v, prog.clone(), comptime!(Some(0usize)));
         store_outputs::<N>(&regs, epi_out, i, prog);
     }
 }
@@ -189,4 +190,85 @@ pub fn fused_map<N: Size>(
         let regs = run_program::<N>(inputs, splats, pos, prog.clone());
         store_outputs::<N>(&regs, outputs, pos, prog);
     }
+}
+
+/// [`fused_map`] reading operand `slices.operand` as the sum of a split sum's slices (see
+/// `plateau_compiler::schedule::reduce`): every cube first sums the `slices.count` partial
+/// sums at `slices.offset` of `workspace` in the order the split sum's own second launch
+/// does (each unit four interleaved partial sums over a stride of the cube, then the tree),
+/// so that every cube holds the same value, bit for bit; cube 0 also stores it at
+/// `slices.total` of `total` (the sum's place). The cube is [`CUBE_REDUCE_UNITS`] units.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_map_slices<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    splats: &Sequence<Array<f32>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    workspace: &Array<f32>,
+    total: &mut Array<f32>,
+    #[comptime] n: usize,
+    #[comptime] prog: KernelProgram,
+    #[comptime] slices: Slices,
+) {
+    let tid = UNIT_POS as usize;
+    let mut smem = SharedMemory::<f32>::new(CUBE_REDUCE_UNITS);
+    let sum = sum_slices(workspace, &mut smem, tid, slices);
+    if CUBE_POS == 0 && tid == 0 {
+        total[comptime!(slices.total)] = sum;
+    }
+    let pos = ABSOLUTE_POS;
+    if pos < n {
+        let regs = run_program_with::<N>(inputs, splats, pos, Vector::<f32, N>::new(sum), prog.clone(), comptime!(Some(slices.operand)));
+        store_outputs::<N>(&regs, outputs, pos, prog);
+    }
+}
+
+/// Where a map reads a split sum's slices: its operand `operand` is the sum of `count`
+/// partial sums at element `offset` of the workspace, stored at element `total` of the sum's
+/// buffer.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Slices {
+    pub operand: usize,
+    pub count: usize,
+    pub offset: usize,
+    pub total: usize,
+}
+
+/// The sum of `slices.count` values at `slices.offset` of `workspace`, by a whole cube of
+/// [`CUBE_REDUCE_UNITS`] units, every unit getting it: unit `u` sums values `u`, `u + 256`, ...
+/// into four interleaved partial sums added as `(p0 + p1) + (p2 + p3)`, then the units' sums
+/// meet in a tree in shared memory: the order of `plateau_kernels::reduce`'s cube-per-output
+/// sum, which a split sum's second launch runs.
+#[cube]
+fn sum_slices(workspace: &Array<f32>, smem: &mut SharedMemory<f32>, tid: usize, #[comptime] slices: Slices) -> f32 {
+    let step = comptime!(CUBE_REDUCE_UNITS);
+    let end = comptime!(slices.count);
+    let at = comptime!(slices.offset);
+    let mut p0 = 0.0f32;
+    let mut p1 = 0.0f32;
+    let mut p2 = 0.0f32;
+    let mut p3 = 0.0f32;
+    let mut r = tid;
+    while r + comptime!(3 * step) < end {
+        p0 += workspace[at + r];
+        p1 += workspace[at + r + step];
+        p2 += workspace[at + r + comptime!(2 * step)];
+        p3 += workspace[at + r + comptime!(3 * step)];
+        r += comptime!(4 * step);
+    }
+    while r < end {
+        p0 += workspace[at + r];
+        r += step;
+    }
+    smem[tid] = (p0 + p1) + (p2 + p3);
+    sync_cube();
+    #[unroll]
+    for level in 0..comptime!(CUBE_REDUCE_UNITS.trailing_zeros() as usize) {
+        let s = comptime!(CUBE_REDUCE_UNITS >> (level + 1));
+        if tid < s {
+            smem[tid] = smem[tid] + smem[tid + s];
+        }
+        sync_cube();
+    }
+    smem[0]
 }

@@ -1,8 +1,9 @@
 //! Device-free emission: CUDA C++ for scheduled kernels, with no GPU present.
 
-use crate::lower::{lower, KernelCall};
+use crate::lower::{lower_scheduled, KernelCall};
 use crate::program::KernelProgram;
 use plateau_compiler::ir::Program;
+use plateau_compiler::schedule::{Kernel, Schedule};
 use plateau_compiler::{Graph, NodeId, Shape};
 
 /// The CUDA C++ source of the fused elementwise kernel running `program` over `space`.
@@ -11,10 +12,9 @@ pub fn fused_map_cuda(program: &Program, space: &Shape, name: &str) -> Result<St
     Ok(sources.remove(0).1)
 }
 
-/// The CUDA C++ source of the kernel computing `nodes` of a fused graph; `offset` gives each
-/// node's element offset in its buffer and `workspace` a split GEMM's workspace offset (from
-/// the schedule's memory plan), as (kernel name, source) per launch: a split GEMM is two
-/// kernels, the second named `{name}_sum`.
-pub fn kernel_cuda(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>, name: &str) -> Result<Vec<(String, String)>, String> {
-    lower(g, nodes, offset, workspace)?.call.cuda_sources(name)
+/// The CUDA C++ source of kernel `kernel` of schedule `s` over the fused graph `g` at the
+/// places the schedule's memory plan gives, as (kernel name, source) per launch: a split
+/// GEMM or sum is two kernels, the second named `{name}_sum`.
+pub fn kernel_cuda(g: &Graph, s: &Schedule, kernel: &Kernel, name: &str) -> Result<Vec<(String, String)>, String> {
+    lower_scheduled(g, s, kernel, &|n: NodeId| s.locations[&n].1, s.workspace_offset(kernel))?.call.cuda_sources(name)
 }

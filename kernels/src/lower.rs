@@ -2,12 +2,15 @@
 //! kernel to run and its comptime arguments. The device executor launches calls; the
 //! device-free emitter compiles them to CUDA C++. Operands are addressed by element offset.
 
+use crate::elementwise::Slices;
 use crate::gemm::GemmSpec;
 use crate::macros::PadSpec;
 use crate::program::{access, Access, KernelProgram, VECTOR_WIDTH};
 use crate::reduce::ReduceLayout;
 use crate::window::WindowSpec;
 use plateau_compiler::ir::{Op, Program, ReduceOp};
+use plateau_compiler::schedule::reduce::view_base;
+use plateau_compiler::schedule::{Kernel, Schedule};
 use plateau_compiler::{Graph, NodeId};
 
 /// The sliding-window kernels.
@@ -32,6 +35,12 @@ pub enum KernelCall {
     /// `epi`: a single sum's epilogue, as `GemmEpilogue`'s (the sum's own output is stored
     /// only when `store`).
     Reduce { op: ReduceOp, layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize>, epi: Option<KernelProgram>, store: bool },
+    /// A split sum's slices alone, into its workspace: the map reading the sum adds them up
+    /// (`MapSlices`).
+    ReduceSlices { layout: ReduceLayout, prog: KernelProgram, split: usize, workspace: usize, map: Option<usize> },
+    /// `Map`, whose operand `slices.operand` is a split sum that it first adds up from the
+    /// sum's slices and stores (see `plateau_compiler::schedule::reduce`).
+    MapSlices { prog: KernelProgram, n: usize, slices: Slices },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
     /// A GEMM with an epilogue: `prog`, over the GEMM's output, reads each output value as
@@ -100,6 +109,36 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
             }
         }
         _ => {}
+    }
+    Ok(l)
+}
+
+/// Lowers kernel `kernel` of schedule `s` as [`lower`] does its nodes, with `workspace` the
+/// element offset of its workspace (its own, or the slices it adds up): a split sum whose
+/// slices the map reading it adds up runs its slices alone (`ReduceSlices`), and that map
+/// reads them (`MapSlices`).
+pub fn lower_scheduled(g: &Graph, s: &Schedule, kernel: &Kernel, offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
+    let mut l = lower(g, &kernel.nodes, offset, workspace)?;
+    if kernel.summed_by.is_some() {
+        l.call = match l.call {
+            KernelCall::Reduce { op: ReduceOp::Sum, layout, prog, split, workspace, map, epi: None, .. } if split > 1 => KernelCall::ReduceSlices { layout, prog, split, workspace, map },
+            _ => return Err(format!("kernel k{} is no split sum, yet a map is to add up its slices", kernel.id)),
+        };
+    }
+    if let Some(k) = kernel.sums_slices_of {
+        let source = &s.kernels[k];
+        let sum = source.nodes[0];
+        let operand = g.operands(kernel.nodes[0]).iter().position(|&o| view_base(g, o) == sum);
+        let (KernelCall::Map { mut prog, n }, Some(operand), Some(at)) = (l.call.clone(), operand, workspace) else {
+            return Err(format!("kernel k{} is to add up the slices of k{k} but is no map reading its sum", kernel.id));
+        };
+        // The operand is given, not loaded: the others of its kind count their slots without it.
+        let given = prog.access[operand].clone();
+        for a in prog.access.iter_mut().filter(|a| a.splat == given.splat && a.slot > given.slot) {
+            a.slot -= 1;
+        }
+        l.call = KernelCall::MapSlices { prog, n, slices: Slices { operand, count: source.split, offset: at, total: offset(sum) } };
+        l.workspace_len = source.split;
     }
     Ok(l)
 }

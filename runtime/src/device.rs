@@ -13,7 +13,7 @@ use plateau_compiler::{Compiled, DType, Graph, NodeId};
 use plateau_kernels::cubecl::prelude::*;
 use plateau_kernels::cubecl::server::Handle;
 use plateau_kernels::host::{check, download};
-use plateau_kernels::lower::{lower, KernelCall, Lowered};
+use plateau_kernels::lower::{lower_scheduled, KernelCall, Lowered};
 use plateau_kernels::KernelProgram;
 
 /// A compiled step resident on a device.
@@ -312,7 +312,7 @@ impl<R: Runtime> DeviceStep<R> {
     fn lower_kernel(&self, k: usize) -> Result<(Lowered, Option<(usize, usize)>), RuntimeError> {
         let kernel = &self.compiled.schedule.kernels[k];
         let workspace = kernel.workspace.map(|b| self.place[b]);
-        let lowered = lower(&self.graph, &kernel.nodes, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
+        let lowered = lower_scheduled(&self.graph, &self.compiled.schedule, kernel, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
         Ok((lowered, workspace))
     }
 

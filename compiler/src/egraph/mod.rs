@@ -56,6 +56,8 @@ pub struct Report {
     pub rule_hits: BTreeMap<&'static str, usize>,
     /// Extraction failed and the program was kept unfused (always correct).
     pub fallback: bool,
+    /// The rewriter ran (off: one kernel per op, and the schedule fuses nothing either).
+    pub rewrite: bool,
     /// The extracted program's cost.
     pub cost: Cost,
     pub seconds: f64,
@@ -141,6 +143,7 @@ pub fn fuse(step: &Step, limits: &Limits, rewrite: bool) -> Result<Fused, IrErro
         stop: StopReason::Saturated,
         rule_hits: BTreeMap::new(),
         fallback: false,
+        rewrite,
         cost: Cost::default(),
         seconds: 0.0,
     };

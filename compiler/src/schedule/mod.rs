@@ -33,17 +33,24 @@ pub struct Kernel {
     /// Slices of a split GEMM (along k; see [`gemm`]) or of a split sum (see [`reduce`]); 1:
     /// not split. A split kernel is two launches.
     pub split: usize,
-    /// The buffer of a split kernel's partial results.
+    /// The buffer of a split kernel's partial results (for a kernel summing another's slices,
+    /// that kernel's).
     pub workspace: Option<usize>,
+    /// A split sum whose slices the first kernel reading the sum adds up as it reads it (that
+    /// kernel; see [`reduce::slices_readers`]): one launch, not two.
+    pub summed_by: Option<usize>,
+    /// The split sum (kernel) whose slices this map adds up, storing the sum, before it reads it.
+    pub sums_slices_of: Option<usize>,
     /// The fused-graph nodes this kernel computes.
     #[serde(skip)]
     pub nodes: Vec<NodeId>,
 }
 
 impl Kernel {
-    /// Device launches: one, or two for a split kernel (the slices, then their sum).
+    /// Device launches: one, or two for a split kernel (the slices, then their sum), unless
+    /// the kernel reading the sum adds up the slices.
     pub fn launches(&self) -> usize {
-        if self.split > 1 { 2 } else { 1 }
+        if self.split > 1 && self.summed_by.is_none() { 2 } else { 1 }
     }
 }
 
@@ -186,6 +193,8 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
             bytes: 0,
             split: split_of(g, id),
             workspace: None,
+            summed_by: None,
+            sums_slices_of: None,
             nodes: vec![id],
         });
     }
@@ -202,9 +211,20 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
             unstored.insert(gemm);
         }
     }
+    // A split sum's slices added up by the map that first reads the sum (with the rewriter
+    // on: off, every op is its own kernel).
+    if fused.report.rewrite {
+        for (k, m) in reduce::slices_readers(g, &kernels) {
+            kernels[k].summed_by = Some(m);
+            kernels[m].sums_slices_of = Some(k);
+        }
+    }
     let plan = plan::plan(g, &kernels, &kernel_of, page, &unstored);
     for (k, &b) in &plan.workspace {
         kernels[*k].workspace = Some(b);
+        if let Some(m) = kernels[*k].summed_by {
+            kernels[m].workspace = Some(b);
+        }
     }
     for k in kernels.iter_mut() {
         let inputs = kernel_reads(g, &k.nodes);
@@ -214,6 +234,20 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
         k.bytes = inputs.iter().map(size).sum::<u64>() + k.nodes.iter().map(size).sum::<u64>();
         // A split kernel writes its partial results and reads them back.
         k.bytes += k.workspace.map_or(0, |b| 2 * plan.buffers[b].bytes);
+    }
+    // A map adding up a split sum's slices reads them once (counted once: the split kernel
+    // writes them) rather than the sum, and stores the sum, which the split kernel never
+    // writes.
+    for m in 0..kernels.len() {
+        let (Some(k), Some(ws)) = (kernels[m].sums_slices_of, kernels[m].workspace) else { continue };
+        let sum = kernels[k].nodes[0];
+        let (sum_at, ws_bytes) = (plan.location(sum), plan.buffers[ws].bytes);
+        for i in kernels[m].inputs.iter_mut().filter(|i| **i == sum_at) {
+            *i = format!("b{ws}");
+        }
+        kernels[m].outputs.push(sum_at);
+        kernels[m].bytes -= ws_bytes;
+        kernels[k].bytes -= ws_bytes + (g.shape(sum).numel() * g.dtype(sum).size_bytes()) as u64;
     }
     let schedule = Schedule {
         launches: kernels.iter().map(Kernel::launches).sum(),
@@ -273,9 +307,11 @@ impl fmt::Display for Schedule {
             let _ = writeln!(s, "  {b}");
         }
         for k in &self.kernels {
-            let split = match k.workspace {
-                Some(b) => format!(" split {} (workspace b{b})", k.split),
-                None => String::new(),
+            let split = match (k.workspace, k.summed_by, k.sums_slices_of) {
+                (Some(b), Some(m), _) => format!(" split {} (workspace b{b}, summed in k{m})", k.split),
+                (Some(_), None, Some(s)) => format!(" (sums the slices of k{s})"),
+                (Some(b), None, None) => format!(" split {} (workspace b{b})", k.split),
+                _ => String::new(),
             };
             let _ = writeln!(s, "k{} [{}] {}({}) -> {}{split}", k.id, k.phase, k.name, k.inputs.join(", "), k.outputs.join(", "));
             for line in &k.body {

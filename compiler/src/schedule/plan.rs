@@ -3,7 +3,8 @@
 //! contiguous slices, first-axis concatenations) take no memory of their own, an elementwise
 //! kernel may write over an operand that dies with it, and a state's new value overwrites
 //! the state once nothing reads the old one. A split GEMM or sum gets a workspace for its
-//! partial results, live only during its kernel. The pool is laid out as one, or in pages (for
+//! partial results, live only during its kernel (or until the map that adds up a split sum's
+//! slices). The pool is laid out as one, or in pages (for
 //! a device that binds less, `Compiled::paged`) that no page-sized temporary straddles, so the
 //! device can hold it as one buffer per page.
 
@@ -219,6 +220,8 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
         let len = kernel.nodes.iter().map(|&n| super::workspace_len(g, n)).max().unwrap_or(0);
         if len > 0 {
             let b = new_buffer(&mut buffers, &mut first, &mut last, (len * g.dtype(kernel.nodes[0]).size_bytes()) as u64, BufferKind::Temp { offset: 0, from: k, to: k }, k);
+            // Until the kernel that adds up the slices, when that is not this one.
+            last[b] = kernel.summed_by.unwrap_or(k);
             workspace.insert(k, b);
         }
     }

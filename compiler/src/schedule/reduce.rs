@@ -12,8 +12,21 @@
 //! a second launch sums each output's slices in a fixed order (deterministic, no atomics).
 //! Such a kernel counts as two launches. The rules are shared by the schedule (launches and
 //! workspace memory) and the lowering.
+//!
+//! Unless the sum is a scalar (SAM's squared norm) whose first reader is an elementwise map
+//! (SAM's perturbation `w + rho g / ||g||`): then that map adds up the slices itself
+//! ([`slices_readers`]): each of its cubes first sums the slices in the order the second
+//! launch would (so the result is the same, bit for bit, in every cube), one unit stores the
+//! sum where the second launch would have, and the map reads it from a register. The
+//! workspace lives until the map. One launch and its dependency fewer: SAM's step is then
+//! exactly twice SGD's launches on every model (the ascent's norm and perturbation take
+//! the launches of the descent SGD runs twice and SAM once, and of the loss value the
+//! adversarial pass does not compute). The price is each cube of the map reading the slices
+//! (at most [`REDUCE_TARGET_CUBES`] values, from cache) and a tree in shared memory.
 
+use super::{kernel_reads, Kernel};
 use crate::ir::{Graph, NodeId, Op, ReduceOp};
+use std::collections::BTreeMap;
 
 /// Reductions at least this long run a cube per output (a strided walk, then a tree in shared
 /// memory); shorter ones one unit per output.
@@ -61,6 +74,35 @@ pub fn workspace_len(g: &Graph, id: NodeId) -> usize {
         (split, Some((outputs, _))) if split > 1 => split * outputs,
         _ => 0,
     }
+}
+
+/// The node a chain of reshapes views.
+pub fn view_base(g: &Graph, mut id: NodeId) -> NodeId {
+    while let Op::Reshape { .. } = g.node(id).op {
+        id = g.operands(id)[0];
+    }
+    id
+}
+
+/// Split sums whose slices the first kernel reading the sum adds up, as (sum kernel, reader
+/// kernel), in launch order: a split sum of one output whose first reader (directly or
+/// through reshapes) is a map (one elementwise program) reading it through one operand.
+pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
+    let mut folds: BTreeMap<usize, usize> = BTreeMap::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        let sum = kernel.nodes[0];
+        let sums = kernel.nodes.iter().filter(|&&n| matches!(g.node(n).op, Op::FusedReduce { .. })).count();
+        if kernel.split <= 1 || sums != 1 || !matches!(g.node(sum).op, Op::FusedReduce { op: ReduceOp::Sum, .. }) || reduce_dims(g, sum).map(|d| d.0) != Some(1) {
+            continue;
+        }
+        let Some(m) = kernels[k + 1..].iter().find(|m| kernel_reads(g, &m.nodes).iter().any(|&o| view_base(g, o) == sum)) else { continue };
+        let map = m.nodes.iter().all(|&n| matches!(g.node(n).op, Op::Fused { .. }));
+        let reads = g.operands(m.nodes[0]).iter().filter(|&&o| view_base(g, o) == sum).count();
+        if map && reads == 1 && !folds.values().any(|&r| r == m.id) {
+            folds.insert(k, m.id);
+        }
+    }
+    folds
 }
 
 #[cfg(test)]
