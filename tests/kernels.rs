@@ -330,7 +330,10 @@ fn check_device_step_at(name: &str, model: &plateau::ModelSpec, spec: plateau::O
     assert_eq!(compiled.schedule.page_bytes, None);
     let laid_out = dev.compiled().schedule.clone();
     assert_eq!(laid_out.page_bytes, paged, "{name}");
-    assert_eq!(laid_out.launches, compiled.schedule.launches);
+    // wgpu runs each split sum's own second launch (see `adds_up_slices`).
+    let own_sums = compiled.schedule.kernels.iter().filter(|k| k.summed_by.is_some()).count();
+    assert_eq!(laid_out.launches, compiled.schedule.launches + own_sums, "{name}");
+    assert!(!laid_out.sums_in_readers, "{name}");
     assert_eq!(dev.device_bytes(), laid_out.peak_memory_bytes, "{name}: the device holds exactly the planned peak");
     for (kind, leaf) in leaves(&compiled.fused) {
         dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
@@ -413,10 +416,10 @@ fn split_gemm_steps_on_wgpu_match_the_reference() {
 }
 
 /// SAM's squared norm is a split sum whose slices the perturbation adds up as it reads the
-/// norm (one launch fewer): the step computes what it computes with the sum's own second
-/// launch, bit for bit (the same order of additions in every cube), whether the map runs
-/// scalar (an arena of 269,322 parameters) or in vectors of four (268,808), and with 793
-/// slices, more than four per unit.
+/// norm (one launch fewer, as a GPU runs it; wgpu runs the sum's own second launch): the step
+/// computes what it computes with the sum's own second launch, bit for bit (the same order of
+/// additions in every cube), whether the map runs scalar (an arena of 269,322 parameters) or
+/// in vectors of four (268,808), and with 793 slices, more than four per unit.
 #[test]
 fn the_perturbation_adds_up_the_norms_slices_as_the_second_launch_would() {
     use plateau::runtime::device::{leaves, DeviceStep};
@@ -434,21 +437,16 @@ fn the_perturbation_adds_up_the_norms_slices_as_the_second_launch_would() {
         assert_eq!((norm.split, norm.launches(), m.sums_slices_of, m.workspace), (slices, 1, Some(norm.id), norm.workspace), "{name}");
         let l = plateau::kernels::lower::lower_scheduled(&compiled.fused, s, m, &|n| s.locations[&n].1, s.workspace_offset(m)).unwrap();
         assert!(matches!(l.call, plateau::kernels::lower::KernelCall::MapSlices { ref prog, slices: sl, .. } if prog.width == width && sl.count == slices), "{name}: {:?}", l.call);
-        // The same kernels, the norm's slices summed by its own second launch.
-        let mut own = compiled.clone();
-        for k in own.schedule.kernels.iter_mut() {
-            if k.sums_slices_of.take().is_some() {
-                k.workspace = None;
-            }
-            k.summed_by = None;
-        }
         let mut b = initial_state(&traced, &step, 3).unwrap();
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         b.set("input", "x", Tensor::from_f32(vec![8, 1, 28, 28], &random(8 * 784, 12)).unwrap());
         b.set("input", "labels", Tensor::labels(&(0..8).map(|_| r.random_range(0..classes as i32)).collect::<Vec<i32>>()));
         b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.05));
         b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
-        let mut steps = [DeviceStep::new(client(), &compiled).unwrap(), DeviceStep::new(client(), &own).unwrap()];
+        // As a GPU runs it, and as wgpu does (the norm's slices summed by its own second launch).
+        let mut steps = [DeviceStep::with_layout(client(), &compiled, u64::MAX, true).unwrap(), DeviceStep::new(client(), &compiled).unwrap()];
+        assert_eq!((steps[0].compiled().schedule.launches, steps[1].compiled().schedule.launches), (s.launches, s.launches + 1), "{name}");
+        assert!(!steps[1].compiled().schedule.sums_in_readers && steps[1].compiled().schedule.kernels.iter().all(|k| k.summed_by.is_none()));
         for dev in steps.iter_mut() {
             for (kind, leaf) in leaves(&compiled.fused) {
                 dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();

@@ -9,6 +9,7 @@ use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{fused_reduce_sum_slices, launch_reduce, no_epilogue, seq, slices_sum, CUBE_REDUCE_UNITS};
 use crate::window::*;
+use plateau_compiler::schedule::reduce::REDUCE_TARGET_CUBES;
 use cubecl::prelude::*;
 use cubecl_cpp::cuda::{mma::CudaWmmaCompiler, CudaDialect};
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
@@ -78,7 +79,16 @@ impl KernelCall {
             return;
         }
         let dim = CubeDim::new_1d(block);
-        let count = cubecl::calculate_cube_count_elemwise(client, units, dim);
+        let count = match self {
+            // Its cubes stride over the positions, each adding up the slices once: enough to
+            // fill the device (eight cubes on each SM where the device says how many it has),
+            // no more.
+            KernelCall::MapSlices { .. } => {
+                let fill = client.properties().hardware.num_streaming_multiprocessors.map_or(REDUCE_TARGET_CUBES, |sm| 8 * sm as usize);
+                CubeCount::Static(units.div_ceil(block as usize).min(fill) as u32, 1, 1)
+            }
+            _ => cubecl::calculate_cube_count_elemwise(client, units, dim),
+        };
         let mut ins = inputs.into_iter();
         let mut outs = outputs.into_iter();
         let mut next_in = || ins.next().expect("invariant: lowering lists every input");

@@ -193,11 +193,12 @@ pub fn fused_map<N: Size>(
 }
 
 /// [`fused_map`] reading operand `slices.operand` as the sum of a split sum's slices (see
-/// `plateau_compiler::schedule::reduce`): every cube first sums the `slices.count` partial
+/// `plateau_compiler::schedule::reduce`): every cube first adds up the `slices.count` partial
 /// sums at `slices.offset` of `workspace` in the order the split sum's own second launch
-/// does (each unit four interleaved partial sums over a stride of the cube, then the tree),
-/// so that every cube holds the same value, bit for bit; cube 0 also stores it at
-/// `slices.total` of `total` (the sum's place). The cube is [`CUBE_REDUCE_UNITS`] units.
+/// does, so that every cube holds the same value, bit for bit; cube 0 also stores it at
+/// `slices.total` of `total` (the sum's place). The cube is [`CUBE_REDUCE_UNITS`] units, and
+/// the cubes stride over the `n` positions, however many the launch gives (each adds up the
+/// slices once).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn fused_map_slices<N: Size>(
@@ -216,10 +217,13 @@ pub fn fused_map_slices<N: Size>(
     if CUBE_POS == 0 && tid == 0 {
         total[comptime!(slices.total)] = sum;
     }
-    let pos = ABSOLUTE_POS;
-    if pos < n {
-        let regs = run_program_with::<N>(inputs, splats, pos, Vector::<f32, N>::new(sum), prog.clone(), comptime!(Some(slices.operand)));
-        store_outputs::<N>(&regs, outputs, pos, prog);
+    let value = Vector::<f32, N>::new(sum);
+    let stride = CUBE_COUNT as usize * comptime!(CUBE_REDUCE_UNITS);
+    let mut pos = ABSOLUTE_POS;
+    while pos < n {
+        let regs = run_program_with::<N>(inputs, splats, pos, value, prog.clone(), comptime!(Some(slices.operand)));
+        store_outputs::<N>(&regs, outputs, pos, prog.clone());
+        pos += stride;
     }
 }
 
@@ -238,7 +242,8 @@ pub struct Slices {
 /// [`CUBE_REDUCE_UNITS`] units, every unit getting it: unit `u` sums values `u`, `u + 256`, ...
 /// into four interleaved partial sums added as `(p0 + p1) + (p2 + p3)`, then the units' sums
 /// meet in a tree in shared memory: the order of `plateau_kernels::reduce`'s cube-per-output
-/// sum, which a split sum's second launch runs.
+/// sum, which a split sum's second launch runs. A few hundred cycles on a GPU; on a CPU
+/// device each barrier costs (see `plateau_runtime::device::adds_up_slices`).
 #[cube]
 fn sum_slices(workspace: &Array<f32>, smem: &mut SharedMemory<f32>, tid: usize, #[comptime] slices: Slices) -> f32 {
     let step = comptime!(CUBE_REDUCE_UNITS);

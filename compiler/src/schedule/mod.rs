@@ -66,6 +66,10 @@ pub struct Schedule {
     /// Page size of the pool layout: no temporary smaller than a page crosses a multiple of it.
     /// `None`: laid out as one pool (see [`Compiled::paged`]).
     pub page_bytes: Option<u64>,
+    /// Split sums read first by a map have their slices added up by that map (see
+    /// [`reduce::slices_readers`]; [`Compiled::laid_out`] turns it off for a device where it
+    /// costs more than the launch it saves).
+    pub sums_in_readers: bool,
     pub kernels: Vec<Kernel>,
     pub buffers: Vec<Buffer>,
     /// Where every fused-graph node lives: (buffer, element offset).
@@ -130,8 +134,9 @@ pub(crate) fn kernel_reads(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
 
 /// Lays out the kernels of a fused step over an arena of `param_count` parameters: one launch
 /// per kernel node (one per group for multi-output programs), in the fused graph's topological
-/// order; the pool as one, or in pages of `page` bytes.
-pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled {
+/// order; the pool as one, or in pages of `page` bytes; with `sums_in_readers`, a split sum's
+/// slices added up by the map first reading it (never for an unfused program).
+pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_readers: bool) -> Compiled {
     let g = &fused.graph;
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut group_kernel: BTreeMap<u32, usize> = BTreeMap::new();
@@ -213,7 +218,8 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
     }
     // A split sum's slices added up by the map that first reads the sum (with the rewriter
     // on: off, every op is its own kernel).
-    if fused.report.rewrite {
+    let sums_in_readers = sums_in_readers && fused.report.rewrite;
+    if sums_in_readers {
         for (k, m) in reduce::slices_readers(g, &kernels) {
             kernels[k].summed_by = Some(m);
             kernels[m].sums_slices_of = Some(k);
@@ -256,6 +262,7 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>) -> Compiled
         peak_memory_bytes: plan.peak_bytes,
         param_count,
         page_bytes: plan.page,
+        sums_in_readers,
         kernels,
         locations: plan.loc.iter().map(|(&n, &l)| (n, l)).collect(),
         buffers: plan.buffers,
@@ -341,13 +348,13 @@ pub(crate) fn is_value_output(g: &Graph, id: NodeId) -> bool {
 /// program stays one op per kernel.
 pub fn compile_step(step: &Step, rewrite: bool) -> Result<Compiled, crate::IrError> {
     let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
-    Ok(schedule(fused, step.arena.len, None))
+    Ok(schedule(fused, step.arena.len, None, true))
 }
 
 /// [`compile_step`] with the pool laid out in pages of `page` bytes (see [`Compiled::paged`]).
 pub fn compile_step_paged(step: &Step, rewrite: bool, page: u64) -> Result<Compiled, crate::IrError> {
     let fused = crate::egraph::fuse(step, &crate::egraph::DEFAULT_LIMITS, rewrite)?;
-    Ok(schedule(fused, step.arena.len, Some(page_size(page))))
+    Ok(schedule(fused, step.arena.len, Some(page_size(page)), true))
 }
 
 /// `page` rounded down to a multiple of [`POOL_ALIGN`], at least that.
@@ -362,7 +369,14 @@ impl Compiled {
     /// a page crosses no page boundary; the peak may grow by what the page ends leave unused
     /// (at most a few MB: ResNet-18's SAM step at batch 128 in 128 MiB pages, 2.6 MB).
     pub fn paged(&self, page: u64) -> Compiled {
+        self.laid_out(Some(page), self.schedule.sums_in_readers)
+    }
+
+    /// The same kernels laid out again: the pool as one (`page` `None`) or in pages of `page`
+    /// bytes, with split sums' slices added up by their readers or not (never where the
+    /// rewriter was off).
+    pub fn laid_out(&self, page: Option<u64>, sums_in_readers: bool) -> Compiled {
         let fused = Fused { graph: self.fused.clone(), phases: self.phases.clone(), report: self.report.clone(), labels: self.labels.clone() };
-        schedule(fused, self.schedule.param_count, Some(page_size(page)))
+        schedule(fused, self.schedule.param_count, page.map(page_size), sums_in_readers)
     }
 }
