@@ -89,6 +89,11 @@ done
 for m in mlp cnn; do
   check "profile-$m.txt" 60 $P bench --model $m --device $DEV --rounds 3 --no-naive --profile
 done
+# SAM's norm summed by its own second launch instead of by the perturbation (the default on
+# CUDA): what the launch saved is worth on this card.
+for m in mlp cnn; do
+  check bench-own-sums.jsonl 60 env PLATEAU_SUMS_IN_READERS=off $P bench --model $m --device $DEV --rounds 30 --no-naive --json
+done
 check train-$DEV.txt 60 $P train --device $DEV --epochs 2 --hidden 64
 check bench.jsonl 150 $P bench --model resnet18 --device $DEV --rounds 10 --no-naive --json
 check bench.jsonl 90 $PY benches/sam_torch.py --model resnet18 --device $TDEV --rounds 10

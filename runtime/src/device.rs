@@ -50,7 +50,7 @@ impl<R: Runtime> DeviceStep<R> {
     /// that is laid out again in pages of at most `limit` bytes (unless the plan's pages are
     /// already that small) and held as one buffer per page.
     pub fn with_binding_limit(client: ComputeClient<R>, compiled: &Compiled, limit: u64) -> Result<Self, RuntimeError> {
-        let sums_in_readers = adds_up_slices(&client);
+        let sums_in_readers = adds_up_slices(&client)?;
         Self::with_layout(client, compiled, limit, sums_in_readers)
     }
 
@@ -358,14 +358,27 @@ impl<R: Runtime> DeviceStep<R> {
 
 /// Whether the maps reading split sums add up their slices on this device (the schedule's
 /// `sums_in_readers`; see `plateau_compiler::schedule::reduce`): where cubecl knows the
-/// device's streaming multiprocessors (CUDA GPUs). Each of the map's cubes then adds up the
-/// slices in shared memory, nine barriers apart: a few hundred cycles on a GPU, against a
-/// launch and its wait saved. Elsewhere (wgpu, which tells cubecl nothing of the device) the
-/// split sum runs its own second launch: on lavapipe, where a barrier is a CPU core switching
-/// between the workgroup's units, the MLP's perturbation took 4.2 ms that way rather than 1.4
-/// (the launch saved: about 0.1 ms).
-pub fn adds_up_slices<R: Runtime>(client: &ComputeClient<R>) -> bool {
-    client.properties().hardware.num_streaming_multiprocessors.is_some()
+/// device's streaming multiprocessors (CUDA GPUs), unless `PLATEAU_SUMS_IN_READERS` says `on`
+/// or `off` (see [`sums_in_readers`]). Each of the map's cubes then adds up the slices in
+/// shared memory, nine barriers apart: a few hundred cycles on a GPU, against a launch and
+/// its wait saved. Elsewhere (wgpu, which tells cubecl nothing of the device) the split sum
+/// runs its own second launch: on lavapipe, where a barrier is a CPU core switching between
+/// the workgroup's units, the MLP's perturbation took 4.2 ms that way rather than 1.4 (the
+/// launch saved: about 0.1 ms).
+pub fn adds_up_slices<R: Runtime>(client: &ComputeClient<R>) -> Result<bool, RuntimeError> {
+    let setting = std::env::var("PLATEAU_SUMS_IN_READERS").ok();
+    sums_in_readers(setting.as_deref(), client.properties().hardware.num_streaming_multiprocessors.is_some())
+}
+
+/// The choice of [`adds_up_slices`]: `setting` (`PLATEAU_SUMS_IN_READERS`: `on`, `off`, or
+/// unset or empty for the default, `knows_sms`).
+pub fn sums_in_readers(setting: Option<&str>, knows_sms: bool) -> Result<bool, RuntimeError> {
+    match setting {
+        None | Some("") => Ok(knows_sms),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(RuntimeError::Setting { name: "PLATEAU_SUMS_IN_READERS", value: v.to_string(), expected: "`on` or `off`" }),
+    }
 }
 
 /// Refuses labels outside `0..classes` for a label input (`Compiled::labels`: the fused program
@@ -389,3 +402,19 @@ pub fn leaves(g: &Graph) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_in_readers_follows_the_device_unless_set() {
+        assert_eq!(sums_in_readers(None, true), Ok(true));
+        assert_eq!(sums_in_readers(None, false), Ok(false));
+        assert_eq!(sums_in_readers(Some(""), true), Ok(true));
+        assert_eq!(sums_in_readers(Some("on"), false), Ok(true));
+        assert_eq!(sums_in_readers(Some("off"), true), Ok(false));
+        let err = sums_in_readers(Some("yes"), true).unwrap_err();
+        assert_eq!(err.to_string(), "PLATEAU_SUMS_IN_READERS=\"yes\": expected `on` or `off`");
+    }
+}

@@ -17,6 +17,9 @@ pub enum RuntimeError {
     /// A class label outside `0..classes`.
     #[error("label {label} at position {position} is outside 0..{classes}")]
     LabelOutOfRange { label: i64, position: usize, classes: usize },
+    /// An environment variable plateau reads holds a value it does not take.
+    #[error("{name}={value:?}: expected {expected}")]
+    Setting { name: &'static str, value: String, expected: &'static str },
     /// The backend cannot run something the program needs.
     #[error("unsupported on this backend: {0}")]
     Unsupported(String),
