@@ -59,7 +59,8 @@ impl<R: Runtime> DeviceStep<R> {
     /// add them up (see [`adds_up_slices`]).
     pub fn with_layout(client: ComputeClient<R>, compiled: &Compiled, limit: u64, sums_in_readers: bool) -> Result<Self, RuntimeError> {
         let own_sums;
-        let compiled = if compiled.schedule.sums_in_readers && !sums_in_readers {
+        let folded = compiled.schedule.kernels.iter().any(|k| k.summed_by.is_some());
+        let compiled = if folded && !sums_in_readers {
             own_sums = compiled.laid_out(compiled.schedule.page_bytes, false);
             &own_sums
         } else {

@@ -84,9 +84,17 @@ pub fn view_base(g: &Graph, mut id: NodeId) -> NodeId {
     id
 }
 
+/// Whether `id` is `target` or a view of it (a reshape, a contiguous slice, a concatenation
+/// along the first axis: no kernel of their own, so reading them reads `target`'s place).
+fn views(g: &Graph, id: NodeId, target: NodeId) -> bool {
+    id == target || (!super::is_kernel(g, id) && !g.node(id).op.is_leaf() && g.operands(id).into_iter().any(|o| views(g, o, target)))
+}
+
 /// Split sums whose slices the first kernel reading the sum adds up, as (sum kernel, reader
-/// kernel), in launch order: a split sum of one output whose first reader (directly or
-/// through reshapes) is a map (one elementwise program) reading it through one operand.
+/// kernel), in launch order: a split sum of one output whose first reader (through any view)
+/// is a map (one elementwise program) reading it through exactly one operand, the sum itself
+/// or a reshape of it (the map gives that operand the value it adds up; any other view of the
+/// sum, a concatenation holding it, would read the place the map has yet to store it in).
 pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
     let mut folds: BTreeMap<usize, usize> = BTreeMap::new();
     for (k, kernel) in kernels.iter().enumerate() {
@@ -95,10 +103,11 @@ pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
         if kernel.split <= 1 || sums != 1 || !matches!(g.node(sum).op, Op::FusedReduce { op: ReduceOp::Sum, .. }) || reduce_dims(g, sum).map(|d| d.0) != Some(1) {
             continue;
         }
-        let Some(m) = kernels[k + 1..].iter().find(|m| kernel_reads(g, &m.nodes).iter().any(|&o| view_base(g, o) == sum)) else { continue };
+        let Some(m) = kernels[k + 1..].iter().find(|m| kernel_reads(g, &m.nodes).iter().any(|&o| views(g, o, sum))) else { continue };
         let map = m.nodes.iter().all(|&n| matches!(g.node(n).op, Op::Fused { .. }));
-        let reads = g.operands(m.nodes[0]).iter().filter(|&&o| view_base(g, o) == sum).count();
-        if map && reads == 1 && !folds.values().any(|&r| r == m.id) {
+        let operands = g.operands(m.nodes[0]);
+        let reading: Vec<NodeId> = operands.into_iter().filter(|&o| views(g, o, sum)).collect();
+        if map && reading.len() == 1 && view_base(g, reading[0]) == sum && !folds.values().any(|&r| r == m.id) {
             folds.insert(k, m.id);
         }
     }
@@ -108,6 +117,52 @@ pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::{BinaryOp, DType, Instr, Program, Shape, TensorType};
+    use crate::step::Phase;
+
+    fn kernel(id: usize, g: &Graph, nodes: Vec<NodeId>) -> Kernel {
+        let split = crate::schedule::split_of(g, nodes[0]);
+        Kernel { id, name: String::new(), phase: Phase::Ascent, body: vec![], inputs: vec![], outputs: vec![], bytes: 0, split, workspace: None, summed_by: None, sums_slices_of: None, nodes }
+    }
+
+    /// A map over `[n]` of `x` and a scalar `s` (read through `view`): `x * s`.
+    fn scale(g: &mut Graph, x: NodeId, s: NodeId, n: usize) -> NodeId {
+        let view = g.shape(s).clone();
+        let program = Program { views: vec![Shape(vec![n]), view], instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
+        g.add(Op::Fused { program, output: 0, group: 0, ty: TensorType { dtype: DType::F32, shape: Shape(vec![n]) } }, &[x, s]).unwrap()
+    }
+
+    /// The first reader of a split sum of one output adds up its slices when it is a map
+    /// reading the sum (or a reshape of it) through one operand; not when a kernel reading a
+    /// view holding the sum (a concatenation) comes first, nor when the map reads it twice.
+    #[test]
+    fn the_first_map_reading_a_split_scalar_sum_adds_up_its_slices() {
+        let n = 20_000;
+        let mut g = Graph::new();
+        let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, vec![n]).unwrap();
+        let y = g.leaf(Op::Input { name: "y".into() }, DType::F32, vec![3]).unwrap();
+        let sq = Program { views: vec![Shape(vec![n])], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
+        let sum = g.add(Op::FusedReduce { program: sq, op: ReduceOp::Sum, axes: vec![0], space: TensorType { dtype: DType::F32, shape: Shape(vec![n]) }, group: 0 }, &[x]).unwrap();
+        let flat = g.add(Op::Reshape { shape: Shape(vec![]) }, &[sum]).unwrap();
+        let both = g.add(Op::Concat { axis: 0, count: 2 }, &[sum, y]).unwrap();
+        let direct = scale(&mut g, x, sum, n);
+        let reshaped = scale(&mut g, x, flat, n);
+        let square = Program { views: vec![Shape(vec![4])], instrs: vec![Instr::Load(0), Instr::Binary(BinaryOp::Mul, 0, 0)], outputs: vec![1] };
+        let via_concat = g.add(Op::Fused { program: square, output: 0, group: 0, ty: TensorType { dtype: DType::F32, shape: Shape(vec![4]) } }, &[both]).unwrap();
+        let program = Program { views: vec![Shape(vec![n]), Shape(vec![1]), Shape(vec![])], instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Load(2), Instr::Binary(BinaryOp::Mul, 0, 1), Instr::Binary(BinaryOp::Mul, 3, 2)], outputs: vec![4] };
+        let twice = g.add(Op::Fused { program, output: 0, group: 0, ty: TensorType { dtype: DType::F32, shape: Shape(vec![n]) } }, &[x, sum, flat]).unwrap();
+        let s = kernel(0, &g, vec![sum]);
+        assert_eq!(s.split, 4);
+        for (reader, fold) in [(direct, true), (reshaped, true), (via_concat, false), (twice, false)] {
+            let kernels = vec![s.clone(), kernel(1, &g, vec![reader]), kernel(2, &g, vec![direct])];
+            let want: BTreeMap<usize, usize> = if fold { [(0, 1)].into() } else { BTreeMap::new() };
+            assert_eq!(slices_readers(&g, &kernels), want, "reader {reader}");
+        }
+        // Unsplit, or more than one output: no slices to add up.
+        let short = g.add(Op::FusedReduce { program: Program::identity(Shape(vec![3])), op: ReduceOp::Sum, axes: vec![0], space: TensorType { dtype: DType::F32, shape: Shape(vec![3]) }, group: 0 }, &[y]).unwrap();
+        let read_short = scale(&mut g, x, short, n);
+        assert!(slices_readers(&g, &[kernel(0, &g, vec![short]), kernel(1, &g, vec![read_short])]).is_empty());
+    }
 
     #[test]
     fn long_sums_with_few_outputs_split() {
