@@ -420,6 +420,65 @@ fn split_gemm_steps_on_wgpu_match_the_reference() {
     assert_eq!((splits, pages), (5, 1));
 }
 
+/// Two reductions in turn in one kernel (`fused_reduce_chain`: a BatchNorm's mean then
+/// variance, a cube per channel in WRN-16-1's first stage at batch 8 on 16 x 16 inputs and a
+/// unit per channel after; the logits' row maximum then the row sums, a unit per row) compute
+/// what the two kernels compute one after the other, bit for bit, over a whole SAM step.
+#[test]
+fn chained_reductions_compute_what_two_kernels_do_bit_for_bit() {
+    use plateau::runtime::device::{leaves, DeviceStep};
+    use plateau::{compile, initial_state, BaseOptimizer, OptimizerSpec, Sam, TraceOptions};
+    let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
+    for (model, side) in [(plateau::ModelSpec::Wrn16 { k: 1 }, 16), (plateau::ModelSpec::default(), 28)] {
+        let o = TraceOptions { batch_size: 8, input_shape: vec![1, side, side], ..TraceOptions::default() };
+        let (traced, step, compiled) = compile(&model, &o, &spec, false, true).unwrap();
+        let compiled = compiled.laid_out(None, false);
+        let s = &compiled.schedule;
+        let chains: Vec<_> = s.kernels.iter().filter(|k| k.chain.is_some()).collect();
+        let cube = |k: &&&plateau::compiler::schedule::Kernel| match &compiled.fused.node(k.nodes[0]).op {
+            Op::FusedReduce { space, axes, .. } => plateau::kernels::reduce::ReduceLayout::new(&space.shape, axes).cube,
+            _ => false,
+        };
+        let cubes = chains.iter().filter(cube).count();
+        assert!(!chains.is_empty() && (side == 28 || cubes > 0), "{model}: {} chains, {cubes} by cubes", chains.len());
+        // The same kernels with each chain's two reductions launched one after the other (the
+        // memory plan holds for both: the second's values are placed from the first's kernel on).
+        let mut apart = compiled.clone();
+        apart.schedule.kernels = s.kernels.iter().flat_map(|k| match k.chain {
+            Some(i) => {
+                let (mut a, mut b) = (k.clone(), k.clone());
+                a.nodes.truncate(i);
+                b.nodes.drain(..i);
+                a.chain = None;
+                b.chain = None;
+                vec![a, b]
+            }
+            None => vec![k.clone()],
+        }).collect();
+        let mut b = initial_state(&traced, &step, 3).unwrap();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        b.set("input", "x", Tensor::from_f32(vec![8, 1, side, side], &random(8 * side * side, 12)).unwrap());
+        b.set("input", "labels", Tensor::labels(&(0..8).map(|_| r.random_range(0..10)).collect::<Vec<i32>>()));
+        b.set("scalar", "lr", Tensor::scalar(DType::F32, 0.05));
+        b.set("scalar", "rho", Tensor::scalar(DType::F32, 0.05));
+        let mut steps = [DeviceStep::with_layout(client(), &compiled, u64::MAX, false).unwrap(), DeviceStep::with_layout(client(), &apart, u64::MAX, false).unwrap()];
+        assert_eq!(steps[1].compiled().schedule.kernels.len(), s.kernels.len() + chains.len());
+        for dev in steps.iter_mut() {
+            for (kind, leaf) in leaves(&compiled.fused) {
+                dev.set(kind, &leaf, b.get(kind, &leaf).unwrap()).unwrap();
+            }
+            dev.step().unwrap();
+        }
+        let bits = |t: Tensor| t.to_f32().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for out in ["loss", "accuracy", "grad_sq_norm"] {
+            assert_eq!(bits(steps[0].output(out).unwrap()), bits(steps[1].output(out).unwrap()), "{model}: {out}");
+        }
+        for (kind, leaf) in leaves(&compiled.fused).into_iter().filter(|(k, _)| matches!(*k, "param" | "state")) {
+            assert!(bits(steps[0].get(kind, &leaf).unwrap()) == bits(steps[1].get(kind, &leaf).unwrap()), "{model}: {kind} {leaf}");
+        }
+    }
+}
+
 /// SAM's squared norm is a split sum whose slices the perturbation adds up as it reads the
 /// norm (one launch fewer, as a GPU runs it; wgpu runs the sum's own second launch): the step
 /// computes what it computes with the sum's own second launch, bit for bit (the same order of

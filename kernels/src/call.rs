@@ -7,7 +7,7 @@ use crate::lower::{KernelCall, WindowKind};
 use crate::program::{KernelProgram, VECTOR_WIDTH};
 use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
 use crate::macros::{dropout_mask, one_hot, pad};
-use crate::reduce::{fused_reduce_sum_slices, launch_reduce, no_epilogue, seq, slices_sum, CUBE_REDUCE_UNITS};
+use crate::reduce::{fused_reduce_chain, fused_reduce_sum_slices, launch_reduce, no_epilogue, seq, slices_sum, ChainPart, CUBE_REDUCE_UNITS};
 use crate::window::*;
 use plateau_compiler::schedule::reduce::REDUCE_TARGET_CUBES;
 use cubecl::prelude::*;
@@ -56,7 +56,8 @@ impl KernelCall {
             KernelCall::MapSlices { n, .. } => (*n, CUBE_REDUCE_UNITS as u32),
             KernelCall::ReduceSlices { layout, split, .. } => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::Reduce { layout, split, .. } if *split > 1 => (layout.outputs * split * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
-            KernelCall::Reduce { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
+            KernelCall::Reduce { layout, .. } | KernelCall::ReduceChain { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
+            KernelCall::ReduceChain { layout, .. } => (layout.outputs, BLOCK),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
@@ -160,6 +161,20 @@ impl KernelCall {
                 let sums = prog.outputs.len() + usize::from(map.is_some());
                 let s_out: Vec<ArrayArg<R>> = (0..sums).map(|_| outs.next().expect("a sum's output")).collect();
                 launch_reduce::<R>(client, op, s_in, s_out, map, layout, prog, (epi_in, outs.collect(), epi, store));
+            }
+            KernelCall::ReduceChain { layout, a, b, given } => {
+                // `a`'s operands and its epilogue's, then `b`'s but the one it is given, and its
+                // epilogue's; outputs likewise.
+                let counts = |p: &ChainPart, skip: usize| (p.prog.access.len() - skip, p.epi.as_ref().map_or(0, |e| e.access.len() - 1), p.prog.outputs.len(), p.epi.as_ref().map_or(0, |e| e.outputs.len()));
+                let (ia, eia, oa, eoa) = counts(&a, 0);
+                let (ib, eib, ob, eob) = counts(&b, 1);
+                let mut take_in = |n: usize| -> Vec<ArrayArg<R>> { (0..n).map(|_| next_in()).collect() };
+                let (in_a, epi_in_a, in_b, epi_in_b) = (take_in(ia), take_in(eia), take_in(ib), take_in(eib));
+                let mut take_out = |n: usize| -> Vec<ArrayArg<R>> { (0..n).map(|_| outs.next().expect("a chained reduction's output")).collect() };
+                let (out_a, epi_out_a, out_b, epi_out_b) = (take_out(oa), take_out(eoa), take_out(ob), take_out(eob));
+                fused_reduce_chain::launch_unchecked::<R>(
+                    client, count, dim, 1, seq(in_a), seq(out_a), seq(epi_in_a), seq(epi_out_a), seq(in_b), seq(out_b), seq(epi_in_b), seq(epi_out_b), layout, a, b, given,
+                );
             }
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
                 let (epi, store) = self.epilogue();
@@ -287,6 +302,17 @@ impl KernelCall {
                 let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(prog.outputs.len() + usize::from(map.is_some())), &mut b);
                 let (ei, eo) = epilogue_args(&epi, &mut b);
                 crate::reduce::fused_reduce_sum::expand::<Const<1>>(&mut b.scope, 1, i, o, ei, eo, layout, prog, map, epi, store)
+            }
+            KernelCall::ReduceChain { layout, a: pa, b: pb, given } => {
+                let part = |p: &ChainPart, skip: usize, b: &mut KernelBuilder| {
+                    let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(p.prog.access.len() - skip), b);
+                    let o = <Sequence<Array<S>> as LaunchArg>::expand_output(&vseq::<S>(p.prog.outputs.len()), b);
+                    let (ei, eo) = epilogue_args(&p.epi, b);
+                    (i, o, ei, eo)
+                };
+                let (ia, oa, eia, eoa) = part(&pa, 0, &mut b);
+                let (ib, ob, eib, eob) = part(&pb, 1, &mut b);
+                crate::reduce::fused_reduce_chain::expand::<Const<1>>(&mut b.scope, 1, ia, oa, eia, eoa, ib, ob, eib, eob, layout, pa, pb, given)
             }
             KernelCall::Reduce { op: plateau_compiler::ir::ReduceOp::Max, layout, prog, .. } => {
                 let i = <Sequence<Array<S>> as LaunchArg>::expand(&vseq::<S>(prog.access.len()), &mut b);

@@ -6,7 +6,7 @@ use crate::elementwise::Slices;
 use crate::gemm::GemmSpec;
 use crate::macros::PadSpec;
 use crate::program::{access, Access, KernelProgram, VECTOR_WIDTH};
-use crate::reduce::ReduceLayout;
+use crate::reduce::{ChainPart, ReduceLayout};
 use crate::window::WindowSpec;
 use plateau_compiler::ir::{Op, Program, ReduceOp};
 use plateau_compiler::schedule::reduce::view_base;
@@ -41,6 +41,10 @@ pub enum KernelCall {
     /// `Map`, whose operand `slices.operand` is a split sum that it first adds up from the
     /// sum's slices and stores (see `plateau_compiler::schedule::reduce`).
     MapSlices { prog: KernelProgram, n: usize, slices: Slices },
+    /// Two reductions over one space and axes in one kernel, the second (`b`) reading the
+    /// first's result for its own output as its operand `given` (see
+    /// `plateau_kernels::reduce::fused_reduce_chain`).
+    ReduceChain { layout: ReduceLayout, a: ChainPart, b: ChainPart, given: usize },
     /// The matmul and the convolutions (implicit GEMMs).
     Gemm(GemmSpec),
     /// A GEMM with an epilogue: `prog`, over the GEMM's output, reads each output value as
@@ -118,6 +122,9 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
 /// slices the map reading it adds up runs its slices alone (`ReduceSlices`), and that map
 /// reads them (`MapSlices`).
 pub fn lower_scheduled(g: &Graph, s: &Schedule, kernel: &Kernel, offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
+    if let Some(split) = kernel.chain {
+        return lower_chain(g, &kernel.nodes[..split], &kernel.nodes[split..], offset).map_err(|e| format!("kernel k{}: {e}", kernel.id));
+    }
     let mut l = lower(g, &kernel.nodes, offset, workspace)?;
     if kernel.summed_by.is_some() {
         l.call = match l.call {
@@ -141,6 +148,37 @@ pub fn lower_scheduled(g: &Graph, s: &Schedule, kernel: &Kernel, offset: &dyn Fn
         l.workspace_len = source.split;
     }
     Ok(l)
+}
+
+/// The kernel of two reductions in turn (`Kernel::chain`): `a` (a sum or max and its
+/// epilogues), then `b` (sums over the same space and axes and their epilogues) reading `a`'s
+/// result through one operand, which the kernel gives it. Arguments: `a`'s, then `b`'s without
+/// that operand; outputs `a`'s, then `b`'s.
+fn lower_chain(g: &Graph, a: &[NodeId], b: &[NodeId], offset: &dyn Fn(NodeId) -> usize) -> Result<Lowered, String> {
+    let part = |l: &Lowered| match &l.call {
+        KernelCall::Reduce { op, layout, prog, split: 1, map: None, epi, store, .. } => Some((layout.clone(), ChainPart { op: *op, prog: prog.clone(), epi: epi.clone(), store: *store })),
+        _ => None,
+    };
+    let (la, lb) = (lower(g, a, offset, None)?, lower(g, b, offset, None)?);
+    let (Some((layout, pa)), Some((layout_b, mut pb))) = (part(&la), part(&lb)) else {
+        return Err("two reductions in turn that are not two unsplit reductions".into());
+    };
+    let first = a[0];
+    let given = lb.inputs[..pb.prog.access.len()].iter().position(|&n| view_base(g, n) == first);
+    let (Some(given), ReduceOp::Sum, true) = (given, pb.op, layout == layout_b) else {
+        return Err(format!("the second of two reductions in turn does not sum over the first's space reading {first}"));
+    };
+    let slot = pb.prog.access[given].slot;
+    for acc in pb.prog.access.iter_mut().filter(|acc| acc.slot > slot) {
+        acc.slot -= 1;
+    }
+    let mut inputs = la.inputs;
+    inputs.extend(lb.inputs.iter().enumerate().filter(|&(i, _)| i != given).map(|(_, &n)| n));
+    let mut outputs = la.outputs;
+    outputs.extend(lb.outputs);
+    let mut output_len = la.output_len;
+    output_len.extend(lb.output_len);
+    Ok(Lowered { call: KernelCall::ReduceChain { layout, a: pa, b: pb, given }, inputs, outputs, output_len, workspace_len: 0 })
 }
 
 /// The kernel of an op with its epilogues: `nodes` are the op (a GEMM, the max-pool gradient

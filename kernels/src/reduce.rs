@@ -8,7 +8,7 @@
 //! `plateau_compiler::schedule::reduce`) runs its slices as cubes into a workspace, then sums
 //! them. The kernels are written over `N`-wide vectors and launched with `N = 1`.
 
-use crate::elementwise::{run_epilogue, run_program};
+use crate::elementwise::{run_epilogue, run_program, run_program_with};
 use crate::program::KernelProgram;
 use cubecl::prelude::*;
 use plateau_compiler::Shape;
@@ -85,10 +85,12 @@ fn accumulate<N: Size>(
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
+    value: Vector<f32, N>,
+    #[comptime] given: Option<usize>,
 ) {
     let pos = base + position(r, comptime!(layout.reduced.clone()));
     let splats = Sequence::<Array<f32>>::new();
-    let regs = run_program::<N>(inputs, &splats, pos, prog.clone());
+    let regs = run_program_with::<N>(inputs, &splats, pos, value, prog.clone(), given);
     let count = comptime!(prog.outputs.len());
     #[unroll]
     for k in 0..count {
@@ -117,6 +119,8 @@ fn strided_sums<N: Size>(
     #[comptime] layout: ReduceLayout,
     #[comptime] prog: KernelProgram,
     #[comptime] map: Option<usize>,
+    value: Vector<f32, N>,
+    #[comptime] given: Option<usize>,
 ) {
     let count = comptime!(prog.outputs.len());
     let mut part = Array::<Vector<f32, N>>::new(comptime!(4 * count));
@@ -126,14 +130,14 @@ fn strided_sums<N: Size>(
     }
     let mut r = start;
     while r + comptime!(3 * step) < end {
-        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map);
-        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(step), comptime!(1usize), layout.clone(), prog.clone(), map);
-        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(2 * step), comptime!(2usize), layout.clone(), prog.clone(), map);
-        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(3 * step), comptime!(3usize), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map, value, given);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(step), comptime!(1usize), layout.clone(), prog.clone(), map, value, given);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(2 * step), comptime!(2usize), layout.clone(), prog.clone(), map, value, given);
+        accumulate::<N>(inputs, outputs, &mut part, base, r + comptime!(3 * step), comptime!(3usize), layout.clone(), prog.clone(), map, value, given);
         r += comptime!(4 * step);
     }
     while r < end {
-        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map);
+        accumulate::<N>(inputs, outputs, &mut part, base, r, comptime!(0usize), layout.clone(), prog.clone(), map, value, given);
         r += comptime!(step);
     }
     #[unroll]
@@ -179,7 +183,7 @@ pub fn fused_reduce_sum<N: Size>(
         let tid = UNIT_POS as usize;
         let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
         let base = position(o, comptime!(layout.kept.clone()));
-        strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+        strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map, Vector::<f32, N>::new(0.0), comptime!(Option::<usize>::None));
         tree_sums::<N>(&mut smem, &sums, tid, count);
         if tid == 0 && o < comptime!(layout.outputs) {
             #[unroll]
@@ -191,9 +195,100 @@ pub fn fused_reduce_sum<N: Size>(
     } else {
         let o = ABSOLUTE_POS;
         let base = position(o, comptime!(layout.kept.clone()));
-        strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map);
+        strided_sums::<N>(inputs, outputs, &mut sums, base, 0usize, terms(o, layout.clone()), comptime!(1usize), layout.clone(), prog.clone(), map, Vector::<f32, N>::new(0.0), comptime!(Option::<usize>::None));
         if o < comptime!(layout.outputs) {
             store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
+        }
+    }
+}
+
+/// One of the two reductions of a chained kernel (see [`fused_reduce_chain`]): a sum of one or
+/// more outputs, or a max of one, with an epilogue on a single output's result, stored only
+/// when `store`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ChainPart {
+    pub op: plateau_compiler::ir::ReduceOp,
+    pub prog: KernelProgram,
+    pub epi: Option<KernelProgram>,
+    pub store: bool,
+}
+
+/// Two reductions over one space and axes, the second reading the first's result of its own
+/// output (a BatchNorm's mean then variance, a row's maximum then its sums of exponentials),
+/// in one kernel: each output's unit or cube computes reduction `a` exactly as its own kernel
+/// would (the same order of additions, or of maxima), stores it (and runs its epilogue), then
+/// computes `b` with its operand `given` set to that result rather than loaded (the value the
+/// separate kernel would load). `b` may sum several outputs.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_reduce_chain<N: Size>(
+    in_a: &Sequence<Array<Vector<f32, N>>>,
+    out_a: &mut Sequence<Array<Vector<f32, N>>>,
+    epi_in_a: &Sequence<Array<Vector<f32, N>>>,
+    epi_out_a: &mut Sequence<Array<Vector<f32, N>>>,
+    in_b: &Sequence<Array<Vector<f32, N>>>,
+    out_b: &mut Sequence<Array<Vector<f32, N>>>,
+    epi_in_b: &Sequence<Array<Vector<f32, N>>>,
+    epi_out_b: &mut Sequence<Array<Vector<f32, N>>>,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] a: ChainPart,
+    #[comptime] b: ChainPart,
+    #[comptime] given: usize,
+) {
+    let count = comptime!(b.prog.outputs.len());
+    let sum_a = comptime!(a.op == plateau_compiler::ir::ReduceOp::Sum);
+    let zero = Vector::<f32, N>::new(0.0);
+    let mut first = Array::<Vector<f32, N>>::new(comptime!(1usize));
+    let mut sums = Array::<Vector<f32, N>>::new(count);
+    if comptime!(layout.cube) {
+        let o = CUBE_POS;
+        let tid = UNIT_POS as usize;
+        let base = position(o, comptime!(layout.kept.clone()));
+        if comptime!(sum_a) {
+            let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
+            strided_sums::<N>(in_a, out_a, &mut first, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), a.prog.clone(), comptime!(Option::<usize>::None), zero, comptime!(Option::<usize>::None));
+            tree_sums::<N>(&mut smem, &first, tid, comptime!(1usize));
+            first[0] = smem[0];
+        } else {
+            let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
+            let mut acc = prologue_at::<N>(in_a, base, tid, layout.clone(), a.prog.clone());
+            let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
+            while r < comptime!(layout.reduce_len) {
+                acc = max(acc, prologue_at::<N>(in_a, base, r, layout.clone(), a.prog.clone()));
+                r += comptime!(CUBE_REDUCE_UNITS);
+            }
+            smem[tid] = acc;
+            first[0] = tree_max::<N>(smem, tid);
+        }
+        if tid == 0 && o < comptime!(layout.outputs) {
+            store_sums::<N>(out_a, epi_in_a, epi_out_a, &first, o, a.prog.clone(), a.epi.clone(), a.store);
+        }
+        let mut smem_b = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
+        strided_sums::<N>(in_b, out_b, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), b.prog.clone(), comptime!(Option::<usize>::None), first[0], comptime!(Some(given)));
+        tree_sums::<N>(&mut smem_b, &sums, tid, count);
+        if tid == 0 && o < comptime!(layout.outputs) {
+            #[unroll]
+            for k in 0..count {
+                sums[k] = smem_b[comptime!(k * CUBE_REDUCE_UNITS)];
+            }
+            store_sums::<N>(out_b, epi_in_b, epi_out_b, &sums, o, b.prog, b.epi, b.store);
+        }
+    } else {
+        let o = ABSOLUTE_POS;
+        if o < comptime!(layout.outputs) {
+            let base = position(o, comptime!(layout.kept.clone()));
+            if comptime!(sum_a) {
+                strided_sums::<N>(in_a, out_a, &mut first, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), a.prog.clone(), comptime!(Option::<usize>::None), zero, comptime!(Option::<usize>::None));
+            } else {
+                let mut acc = prologue_at::<N>(in_a, base, 0, layout.clone(), a.prog.clone());
+                for r in 1..comptime!(layout.reduce_len) {
+                    acc = max(acc, prologue_at::<N>(in_a, base, r, layout.clone(), a.prog.clone()));
+                }
+                first[0] = acc;
+            }
+            store_sums::<N>(out_a, epi_in_a, epi_out_a, &first, o, a.prog.clone(), a.epi.clone(), a.store);
+            strided_sums::<N>(in_b, out_b, &mut sums, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), b.prog.clone(), comptime!(Option::<usize>::None), first[0], comptime!(Some(given)));
+            store_sums::<N>(out_b, epi_in_b, epi_out_b, &sums, o, b.prog, b.epi, b.store);
         }
     }
 }
@@ -326,7 +421,7 @@ pub fn fused_reduce_sum_slices<N: Size>(
         end = comptime!(layout.reduce_len);
     }
     let mut sums = Array::<Vector<f32, N>>::new(comptime!(1usize));
-    strided_sums::<N>(inputs, outputs, &mut sums, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map);
+    strided_sums::<N>(inputs, outputs, &mut sums, base, s * slice + tid, end, comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map, Vector::<f32, N>::new(0.0), comptime!(Option::<usize>::None));
     tree_sums::<N>(&mut smem, &sums, tid, comptime!(1usize));
     if tid == 0 && s < comptime!(split) {
         let workspace = outputs.index_mut(comptime!(0usize));

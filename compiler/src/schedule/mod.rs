@@ -41,6 +41,9 @@ pub struct Kernel {
     pub summed_by: Option<usize>,
     /// The split sum (kernel) whose slices this map adds up, storing the sum, before it reads it.
     pub sums_slices_of: Option<usize>,
+    /// Two reductions in turn (see [`reduce::chains`]): `nodes[..i]` the first (a sum or a max
+    /// and its epilogues), `nodes[i..]` the sums reading its result, and theirs.
+    pub chain: Option<usize>,
     /// The fused-graph nodes this kernel computes.
     #[serde(skip)]
     pub nodes: Vec<NodeId>,
@@ -200,6 +203,7 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_rea
             workspace: None,
             summed_by: None,
             sums_slices_of: None,
+            chain: None,
             nodes: vec![id],
         });
     }
@@ -214,6 +218,37 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_rea
         if k.nodes.len() > 1 && k.nodes[1..].iter().all(|&n| epilogue(n)) && !output && g.users(gemm).into_iter().all(epilogue) {
             k.nodes.remove(0);
             unstored.insert(gemm);
+        }
+    }
+    // Two reductions in turn over one space, the second reading the first, in one kernel
+    // (with the rewriter on).
+    if fused.report.rewrite {
+        let chains = reduce::chains(g, &kernels);
+        // Old kernel index -> new: the second of each pair joins the first.
+        let mut to = Vec::with_capacity(kernels.len());
+        let mut next = 0;
+        for k in 0..kernels.len() {
+            if k > 0 && chains.contains(&(k - 1)) {
+                to.push(next - 1);
+            } else {
+                to.push(next);
+                next += 1;
+            }
+        }
+        for &a in chains.iter().rev() {
+            let b = kernels.remove(a + 1);
+            let k = &mut kernels[a];
+            k.chain = Some(k.nodes.len());
+            k.name = "fused_reduce_chain".into();
+            k.nodes.extend(b.nodes);
+            k.body.extend(b.body);
+            k.phase = k.phase.max(b.phase);
+        }
+        for (i, k) in kernels.iter_mut().enumerate() {
+            k.id = i;
+        }
+        for k in kernel_of.values_mut() {
+            *k = to[*k];
         }
     }
     // A split sum's slices added up by the map that first reads the sum (with the rewriter
@@ -240,6 +275,11 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_rea
         k.bytes = inputs.iter().map(size).sum::<u64>() + k.nodes.iter().map(size).sum::<u64>();
         // A split kernel writes its partial results and reads them back.
         k.bytes += k.workspace.map_or(0, |b| 2 * plan.buffers[b].bytes);
+        // Two reductions in turn each read what they both read.
+        if let Some(i) = k.chain {
+            let first = kernel_reads(g, &k.nodes[..i]);
+            k.bytes += kernel_reads(g, &k.nodes[i..]).iter().filter(|n| first.contains(n)).map(size).sum::<u64>();
+        }
     }
     // A map adding up a split sum's slices reads them once (counted once: the split kernel
     // writes them) rather than the sum, and stores the sum, which the split kernel never

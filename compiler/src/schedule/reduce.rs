@@ -114,6 +114,59 @@ pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
     folds
 }
 
+/// Kernels `a` (in launch order) whose reduction the next kernel's sums read, so that one
+/// kernel runs both in turn (`Kernel::chain`; `plateau_kernels::reduce::fused_reduce_chain`):
+/// kernel `a` is one unsplit reduction (a sum or a max) and its epilogues; kernel `a + 1` is
+/// unsplit sums over the same space and axes (and their epilogues) whose programs read `a`'s
+/// result through one operand, that result itself or a reshape of it, viewed as the result's
+/// own shape (each output reads its own value). A BatchNorm's mean and then its variance; a
+/// row's maximum and then its sums of exponentials. The second reduction reads its operands
+/// again (the kernel moves no fewer bytes); a launch and its wait are saved. Pairs do not
+/// overlap.
+pub fn chains(g: &Graph, kernels: &[Kernel]) -> Vec<usize> {
+    let reduce = |n: NodeId| match &g.node(n).op {
+        Op::FusedReduce { op, axes, space, .. } => Some((*op, axes.clone(), space.shape.clone())),
+        _ => None,
+    };
+    let epilogue_of = |n: NodeId, of: &dyn Fn(NodeId) -> bool| matches!(g.node(n).op, Op::Epilogue { .. }) && of(g.operands(n)[0]);
+    let mut out: Vec<usize> = Vec::new();
+    for a in 0..kernels.len().saturating_sub(1) {
+        if out.last().is_some_and(|&p| p + 1 == a) {
+            continue;
+        }
+        let (ka, kb) = (&kernels[a], &kernels[a + 1]);
+        let first = ka.nodes[0];
+        let Some((_, axes, space)) = reduce(first) else { continue };
+        if ka.split > 1 || kb.split > 1 || !ka.nodes[1..].iter().all(|&n| epilogue_of(n, &|o| o == first)) {
+            continue;
+        }
+        let sums: Vec<NodeId> = kb.nodes.iter().copied().filter(|&n| reduce(n).is_some()).collect();
+        let same = |n: NodeId| reduce(n) == Some((ReduceOp::Sum, axes.clone(), space.clone()));
+        if sums.is_empty() || reduce(kb.nodes[0]).is_none() || !sums.iter().all(|&n| same(n)) || !kb.nodes.iter().all(|&n| sums.contains(&n) || epilogue_of(n, &|o| sums.contains(&o))) {
+            continue;
+        }
+        // Every read of the first's result by the sums' programs: one node, the result or a
+        // reshape of it, viewed whole.
+        let mut reading: Vec<NodeId> = Vec::new();
+        let mut whole = true;
+        for &n in &sums {
+            let Op::FusedReduce { program, .. } = &g.node(n).op else { unreachable!("sums are reductions") };
+            for (i, o) in g.operands(n).into_iter().enumerate() {
+                if views(g, o, first) {
+                    whole &= view_base(g, o) == first && program.views[i] == *g.shape(first);
+                    if !reading.contains(&o) {
+                        reading.push(o);
+                    }
+                }
+            }
+        }
+        if whole && reading.len() == 1 {
+            out.push(a);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +175,7 @@ mod tests {
 
     fn kernel(id: usize, g: &Graph, nodes: Vec<NodeId>) -> Kernel {
         let split = crate::schedule::split_of(g, nodes[0]);
-        Kernel { id, name: String::new(), phase: Phase::Ascent, body: vec![], inputs: vec![], outputs: vec![], bytes: 0, split, workspace: None, summed_by: None, sums_slices_of: None, nodes }
+        Kernel { id, name: String::new(), phase: Phase::Ascent, body: vec![], inputs: vec![], outputs: vec![], bytes: 0, split, workspace: None, summed_by: None, sums_slices_of: None, chain: None, nodes }
     }
 
     /// A map over `[n]` of `x` and a scalar `s` (read through `view`): `x * s`.
