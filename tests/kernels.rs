@@ -422,15 +422,16 @@ fn split_gemm_steps_on_wgpu_match_the_reference() {
 
 /// Two reductions in turn in one kernel (`fused_reduce_chain`: a BatchNorm's mean then
 /// variance, a cube per channel in WRN-16-1's first stage at batch 8 on 16 x 16 inputs and a
-/// unit per channel after; the logits' row maximum then the row sums, a unit per row) compute
-/// what the two kernels compute one after the other, bit for bit, over a whole SAM step.
+/// unit per channel after; the logits' row maximum then the row sums, a unit per row of 10
+/// classes, a cube per row of 1,024) compute what the two kernels compute one after the
+/// other, bit for bit, over a whole SAM step.
 #[test]
 fn chained_reductions_compute_what_two_kernels_do_bit_for_bit() {
     use plateau::runtime::device::{leaves, DeviceStep};
     use plateau::{compile, initial_state, BaseOptimizer, OptimizerSpec, Sam, TraceOptions};
     let spec = OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(Sam::default()) };
-    for (model, side) in [(plateau::ModelSpec::Wrn16 { k: 1 }, 16), (plateau::ModelSpec::default(), 28)] {
-        let o = TraceOptions { batch_size: 8, input_shape: vec![1, side, side], ..TraceOptions::default() };
+    for (model, side, classes) in [(plateau::ModelSpec::Wrn16 { k: 1 }, 16, 10), (plateau::ModelSpec::default(), 28, 10), (plateau::ModelSpec::Mlp { hidden: vec![32] }, 28, 1024)] {
+        let o = TraceOptions { batch_size: 8, input_shape: vec![1, side, side], classes, ..TraceOptions::default() };
         let (traced, step, compiled) = compile(&model, &o, &spec, false, true).unwrap();
         let compiled = compiled.laid_out(None, false);
         let s = &compiled.schedule;
@@ -440,7 +441,8 @@ fn chained_reductions_compute_what_two_kernels_do_bit_for_bit() {
             _ => false,
         };
         let cubes = chains.iter().filter(cube).count();
-        assert!(!chains.is_empty() && (side == 28 || cubes > 0), "{model}: {} chains, {cubes} by cubes", chains.len());
+        // WRN-16-1's first stage and the 1,024 classes' rows: a cube per output.
+        assert!(!chains.is_empty() && (classes == 10 && side == 28) == (cubes == 0), "{model}: {} chains, {cubes} by cubes", chains.len());
         // The same kernels with each chain's two reductions launched one after the other (the
         // memory plan holds for both: the second's values are placed from the first's kernel on).
         let mut apart = compiled.clone();

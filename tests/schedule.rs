@@ -176,8 +176,16 @@ fn the_rewriter_saturates_or_stops_at_a_named_limit_on_resnet18() {
     // Every kernel binds at most MAX_PROGRAM_OPERANDS buffers (devices limit storage
     // bindings per kernel); sibling outputs that would exceed it are split into several
     // multi-output kernels rather than left one kernel each.
-    let widest = c.schedule.kernels.iter().map(|k| k.inputs.len() + k.outputs.len()).max().unwrap();
+    // (Counted as lowered: two reductions in turn bind what they both read twice.)
+    let s = &c.schedule;
+    let bindings = |k: &plateau::compiler::schedule::Kernel| {
+        let l = plateau::kernels::lower::lower_scheduled(&c.fused, s, k, &|n| s.locations[&n].1, s.workspace_offset(k)).unwrap();
+        l.inputs.len() + l.outputs.len()
+    };
+    let widest = s.kernels.iter().map(bindings).max().unwrap();
     assert!(widest <= plateau::compiler::egraph::MAX_PROGRAM_OPERANDS, "{widest} buffers");
+    let widest_chain = s.kernels.iter().filter(|k| k.chain.is_some()).map(bindings).max().unwrap();
+    assert!(widest_chain <= plateau::compiler::egraph::MAX_PROGRAM_OPERANDS, "{widest_chain} buffers");
     // Sums over one space that read the same tensors share a kernel: in each of the 20
     // BatchNorms' backward in each of SAM's two passes, the scale and shift gradients and a
     // sum of the input gradient (with the next BatchNorm's where a residual joins them), and

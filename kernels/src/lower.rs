@@ -164,7 +164,9 @@ fn lower_chain(g: &Graph, a: &[NodeId], b: &[NodeId], offset: &dyn Fn(NodeId) ->
         return Err("two reductions in turn that are not two unsplit reductions".into());
     };
     let first = a[0];
-    let given = lb.inputs[..pb.prog.access.len()].iter().position(|&n| view_base(g, n) == first);
+    // Exactly one operand of the second's program reads the first's result (it is given).
+    let reading: Vec<usize> = lb.inputs[..pb.prog.access.len()].iter().enumerate().filter(|&(_, &n)| view_base(g, n) == first).map(|(i, _)| i).collect();
+    let given = (reading.len() == 1).then(|| reading[0]);
     let (Some(given), ReduceOp::Sum, true) = (given, pb.op, layout == layout_b) else {
         return Err(format!("the second of two reductions in turn does not sum over the first's space reading {first}"));
     };

@@ -25,7 +25,7 @@
 //! (at most [`REDUCE_TARGET_CUBES`] values, from cache) and a tree in shared memory.
 
 use super::{kernel_reads, Kernel};
-use crate::ir::{Graph, NodeId, Op, ReduceOp};
+use crate::ir::{Graph, NodeId, Op, OutputKind, ReduceOp};
 use std::collections::BTreeMap;
 
 /// Reductions at least this long run a cube per output (a strided walk, then a tree in shared
@@ -160,8 +160,44 @@ pub fn chains(g: &Graph, kernels: &[Kernel]) -> Vec<usize> {
                 }
             }
         }
-        if whole && reading.len() == 1 {
+        if !whole || reading.len() != 1 {
+            continue;
+        }
+        // Nothing else passes between the two: the second reads no output of the first's
+        // epilogues (one unit writes those, with no barrier before the second runs), and
+        // neither reads a state the other's epilogues update in place.
+        let (reads_a, reads_b) = (reads_through(g, &ka.nodes), reads_through(g, &kb.nodes));
+        let updated = |nodes: &[NodeId]| -> Vec<NodeId> {
+            g.outputs().iter().filter_map(|o| match o.kind {
+                OutputKind::StateUpdate { state } if nodes.contains(&o.node) => Some(state),
+                _ => None,
+            }).collect()
+        };
+        let clash = ka.nodes[1..].iter().any(|e| reads_b.contains(e))
+            || updated(&ka.nodes).iter().any(|s| reads_b.contains(s))
+            || updated(&kb.nodes).iter().any(|s| reads_a.contains(s));
+        // The kernel binds both parts' buffers (operands they share, twice; not the first's
+        // result, which the second is given).
+        let bindings = kernel_reads(g, &ka.nodes).len() + ka.nodes.len() + kernel_reads(g, &kb.nodes).len() - 1 + kb.nodes.len();
+        if !clash && bindings <= crate::egraph::MAX_PROGRAM_OPERANDS {
             out.push(a);
+        }
+    }
+    out
+}
+
+/// Everything the kernel computing `nodes` reads, and what the views among it view, down to
+/// the kernels and leaves that hold them.
+fn reads_through(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = Vec::new();
+    let mut stack = kernel_reads(g, nodes);
+    while let Some(n) = stack.pop() {
+        if out.contains(&n) {
+            continue;
+        }
+        out.push(n);
+        if !super::is_kernel(g, n) && !g.node(n).op.is_leaf() {
+            stack.extend(g.operands(n));
         }
     }
     out
@@ -170,7 +206,7 @@ pub fn chains(g: &Graph, kernels: &[Kernel]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{BinaryOp, DType, Instr, Program, Shape, TensorType};
+    use crate::ir::{BinaryOp, DType, Instr, OutputKind, Program, Shape, TensorType};
     use crate::step::Phase;
 
     fn kernel(id: usize, g: &Graph, nodes: Vec<NodeId>) -> Kernel {
@@ -183,6 +219,50 @@ mod tests {
         let view = g.shape(s).clone();
         let program = Program { views: vec![Shape(vec![n]), view], instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Mul, 0, 1)], outputs: vec![2] };
         g.add(Op::Fused { program, output: 0, group: 0, ty: TensorType { dtype: DType::F32, shape: Shape(vec![n]) } }, &[x, s]).unwrap()
+    }
+
+    /// A BatchNorm's statistics: the mean (with its running average as an epilogue, a state
+    /// update) and the variance reading it chain; not when the variance's kernel reads the
+    /// mean's epilogue output, nor a state the mean's epilogue updates, nor over other axes,
+    /// nor when the second is not next.
+    #[test]
+    fn consecutive_reductions_reading_the_first_chain() {
+        let (n, c) = (8, 4);
+        let space = Shape(vec![n, c, 2, 2]);
+        let stat = Shape(vec![1, c, 1, 1]);
+        let ty = |shape: &Shape| TensorType { dtype: DType::F32, shape: shape.clone() };
+        let build = |variant: u8| {
+            let mut g = Graph::new();
+            let x = g.leaf(Op::Input { name: "x".into() }, DType::F32, space.clone()).unwrap();
+            let running = g.leaf(Op::State { name: "running".into() }, DType::F32, stat.clone()).unwrap();
+            let mean = g.add(Op::FusedReduce { program: Program::identity(space.clone()), op: ReduceOp::Sum, axes: vec![0, 2, 3], space: ty(&space), group: 0 }, &[x]).unwrap();
+            let avg = Program { views: vec![g.shape(mean).clone(), g.shape(mean).clone()], instrs: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Add, 0, 1)], outputs: vec![2] };
+            let epi = g.add(Op::Epilogue { program: avg, ty: ty(g.shape(mean)) }, &[mean, running]).unwrap();
+            g.add_output("running", epi, OutputKind::StateUpdate { state: running }).unwrap();
+            // The variance's prologue: (x - mean)^2, and x * epi (variant 1) or x * running (2).
+            let mut views = vec![space.clone(), g.shape(mean).clone()];
+            let mut operands = vec![x, mean];
+            let mut instrs = vec![Instr::Load(0), Instr::Load(1), Instr::Binary(BinaryOp::Sub, 0, 1), Instr::Binary(BinaryOp::Mul, 2, 2)];
+            if variant == 1 || variant == 2 {
+                views.push(stat.clone());
+                operands.push(if variant == 1 { epi } else { running });
+                instrs.extend([Instr::Load(2), Instr::Binary(BinaryOp::Mul, 3, 4)]);
+            }
+            let out = instrs.len() as u32 - 1;
+            // Variant 3 sums over every axis: not the mean's.
+            let axes = if variant == 3 { vec![0, 1, 2, 3] } else { vec![0, 2, 3] };
+            let var = g.add(Op::FusedReduce { program: Program { views, instrs, outputs: vec![out] }, op: ReduceOp::Sum, axes, space: ty(&space), group: 0 }, &operands).unwrap();
+            (g, mean, epi, var)
+        };
+        for (variant, chained) in [(0, true), (1, false), (2, false), (3, false)] {
+            let (g, mean, epi, var) = build(variant);
+            let kernels = vec![kernel(0, &g, vec![mean, epi]), kernel(1, &g, vec![var])];
+            assert_eq!(chains(&g, &kernels), if chained { vec![0] } else { vec![] }, "variant {variant}");
+        }
+        // Not consecutive: something runs between them.
+        let (g, mean, epi, var) = build(0);
+        let kernels = vec![kernel(0, &g, vec![mean, epi]), kernel(1, &g, vec![epi]), kernel(2, &g, vec![var])];
+        assert!(chains(&g, &kernels).is_empty());
     }
 
     /// The first reader of a split sum of one output adds up its slices when it is a map
