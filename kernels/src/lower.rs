@@ -120,7 +120,8 @@ pub fn lower(g: &Graph, nodes: &[NodeId], offset: &dyn Fn(NodeId) -> usize, work
 /// Lowers kernel `kernel` of schedule `s` as [`lower`] does its nodes, with `workspace` the
 /// element offset of its workspace (its own, or the slices it adds up): a split sum whose
 /// slices the map reading it adds up runs its slices alone (`ReduceSlices`), and that map
-/// reads them (`MapSlices`).
+/// reads them (`MapSlices`); two reductions in turn (`Kernel::chain`) run as one
+/// (`ReduceChain`).
 pub fn lower_scheduled(g: &Graph, s: &Schedule, kernel: &Kernel, offset: &dyn Fn(NodeId) -> usize, workspace: Option<usize>) -> Result<Lowered, String> {
     if let Some(split) = kernel.chain {
         return lower_chain(g, &kernel.nodes[..split], &kernel.nodes[split..], offset).map_err(|e| format!("kernel k{}: {e}", kernel.id));

@@ -223,33 +223,7 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_rea
     // Two reductions in turn over one space, the second reading the first, in one kernel
     // (with the rewriter on).
     if fused.report.rewrite {
-        let chains = reduce::chains(g, &kernels);
-        // Old kernel index -> new: the second of each pair joins the first.
-        let mut to = Vec::with_capacity(kernels.len());
-        let mut next = 0;
-        for k in 0..kernels.len() {
-            if k > 0 && chains.contains(&(k - 1)) {
-                to.push(next - 1);
-            } else {
-                to.push(next);
-                next += 1;
-            }
-        }
-        for &a in chains.iter().rev() {
-            let b = kernels.remove(a + 1);
-            let k = &mut kernels[a];
-            k.chain = Some(k.nodes.len());
-            k.name = "fused_reduce_chain".into();
-            k.nodes.extend(b.nodes);
-            k.body.extend(b.body);
-            k.phase = k.phase.max(b.phase);
-        }
-        for (i, k) in kernels.iter_mut().enumerate() {
-            k.id = i;
-        }
-        for k in kernel_of.values_mut() {
-            *k = to[*k];
-        }
+        merge_chains(g, &mut kernels, &mut kernel_of);
     }
     // A split sum's slices added up by the map that first reads the sum (with the rewriter
     // on: off, every op is its own kernel).
@@ -308,6 +282,33 @@ pub fn schedule(fused: Fused, param_count: usize, page: Option<u64>, sums_in_rea
         buffers: plan.buffers,
     };
     Compiled { fused: fused.graph, phases: fused.phases, schedule, report: fused.report, labels: fused.labels }
+}
+
+/// Puts each pair of [`reduce::chains`] in one kernel (`Kernel::chain`), renumbering the
+/// kernels and `kernel_of`.
+fn merge_chains(g: &Graph, kernels: &mut Vec<Kernel>, kernel_of: &mut BTreeMap<NodeId, usize>) {
+    let chains: BTreeSet<usize> = reduce::chains(g, kernels).into_iter().collect();
+    // Old kernel index -> new: the second of each pair joins the first.
+    let mut to = Vec::with_capacity(kernels.len());
+    for k in 0..kernels.len() {
+        let joins = k > 0 && chains.contains(&(k - 1));
+        to.push(if joins { to[k - 1] } else { to.last().map_or(0, |&t| t + 1) });
+    }
+    for &a in chains.iter().rev() {
+        let b = kernels.remove(a + 1);
+        let k = &mut kernels[a];
+        k.chain = Some(k.nodes.len());
+        k.name = "fused_reduce_chain".into();
+        k.nodes.extend(b.nodes);
+        k.body.extend(b.body);
+        k.phase = k.phase.max(b.phase);
+    }
+    for (i, k) in kernels.iter_mut().enumerate() {
+        k.id = i;
+    }
+    for k in kernel_of.values_mut() {
+        *k = to[*k];
+    }
 }
 
 impl Schedule {
