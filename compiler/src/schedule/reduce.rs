@@ -23,6 +23,10 @@
 //! the launches of the descent SGD runs twice and SAM once, and of the loss value the
 //! adversarial pass does not compute). The price is each cube of the map reading the slices
 //! (at most [`REDUCE_TARGET_CUBES`] values, from cache) and a tree in shared memory.
+//!
+//! Two reductions in turn over one space and axes, the second reading the first's result
+//! (a BatchNorm's mean and variance), run as one kernel when they are consecutive
+//! ([`chains`]).
 
 use super::{kernel_reads, Kernel};
 use crate::ir::{Graph, NodeId, Op, OutputKind, ReduceOp};
@@ -121,8 +125,8 @@ pub fn slices_readers(g: &Graph, kernels: &[Kernel]) -> BTreeMap<usize, usize> {
 /// result through one operand, that result itself or a reshape of it, viewed as the result's
 /// own shape (each output reads its own value). A BatchNorm's mean and then its variance; a
 /// row's maximum and then its sums of exponentials. The second reduction reads its operands
-/// again (the kernel moves no fewer bytes); a launch and its wait are saved. Pairs do not
-/// overlap.
+/// again (the kernel moves no fewer bytes, but for the first's result); a launch and its wait
+/// are saved. Pairs do not overlap.
 pub fn chains(g: &Graph, kernels: &[Kernel]) -> Vec<usize> {
     let reduce = |n: NodeId| match &g.node(n).op {
         Op::FusedReduce { op, axes, space, .. } => Some((*op, axes.clone(), space.shape.clone())),
