@@ -156,6 +156,59 @@ fn terms(o: usize, #[comptime] layout: ReduceLayout) -> usize {
     end
 }
 
+/// Cube `o`'s sums of the prologue's outputs (as [`strided_sums`], its units striding over
+/// the terms), met in a tree in shared memory and given back in `sums` to every unit.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn cube_sums<N: Size>(
+    inputs: &Sequence<Array<Vector<f32, N>>>,
+    outputs: &mut Sequence<Array<Vector<f32, N>>>,
+    sums: &mut Array<Vector<f32, N>>,
+    base: usize,
+    o: usize,
+    tid: usize,
+    #[comptime] layout: ReduceLayout,
+    #[comptime] prog: KernelProgram,
+    #[comptime] map: Option<usize>,
+    value: Vector<f32, N>,
+    #[comptime] given: Option<usize>,
+) {
+    let count = comptime!(prog.outputs.len());
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
+    strided_sums::<N>(inputs, outputs, sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout, prog, map, value, given);
+    tree_sums::<N>(&mut smem, sums, tid, count);
+    #[unroll]
+    for k in 0..count {
+        sums[k] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
+    }
+}
+
+/// The maximum of the prologue over the terms of the output at `base`, by one unit.
+#[cube]
+fn unit_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
+    let mut acc = prologue_at::<N>(inputs, base, 0, layout.clone(), prog.clone());
+    for r in 1..comptime!(layout.reduce_len) {
+        acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
+    }
+    acc
+}
+
+/// The maximum of the prologue over the terms of the output at `base`, by a cube (its units
+/// striding over the terms, then a tree), given to every unit.
+#[cube]
+fn cube_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, base: usize, tid: usize, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) -> Vector<f32, N> {
+    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
+    // Every unit starts from a real element (reduce_len >= CUBE_REDUCE_UNITS here).
+    let mut acc = prologue_at::<N>(inputs, base, tid, layout.clone(), prog.clone());
+    let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
+    while r < comptime!(layout.reduce_len) {
+        acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
+        r += comptime!(CUBE_REDUCE_UNITS);
+    }
+    smem[tid] = acc;
+    tree_max::<N>(smem, tid)
+}
+
 /// `outputs[k][o] = sum_r output k of the prologue at the space position of (o, r)`, for
 /// each of the program's `K` outputs (several sums over one space share their loads): one
 /// unit per output `o`, or, when `layout.cube`, cube `o`, whose units stride over the terms
@@ -181,15 +234,9 @@ pub fn fused_reduce_sum<N: Size>(
     if comptime!(layout.cube) {
         let o = CUBE_POS;
         let tid = UNIT_POS as usize;
-        let mut smem = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
         let base = position(o, comptime!(layout.kept.clone()));
-        strided_sums::<N>(inputs, outputs, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), prog.clone(), map, Vector::<f32, N>::new(0.0), comptime!(Option::<usize>::None));
-        tree_sums::<N>(&mut smem, &sums, tid, count);
+        cube_sums::<N>(inputs, outputs, &mut sums, base, o, tid, layout.clone(), prog.clone(), map, Vector::<f32, N>::new(0.0), comptime!(Option::<usize>::None));
         if tid == 0 && o < comptime!(layout.outputs) {
-            #[unroll]
-            for k in 0..count {
-                sums[k] = smem[comptime!(k * CUBE_REDUCE_UNITS)];
-            }
             store_sums::<N>(outputs, epi_in, epi_out, &sums, o, prog, epi, store);
         }
     } else {
@@ -245,32 +292,15 @@ pub fn fused_reduce_chain<N: Size>(
         let tid = UNIT_POS as usize;
         let base = position(o, comptime!(layout.kept.clone()));
         if comptime!(sum_a) {
-            let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
-            strided_sums::<N>(in_a, out_a, &mut first, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), a.prog.clone(), comptime!(Option::<usize>::None), zero, comptime!(Option::<usize>::None));
-            tree_sums::<N>(&mut smem, &first, tid, comptime!(1usize));
-            first[0] = smem[0];
+            cube_sums::<N>(in_a, out_a, &mut first, base, o, tid, layout.clone(), a.prog.clone(), comptime!(Option::<usize>::None), zero, comptime!(Option::<usize>::None));
         } else {
-            let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
-            let mut acc = prologue_at::<N>(in_a, base, tid, layout.clone(), a.prog.clone());
-            let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
-            while r < comptime!(layout.reduce_len) {
-                acc = max(acc, prologue_at::<N>(in_a, base, r, layout.clone(), a.prog.clone()));
-                r += comptime!(CUBE_REDUCE_UNITS);
-            }
-            smem[tid] = acc;
-            first[0] = tree_max::<N>(smem, tid);
+            first[0] = cube_max::<N>(in_a, base, tid, layout.clone(), a.prog.clone());
         }
         if tid == 0 && o < comptime!(layout.outputs) {
             store_sums::<N>(out_a, epi_in_a, epi_out_a, &first, o, a.prog.clone(), a.epi.clone(), a.store);
         }
-        let mut smem_b = SharedMemory::<Vector<f32, N>>::new(comptime!(count * CUBE_REDUCE_UNITS));
-        strided_sums::<N>(in_b, out_b, &mut sums, base, tid, terms(o, layout.clone()), comptime!(CUBE_REDUCE_UNITS), layout.clone(), b.prog.clone(), comptime!(Option::<usize>::None), first[0], comptime!(Some(given)));
-        tree_sums::<N>(&mut smem_b, &sums, tid, count);
+        cube_sums::<N>(in_b, out_b, &mut sums, base, o, tid, layout.clone(), b.prog.clone(), comptime!(Option::<usize>::None), first[0], comptime!(Some(given)));
         if tid == 0 && o < comptime!(layout.outputs) {
-            #[unroll]
-            for k in 0..count {
-                sums[k] = smem_b[comptime!(k * CUBE_REDUCE_UNITS)];
-            }
             store_sums::<N>(out_b, epi_in_b, epi_out_b, &sums, o, b.prog, b.epi, b.store);
         }
     } else {
@@ -280,11 +310,7 @@ pub fn fused_reduce_chain<N: Size>(
             if comptime!(sum_a) {
                 strided_sums::<N>(in_a, out_a, &mut first, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), a.prog.clone(), comptime!(Option::<usize>::None), zero, comptime!(Option::<usize>::None));
             } else {
-                let mut acc = prologue_at::<N>(in_a, base, 0, layout.clone(), a.prog.clone());
-                for r in 1..comptime!(layout.reduce_len) {
-                    acc = max(acc, prologue_at::<N>(in_a, base, r, layout.clone(), a.prog.clone()));
-                }
-                first[0] = acc;
+                first[0] = unit_max::<N>(in_a, base, layout.clone(), a.prog.clone());
             }
             store_sums::<N>(out_a, epi_in_a, epi_out_a, &first, o, a.prog.clone(), a.epi.clone(), a.store);
             strided_sums::<N>(in_b, out_b, &mut sums, base, 0usize, comptime!(layout.reduce_len), comptime!(1usize), layout.clone(), b.prog.clone(), comptime!(Option::<usize>::None), first[0], comptime!(Some(given)));
@@ -323,11 +349,7 @@ pub fn fused_reduce_max<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, outpu
     let o = ABSOLUTE_POS;
     if o < comptime!(layout.outputs) {
         let base = position(o, comptime!(layout.kept.clone()));
-        let mut acc = prologue_at::<N>(inputs, base, 0, layout.clone(), prog.clone());
-        for r in 1..comptime!(layout.reduce_len) {
-            acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
-        }
-        output[comptime!(prog.output_offsets[0]) + o] = acc;
+        output[comptime!(prog.output_offsets[0]) + o] = unit_max::<N>(inputs, base, layout.clone(), prog.clone());
     }
 }
 
@@ -378,17 +400,8 @@ fn tree_max<N: Size>(mut smem: SharedMemory<Vector<f32, N>>, tid: usize) -> Vect
 pub fn fused_reduce_max_cube<N: Size>(inputs: &Sequence<Array<Vector<f32, N>>>, output: &mut Array<Vector<f32, N>>, #[comptime] layout: ReduceLayout, #[comptime] prog: KernelProgram) {
     let o = CUBE_POS;
     let tid = UNIT_POS as usize;
-    let mut smem = SharedMemory::<Vector<f32, N>>::new(CUBE_REDUCE_UNITS);
     let base = position(o, comptime!(layout.kept.clone()));
-    // Every unit starts from a real element (reduce_len >= CUBE_REDUCE_UNITS here).
-    let mut acc = prologue_at::<N>(inputs, base, tid, layout.clone(), prog.clone());
-    let mut r = tid + comptime!(CUBE_REDUCE_UNITS);
-    while r < comptime!(layout.reduce_len) {
-        acc = max(acc, prologue_at::<N>(inputs, base, r, layout.clone(), prog.clone()));
-        r += comptime!(CUBE_REDUCE_UNITS);
-    }
-    smem[tid] = acc;
-    let total = tree_max::<N>(smem, tid);
+    let total = cube_max::<N>(inputs, base, tid, layout.clone(), prog.clone());
     if tid == 0 && o < comptime!(layout.outputs) {
         output[comptime!(prog.output_offsets[0]) + o] = total;
     }

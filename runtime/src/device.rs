@@ -58,21 +58,14 @@ impl<R: Runtime> DeviceStep<R> {
     /// sums its own slices (a second launch) even where the schedule has the map reading it
     /// add them up (see [`adds_up_slices`]).
     pub fn with_layout(client: ComputeClient<R>, compiled: &Compiled, limit: u64, sums_in_readers: bool) -> Result<Self, RuntimeError> {
-        let own_sums;
-        let folded = compiled.schedule.kernels.iter().any(|k| k.summed_by.is_some());
-        let compiled = if folded && !sums_in_readers {
-            own_sums = compiled.laid_out(compiled.schedule.page_bytes, false);
-            &own_sums
-        } else {
-            compiled
-        };
         let graph = compiled.fused.clone();
         if let Some(id) = graph.node_ids().find(|&id| graph.dtype(id) == DType::F64) {
             return Err(unsupported(format!("f64 values on a device ({id})")));
         }
         // The temporaries in one pool at the plan's offsets; one buffer per persistent leaf.
         // A pool larger than the device binds is laid out again in pages it binds, unless the
-        // plan's pages already are.
+        // plan's pages already are; a split sum whose slices its reader adds up gets its second
+        // launch back where the device wants it. Either way the step is laid out once more.
         let pool_bytes = |s: &plateau_compiler::Schedule| {
             s.buffers
                 .iter()
@@ -84,9 +77,16 @@ impl<R: Runtime> DeviceStep<R> {
                 .unwrap_or(0)
                 .max(4)
         };
+        let page = match compiled.schedule.page_bytes {
+            Some(p) if p <= limit => Some(p),
+            _ if pool_bytes(&compiled.schedule) > limit => Some(limit),
+            p => p,
+        };
+        let folded = compiled.schedule.kernels.iter().any(|k| k.summed_by.is_some());
+        let unfold = folded && !sums_in_readers;
         let relaid;
-        let compiled = if pool_bytes(&compiled.schedule) > limit && compiled.schedule.page_bytes.is_none_or(|p| p > limit) {
-            relaid = compiled.paged(limit);
+        let compiled = if unfold || page != compiled.schedule.page_bytes {
+            relaid = compiled.laid_out(page, compiled.schedule.sums_in_readers && !unfold);
             &relaid
         } else {
             compiled

@@ -280,8 +280,13 @@ pub(super) fn plan(g: &Graph, kernels: &[Kernel], kernel_of: &BTreeMap<NodeId, u
 /// What node `id` reads, looking through the views between it and the kernels or leaves that
 /// compute them (a parameter read as a slice of the arena reads the arena).
 fn reads_through_views(g: &Graph, id: NodeId) -> Vec<NodeId> {
+    through_views(g, g.operands(id))
+}
+
+/// `reads`, and what the views among them view, down to the kernels and leaves that hold them.
+pub(super) fn through_views(g: &Graph, reads: Vec<NodeId>) -> Vec<NodeId> {
     let mut out = Vec::new();
-    let mut stack = g.operands(id);
+    let mut stack = reads;
     while let Some(o) = stack.pop() {
         if out.contains(&o) {
             continue;

@@ -193,18 +193,7 @@ pub fn chains(g: &Graph, kernels: &[Kernel]) -> Vec<usize> {
 /// Everything the kernel computing `nodes` reads, and what the views among it view, down to
 /// the kernels and leaves that hold them.
 fn reads_through(g: &Graph, nodes: &[NodeId]) -> Vec<NodeId> {
-    let mut out: Vec<NodeId> = Vec::new();
-    let mut stack = kernel_reads(g, nodes);
-    while let Some(n) = stack.pop() {
-        if out.contains(&n) {
-            continue;
-        }
-        out.push(n);
-        if !super::is_kernel(g, n) && !g.node(n).op.is_leaf() {
-            stack.extend(g.operands(n));
-        }
-    }
-    out
+    super::plan::through_views(g, kernel_reads(g, nodes))
 }
 
 #[cfg(test)]
