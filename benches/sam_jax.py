@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from peer_common import check_batch, cpu_name
+from peer_common import check_batch, cpu_name, round_fields
 
 
 def he(key, shape, fan_in):
@@ -230,6 +230,7 @@ def main():
         "rounds": a.rounds, "sgd_step_ms": s, "sam_step_ms": m, "naive_sam_step_ms": None,
         "ratio": m / (2 * s), "naive_ratio": None, "launches_sgd": None, "launches_sam": None,
         "peak_memory_bytes_sgd": None, "peak_memory_bytes_sam": None, "peak_bytes_in_use_process": peak,
+        **round_fields(times),
     }))
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from peer_common import check_batch, cpu_name
+from peer_common import check_batch, cpu_name, round_fields
 
 
 class BasicBlock(nn.Module):
@@ -213,6 +213,7 @@ def main():
         "naive_ratio": None if a.compile else sam / (2 * sgd),
         "launches_sgd": None, "launches_sam": None,
         "peak_memory_bytes_sgd": peak.get("sgd"), "peak_memory_bytes_sam": peak.get("sam"),
+        **round_fields(times),
     }))
 
 

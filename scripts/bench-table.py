@@ -4,8 +4,8 @@ peer scripts print (e.g. the `bench.jsonl` of scripts/gpu-check.sh):
 
     python3 scripts/bench-table.py bench.jsonl [more.jsonl ...]
 
-First every row (model, batch, framework, the device it names, median step times, ratios,
-launches and peak memory where the framework reports them), in a stable order; then, for each
+First every row (model, batch, framework, the device it names, median step times, ratios, the
+ratio round by round with its interval, launches and peak memory where the framework reports them), in a stable order; then, for each
 plateau row, its SGD step against PyTorch eager's at the same model and batch (the issue's GPU
 target: plateau's SGD step at least as fast). Lines that are not JSON objects with a
 `sgd_step_ms` (a failed run's output) are skipped and counted on stderr.
@@ -60,6 +60,14 @@ def pair(a, b, fmt):
     return f"{fmt(a)} / {fmt(b)}"
 
 
+def rounds(r):
+    """Each SAM step against its round's SGD step: the median and its interval (coverage)."""
+    m, iv, level = r.get("ratio_rounds_median"), r.get("ratio_rounds_interval"), r.get("ratio_rounds_interval_level")
+    if m is None or not iv:
+        return ""
+    return f"{m:.3f} ({iv[0]:.3f}-{iv[1]:.3f}, {100 * level:.0f}%)"
+
+
 def framework(r):
     """plateau rows name the backend too (reference, wgpu, cuda)."""
     fw = r["framework"]
@@ -79,11 +87,11 @@ def main():
     if not rs:
         sys.exit("bench-table: no benchmark results in " + ", ".join(sys.argv[1:]))
     mib = lambda v: f"{v / 2**20:,.1f}"
-    print("| model | batch | framework | device | SGD ms | SAM ms | naive SAM ms | ratio | naive ratio | launches SGD / SAM | peak MiB SGD / SAM |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | batch | framework | device | SGD ms | SAM ms | naive SAM ms | ratio | round by round (interval) | naive ratio | launches SGD / SAM | peak MiB SGD / SAM |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rs:
         print(f"| {r.get('model', '')} | {r.get('batch', '')} | {framework(r)} | {device(r)} | {ms(r['sgd_step_ms'])} | "
-              f"{ms(r.get('sam_step_ms'))} | {ms(r.get('naive_sam_step_ms'))} | {ratio(r.get('ratio'))} | "
+              f"{ms(r.get('sam_step_ms'))} | {ms(r.get('naive_sam_step_ms'))} | {ratio(r.get('ratio'))} | {rounds(r)} | "
               f"{ratio(r.get('naive_ratio'))} | {pair(r.get('launches_sgd'), r.get('launches_sam'), str)} | "
               f"{pair(r.get('peak_memory_bytes_sgd'), r.get('peak_memory_bytes_sam'), mib)} |")
     lines = []

@@ -47,6 +47,37 @@ struct Variant {
     host: Vec<f64>,
 }
 
+/// The median of `v` with a distribution-free confidence interval for it: the order
+/// statistics x(k) and x(n+1-k) for the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) <=
+/// k - 1), is at least `level`. Returns (low, high, coverage); with too few values to reach
+/// `level` (under 6 for 95%), the interval is [min, max] and its coverage is below `level`.
+fn median_interval(v: &[f64], level: f64) -> Option<(f64, f64, f64)> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    // P(B <= j) for j = 0, 1, ... with the binomial coefficients in logarithms (no overflow
+    // at any n); k = j + 1 leaves out j values below and above.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let (mut ln_c, mut cdf) = (0.0f64, ln_half_n.exp());
+    let (mut k, mut coverage) = (1, 1.0 - 2.0 * cdf);
+    for j in 1..n {
+        if 2 * (j + 1) > n + 1 {
+            break;
+        }
+        ln_c += ((n - j + 1) as f64).ln() - (j as f64).ln();
+        cdf += (ln_c + ln_half_n).exp();
+        let c = 1.0 - 2.0 * cdf;
+        if c < level {
+            break;
+        }
+        (k, coverage) = (j + 1, c);
+    }
+    Some((s[k - 1], s[n - k], coverage))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -118,6 +149,17 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     let naive = ms("naive_sam");
     let ratio = sam / (2.0 * sgd);
     let naive_ratio = naive.map(|n| n / (2.0 * sgd));
+    // Round by round: each step against the SGD step of its own round, so a machine that
+    // slows for a while moves both; the spread says how far the medians' ratio can be trusted.
+    let sgd_times = &variants[0].times;
+    let spreads: Vec<(&str, f64, (f64, f64, f64))> = variants[1..]
+        .iter()
+        .filter_map(|v| {
+            let r: Vec<f64> = v.times.iter().zip(sgd_times).map(|(t, s)| t / (2.0 * s)).collect();
+            Some((v.name, median(&r), median_interval(&r, 0.95)?))
+        })
+        .collect();
+    let by_round = |name: &str| spreads.iter().find(|s| s.0 == name).map(|s| (s.1, s.2));
     let mut json = serde_json::json!({
         "model": model.to_string(),
         "batch": args.batch,
@@ -130,6 +172,13 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         "ratio": ratio,
         "naive_ratio": naive_ratio,
     });
+    for (name, key) in [("sam", "ratio"), ("naive_sam", "naive_ratio")] {
+        if let Some((m, (lo, hi, level))) = by_round(name) {
+            json[format!("{key}_rounds_median")] = m.into();
+            json[format!("{key}_rounds_interval")] = serde_json::json!([lo, hi]);
+            json[format!("{key}_rounds_interval_level")] = level.into();
+        }
+    }
     for v in &variants {
         let s = &v.compiled.schedule;
         json[format!("launches_{}", v.name)] = s.launches.into();
@@ -137,6 +186,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         json[format!("bytes_moved_{}", v.name)] = s.bytes_moved.into();
         json[format!("peak_memory_bytes_{}", v.name)] = s.peak_memory_bytes.into();
         json[format!("host_step_ms_{}", v.name)] = median(&v.host).into();
+        json[format!("rounds_ms_{}", v.name)] = v.times.clone().into();
     }
     // One step of each variant kernel by kernel, a wait after each.
     let mut profiles = Vec::new();
@@ -169,10 +219,15 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         println!("| {} | {:.3} | {:.3} | {} | {} | {} | {} |", v.name, median(&v.times), median(&v.host), s.launches, s.optimizer_launches, s.bytes_moved, s.peak_memory_bytes);
     }
     println!("(host ms: until the step's launches were queued, before waiting for the device at its end; near the median, the step is bound by launching, or, on wgpu, the host waited for the device while submitting)");
-    println!("ratio sam / (2 x sgd) = {ratio:.3}");
+    let spread = |name: &str| match by_round(name) {
+        Some((m, (lo, hi, level))) => format!("; round by round {m:.3}, {:.1}% interval {lo:.3}-{hi:.3}", 100.0 * level),
+        None => String::new(),
+    };
+    println!("ratio sam / (2 x sgd) = {ratio:.3}{}", spread("sam"));
     if let Some(n) = naive_ratio {
-        println!("ratio naive_sam / (2 x sgd) = {n:.3}");
+        println!("ratio naive_sam / (2 x sgd) = {n:.3}{}", spread("naive_sam"));
     }
+    println!("(round by round: each step against its round's SGD step; the interval holds the median of such ratios with the confidence given)");
     for (v, times) in variants.iter().zip(&profiles) {
         let total: f64 = times.iter().sum();
         println!("\nprofile of one {} step ({total:.3} ms with a wait after every kernel):", v.name);
@@ -255,4 +310,29 @@ fn write_chrome_trace(path: &std::path::Path, variants: &[Variant], profiles: &[
         return Err(e).with_context(|| format!("--chrome-trace: cannot write {}", path.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn the_median_interval_takes_the_order_statistics_of_its_coverage() {
+        // 20 values: x(6) and x(15), coverage 1 - 2 * 21,700 / 2^20.
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let (lo, hi, c) = median_interval(&v, 0.95).unwrap();
+        assert_eq!((lo, hi), (6.0, 15.0));
+        assert!((c - (1.0 - 2.0 * 21_700.0 / 1_048_576.0)).abs() < 1e-12, "{c}");
+        // Too few for 95%: the extremes, at 1 - 2 / 2^5.
+        let (lo, hi, c) = median_interval(&[3.0, 1.0, 5.0, 2.0, 4.0], 0.95).unwrap();
+        assert_eq!((lo, hi), (1.0, 5.0));
+        assert!((c - 0.9375).abs() < 1e-12, "{c}");
+        // Six values reach 96.9% with the extremes; 1,000 values leave out 468 on each side.
+        assert_eq!(median_interval(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 0.95).unwrap().2, 1.0 - 2.0 / 64.0);
+        let v: Vec<f64> = (0..1000).map(f64::from).collect();
+        let (lo, hi, c) = median_interval(&v, 0.95).unwrap();
+        assert_eq!((lo, hi), (468.0, 531.0));
+        assert!((0.95..0.96).contains(&c), "{c}");
+        assert!(median_interval(&[], 0.95).is_none());
+    }
 }

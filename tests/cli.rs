@@ -235,6 +235,17 @@ fn bench_reports_times_launches_and_memory_as_json() {
     assert!(name.ends_with("(reference interpreter)") && name.len() > 24, "{name:?}");
     let ratio = j["ratio"].as_f64().unwrap();
     assert!((ratio - j["sam_step_ms"].as_f64().unwrap() / (2.0 * j["sgd_step_ms"].as_f64().unwrap())).abs() < 1e-12);
+    // Round by round: each SAM step against its round's SGD step, the two rounds' extremes as
+    // the interval (two values cover the median with probability 1/2).
+    let rounds = |v: &str| -> Vec<f64> { j[format!("rounds_ms_{v}")].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect() };
+    let (sgd, sam) = (rounds("sgd"), rounds("sam"));
+    assert_eq!((sgd.len(), sam.len(), rounds("naive_sam").len()), (2, 2, 2));
+    let r: Vec<f64> = sam.iter().zip(&sgd).map(|(a, s)| a / (2.0 * s)).collect();
+    assert!((j["ratio_rounds_median"].as_f64().unwrap() - (r[0] + r[1]) / 2.0).abs() < 1e-12);
+    let interval: Vec<f64> = j["ratio_rounds_interval"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    assert_eq!(interval, vec![r[0].min(r[1]), r[0].max(r[1])]);
+    assert_eq!(j["ratio_rounds_interval_level"].as_f64(), Some(0.5));
+    assert!(j["naive_ratio_rounds_interval"].is_array());
     let out = plateau(&["bench", "--device", "tpu"]);
     assert_eq!(out.status.code(), Some(1));
 }
