@@ -21,18 +21,24 @@ enum Command {
     /// Trace a model and print its forward + backward IR in the text form.
     Trace(TraceArgs),
     /// Compile a whole training step and print its fused kernel schedule.
+    #[command(allow_negative_numbers = true)]
     Compile(CompileArgs),
     /// Compile a step and run it on a device for a few steps on a fixed random batch,
     /// printing the loss: a check that a backend works.
+    #[command(allow_negative_numbers = true)]
     Run(RunArgs),
     /// Train a model on a dataset, with progress, metrics, checkpoints and resume.
+    #[command(allow_negative_numbers = true)]
     Train(train_cli::TrainArgs),
     /// Train the same model with SGD and with SAM (same seed, data, budget), print both side
     /// by side and plot train loss and test accuracy per epoch.
+    #[command(allow_negative_numbers = true)]
     Compare(train_cli::CompareArgs),
     /// Evaluate saved weights or a checkpoint on a dataset's test split.
+    #[command(allow_negative_numbers = true)]
     Eval(train_cli::EvalArgs),
     /// Time SGD, SAM and naive (unfused) SAM steps of one model on one device, interleaved.
+    #[command(allow_negative_numbers = true)]
     Bench(bench_cli::BenchArgs),
 }
 
@@ -81,12 +87,14 @@ enum Precision {
 }
 
 /// The flags that choose the optimizer.
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 pub(crate) struct OptimizerArgs {
     #[arg(long, value_enum, default_value = "sam")]
     optimizer: OptimizerName,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
+    /// SGD's momentum (default 0.9).
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// SGD's Nesterov momentum.
     #[arg(long)]
     nesterov: bool,
     #[arg(long, default_value_t = 5e-4)]
@@ -130,6 +138,18 @@ struct RunArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl OptimizerArgs {
+    /// The same settings with SAM on top of the base `--optimizer` names (`sgd` -> `sam`,
+    /// `adamw` -> `sam-adamw`): `compare`'s SAM run.
+    pub(crate) fn with_sam(&self) -> OptimizerArgs {
+        let optimizer = match self.optimizer {
+            OptimizerName::Sgd | OptimizerName::Sam => OptimizerName::Sam,
+            OptimizerName::Adamw | OptimizerName::SamAdamw => OptimizerName::SamAdamw,
+        };
+        OptimizerArgs { optimizer, ..self.clone() }
+    }
 }
 
 /// The flags that choose and shape a model.
@@ -222,7 +242,12 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
 
 /// The optimizer the flags describe, after checking them.
 pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<OptimizerSpec> {
-    for (flag, v) in [("--momentum", o.momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", o.eta)] {
+    let adamw = matches!(o.optimizer, OptimizerName::Adamw | OptimizerName::SamAdamw);
+    if adamw && (o.momentum.is_some() || o.nesterov) {
+        bail!("--momentum and --nesterov set SGD's momentum; AdamW has none (--optimizer sgd or sam)");
+    }
+    let momentum = o.momentum.unwrap_or(0.9);
+    for (flag, v) in [("--momentum", momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", o.eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
@@ -237,7 +262,7 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
     }
     let base = match o.optimizer {
         OptimizerName::Sgd | OptimizerName::Sam => {
-            BaseOptimizer::Sgd { momentum: o.momentum, nesterov: o.nesterov, weight_decay: o.weight_decay }
+            BaseOptimizer::Sgd { momentum, nesterov: o.nesterov, weight_decay: o.weight_decay }
         }
         OptimizerName::Adamw | OptimizerName::SamAdamw => BaseOptimizer::adamw(o.weight_decay),
     };
@@ -251,8 +276,8 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         ascent_steps: o.ascent_steps,
         second_order: o.second_order,
     });
-    if sam.is_none() && (o.adaptive || o.m.is_some() || o.second_order || o.ascent_steps > 1) {
-        bail!("--adaptive, --m, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
+    if sam.is_none() && (o.adaptive || o.m.is_some() || o.second_order || o.ascent_steps > 1 || matches!(o.p, PNorm::Inf)) {
+        bail!("--adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
     }
     Ok(OptimizerSpec { base, sam })
 }

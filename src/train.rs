@@ -126,7 +126,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The fields a resumed run must share with the run that wrote the checkpoint.
     fn identity(&self, model: &Model, data: &str) -> serde_json::Value {
-        serde_json::json!({
+        let mut id = serde_json::json!({
             "model": model.name(),
             "data": data,
             "optimizer": format!("{:?}", self.optimizer),
@@ -137,8 +137,85 @@ impl TrainConfig {
             "seed": self.seed,
             "augment": format!("{:?}", self.augment),
             "shuffle": self.shuffle,
-        })
+        });
+        // A schedule that depends on the run's length (step, cosine) makes the budget part of
+        // the run: resumed with another, its rates would not be the ones it started with.
+        if self.schedule != LrSchedule::Constant {
+            id["budget"] = match self.budget {
+                Budget::Epochs(e) => format!("--epochs {e}"),
+                Budget::Steps(s) => format!("--steps {s}"),
+            }
+            .into();
+        }
+        id
     }
+}
+
+/// The flags that set each field of a run's identity (and of the optimizer's settings in it).
+fn flag_of(key: &str) -> &'static str {
+    match key {
+        "model" => "--model / --hidden",
+        "data" => "--data, --normalize, --label-noise, --validation",
+        "optimizer" | "base" | "sam" => "--optimizer",
+        "rho" => "--rho",
+        "lr" => "--lr",
+        "schedule" => "--schedule",
+        "batch_size" => "--batch-size",
+        "seed" => "--seed",
+        "augment" => "--no-augment / --cutout",
+        "shuffle" => "--no-shuffle",
+        "budget" => "--epochs / --steps",
+        "momentum" => "--momentum",
+        "nesterov" => "--nesterov",
+        "weight_decay" => "--weight-decay",
+        "norm" => "--p",
+        "adaptive" => "--adaptive / --eta",
+        "micro_batch" => "--m",
+        "ascent_steps" => "--ascent-steps",
+        "second_order" => "--second-order",
+        _ => "",
+    }
+}
+
+/// The `key: value` leaves of a `{:?}` rendering, in order (`base: Sgd`, `momentum: 0.9`, ...).
+fn debug_leaves(s: &str) -> Vec<(String, String)> {
+    s.split(['{', '}', '(', ')', ','])
+        .filter_map(|t| t.split_once(": ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect()
+}
+
+/// How the identities `was` (a checkpoint's) and `now` differ, field by field, each named with
+/// the flags that set it; the optimizer's settings one by one where both have the same form.
+fn identity_diff(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<&String> = now.as_object().into_iter().flatten().map(|(k, _)| k).collect();
+    keys.extend(was.as_object().into_iter().flatten().map(|(k, _)| k).filter(|k| now.get(k.as_str()).is_none()));
+    let null = serde_json::Value::Null;
+    let mut out = Vec::new();
+    for k in keys {
+        let (a, b) = (was.get(k.as_str()).unwrap_or(&null), now.get(k.as_str()).unwrap_or(&null));
+        if a == b {
+            continue;
+        }
+        let named = |k: &str| match flag_of(k) {
+            "" => k.to_string(),
+            f => format!("{k} ({f})"),
+        };
+        let shown = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "(not set)".to_string(),
+            v => v.to_string(),
+        };
+        if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+            let (lx, ly) = (debug_leaves(x), debug_leaves(y));
+            let same_form = lx.len() == ly.len() && lx.iter().zip(&ly).all(|(p, q)| p.0 == q.0) && k == "optimizer";
+            if same_form && !lx.is_empty() {
+                out.extend(lx.iter().zip(&ly).filter(|(p, q)| p.1 != q.1).map(|(p, q)| format!("{}: checkpoint {} vs now {}", named(&p.0), p.1, q.1)));
+                continue;
+            }
+        }
+        out.push(format!("{}: checkpoint {} vs now {}", named(k), shown(a), shown(b)));
+    }
+    out
 }
 
 /// One epoch's figures (one line of `--metrics`; read back from a checkpoint's history).
@@ -207,7 +284,7 @@ impl<'d> Trainer<'d> {
         }
         let steps_per_epoch = n / c.batch_size;
         let total_steps = match c.budget {
-            Budget::Epochs(e) => e * steps_per_epoch,
+            Budget::Epochs(e) => e.checked_mul(steps_per_epoch).with_context(|| format!("--epochs {e}: too many steps to count ({steps_per_epoch} per epoch)"))?,
             Budget::Steps(s) => s,
         };
         let opts = TraceOptions { batch_size: c.batch_size, input_shape: data.shape.to_vec(), classes: data.classes, ..TraceOptions::default() };
@@ -326,6 +403,10 @@ impl<'d> Trainer<'d> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        // Each step's loss is taken before its update: the epoch's last update is checked here.
+        if let Some(what) = self.non_finite()? {
+            bail!(NonFiniteWeights { step: self.step, epoch: epoch + 1, what });
+        }
         let train_seconds = start.elapsed().as_secs_f64();
         let data = self.data;
         self.sync_eval()?;
@@ -338,6 +419,21 @@ impl<'d> Trainer<'d> {
             }
             None => None,
         };
+        for (split, loss) in [("test", Some(test_loss)), ("validation", validation.map(|v| v.0))] {
+            if let Some(l) = loss.filter(|l| !l.is_finite()) {
+                bail!("the {split} loss is {l} after step {} (epoch {}); training stopped", self.step, epoch + 1);
+            }
+        }
+        // A run resumed within an epoch: the steps before the checkpoint count in its figures,
+        // so the epoch is one row, as an uninterrupted run gives it.
+        let mut seconds = train_seconds;
+        if first > 0 && self.history.last().is_some_and(|h| h.epoch == epoch + 1) {
+            let before = self.history.pop().expect("checked above");
+            loss_sum += before.train_loss * first as f64;
+            acc_sum += before.train_accuracy * first as f64;
+            seen += first;
+            seconds += before.seconds;
+        }
         let m = EpochMetrics {
             epoch: epoch + 1,
             step: self.step,
@@ -348,7 +444,7 @@ impl<'d> Trainer<'d> {
             test_accuracy,
             validation_loss: validation.map(|v| v.0),
             validation_accuracy: validation.map(|v| v.1),
-            seconds: train_seconds,
+            seconds,
         };
         self.history.push(m.clone());
         Ok(m)
@@ -424,6 +520,32 @@ impl<'d> Trainer<'d> {
         Ok(out)
     }
 
+    /// The first parameter or BatchNorm buffer holding a value that is not a finite number
+    /// (`` `name` holds NaN at index i ``), if any.
+    fn non_finite(&self) -> Result<Option<String>> {
+        let at = |name: &str, v: &[f32]| v.iter().position(|x| !x.is_finite()).map(|i| format!("`{name}` holds {} at index {i}", v[i]));
+        let arena = self.runner.get("param", "params")?.to_f32();
+        for slot in &self.arena.slots {
+            if let Some(w) = at(&slot.name, &arena[slot.offset..slot.offset + slot.shape.numel()]) {
+                return Ok(Some(w));
+            }
+        }
+        for st in &self.traced.states {
+            if let Some(w) = at(&st.name, &self.runner.get("state", &st.name)?.to_f32()) {
+                return Ok(Some(w));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Fails naming the first weight that is not a finite number: nothing such is written.
+    fn ensure_finite(&self, path: &Path) -> Result<()> {
+        match self.non_finite()? {
+            Some(what) => bail!("{} not written: {what} after step {}", path.display(), self.step),
+            None => Ok(()),
+        }
+    }
+
     /// Loads parameters and BatchNorm statistics from a `state_dict` (`--init`): every name
     /// must be present with its shape; nothing is changed unless all are.
     pub fn load_state_dict(&mut self, path: &Path) -> Result<()> {
@@ -439,13 +561,21 @@ impl<'d> Trainer<'d> {
         if let Some(extra) = file.names().find(|n| !known.contains(n.as_str()) && !n.ends_with(".num_batches_tracked") && !n.starts_with("optimizer.")) {
             bail!("{}: unexpected tensor `{extra}`: {} has no such parameter or buffer", path.display(), self.model.name());
         }
+        // Every value a finite number: a NaN weight would otherwise be trained on (ReLU maps it
+        // to 0) and written out again.
+        let finite = |name: &str, v: Vec<f32>| -> Result<Vec<f32>> {
+            match v.iter().position(|x| !x.is_finite()) {
+                Some(i) => bail!("{}: `{name}` holds {} at index {i}; weights must be finite numbers", path.display(), v[i]),
+                None => Ok(v),
+            }
+        };
         for slot in &self.arena.slots {
-            let data = file.f32(&slot.name, &slot.shape.0)?;
+            let data = finite(&slot.name, file.f32(&slot.name, &slot.shape.0)?)?;
             arena[slot.offset..slot.offset + data.len()].copy_from_slice(&data);
         }
         let mut states = Vec::new();
         for s in &self.traced.states {
-            states.push((s.name.clone(), Tensor::from_f32(s.shape.clone(), &file.f32(&s.name, &s.shape.0)?)?));
+            states.push((s.name.clone(), Tensor::from_f32(s.shape.clone(), &finite(&s.name, file.f32(&s.name, &s.shape.0)?)?)?));
         }
         self.runner.set("param", "params", &Tensor::from_f32([self.arena.len], &arena)?)?;
         for (n, t) in states {
@@ -454,10 +584,20 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
+    /// What every file written names: the format, the model, and the pixels' normalization
+    /// when there is one (`eval` applies it).
+    fn file_metadata(&self) -> BTreeMap<String, String> {
+        let mut meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("model".to_string(), self.model.name().to_string())]);
+        if let Some((mean, std)) = self.data.normalize {
+            meta.insert("normalize".to_string(), format!("{mean},{std}"));
+        }
+        meta
+    }
+
     /// Writes the `state_dict` to `path` as safetensors (atomically).
     pub fn save_state_dict(&self, path: &Path) -> Result<()> {
-        let meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("model".to_string(), self.model.name().to_string())]);
-        checkpoint::write_atomic(path, &self.state_dict()?, meta)
+        self.ensure_finite(path)?;
+        checkpoint::write_atomic(path, &self.state_dict()?, self.file_metadata())
     }
 
     /// A full checkpoint: the `state_dict`, the optimizer state per parameter
@@ -470,10 +610,9 @@ impl<'d> Trainer<'d> {
                 tensors.push(TensorEntry::f32(&format!("optimizer.{st}.{}", slot.name), &slot.shape.0, v[slot.offset..slot.offset + slot.shape.numel()].to_vec()));
             }
         }
-        let meta = BTreeMap::from([
-            ("format".to_string(), "pt".to_string()),
+        let mut meta = self.file_metadata();
+        meta.extend([
             ("plateau_checkpoint".to_string(), "1".to_string()),
-            ("model".to_string(), self.model.name().to_string()),
             ("step".to_string(), self.step.to_string()),
             ("epoch".to_string(), (self.step / self.steps_per_epoch).to_string()),
             ("run".to_string(), self.identity.to_string()),
@@ -481,6 +620,7 @@ impl<'d> Trainer<'d> {
         ]);
         std::fs::create_dir_all(dir).with_context(|| format!("--checkpoint-dir: cannot create {}", dir.display()))?;
         let path = dir.join(format!("step-{:08}.safetensors", self.step));
+        self.ensure_finite(&path)?;
         checkpoint::write_atomic(&path, &tensors, meta)?;
         Ok(path)
     }
@@ -494,15 +634,7 @@ impl<'d> Trainer<'d> {
         }
         let run: serde_json::Value = serde_json::from_str(meta.get("run").map(String::as_str).unwrap_or("null"))?;
         if run != self.identity {
-            let differ: Vec<String> = self
-                .identity
-                .as_object()
-                .expect("invariant: the identity is an object")
-                .iter()
-                .filter(|(k, v)| run.get(k.as_str()) != Some(v))
-                .map(|(k, v)| format!("{k}: checkpoint {} vs now {v}", run.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
-                .collect();
-            bail!("{}: written by a different run ({})", path.display(), differ.join("; "));
+            bail!("{}: written by a different run ({})", path.display(), identity_diff(&run, &self.identity).join("; "));
         }
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{}: no step in the metadata", path.display()))?;
         let history: Vec<EpochMetrics> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or("[]"))?;
@@ -532,6 +664,15 @@ pub struct NonFiniteLoss {
     pub step: usize,
     pub epoch: usize,
     pub value: f64,
+}
+
+/// Training stopped on weights that are no longer finite numbers after an update.
+#[derive(Debug, thiserror::Error)]
+#[error("after step {step} (epoch {epoch}) {what}: the update left the weights non-finite; training stopped")]
+pub struct NonFiniteWeights {
+    pub step: usize,
+    pub epoch: usize,
+    pub what: String,
 }
 
 /// The newest checkpoint in `dir` (the highest step), if any.

@@ -28,7 +28,8 @@ pub struct RunFlags {
     /// Epochs to train (default 10).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<usize>,
-    /// Steps to train instead of epochs (0 is valid: with --save, writes the initial weights).
+    /// Steps to train instead of epochs (train: 0 is valid, and with --save writes the initial
+    /// weights).
     #[arg(long)]
     steps: Option<usize>,
     /// Learning-rate schedule, applied every step.
@@ -57,7 +58,8 @@ pub struct RunFlags {
     /// Pixels become (x/255 - MEAN) / STD instead of x/255.
     #[arg(long, value_name = "MEAN,STD")]
     normalize: Option<String>,
-    /// Append one JSON object per epoch to this file.
+    /// Append one JSON object per epoch to this file (created if missing; checked before
+    /// training).
     #[arg(long)]
     metrics: Option<PathBuf>,
 }
@@ -89,7 +91,7 @@ pub struct CompareArgs {
     /// The base optimizer (sgd or adamw; SAM runs on top of it) and SAM's settings.
     #[command(flatten)]
     opt: OptimizerArgs,
-    /// The plot of train loss and test accuracy per epoch.
+    /// The plot of train loss and test accuracy per epoch (PNG).
     #[arg(long, default_value = "compare.png")]
     plot: PathBuf,
 }
@@ -182,7 +184,19 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
         (None, None) => Budget::Epochs(10),
     };
     let config = TrainConfig { optimizer, rho, lr: f.lr, schedule, batch_size: f.batch_size, budget, seed: f.seed, device, augment, shuffle: !f.no_shuffle };
-    Ok(Prepared { model, data, data_name: source.to_string(), validation, config })
+    // The data a run trains on, as its checkpoints name it: the source and every flag that
+    // changes the examples (a resumed run must give the same).
+    let mut data_name = source.to_string();
+    if let Some(n) = &f.normalize {
+        data_name += &format!(", --normalize {n}");
+    }
+    if let Some(p) = f.label_noise {
+        data_name += &format!(", --label-noise {p}");
+    }
+    if let Some(v) = f.validation.filter(|&v| v > 0.0) {
+        data_name += &format!(", --validation {v}");
+    }
+    Ok(Prepared { model, data, data_name, validation, config })
 }
 
 fn describe(p: &Prepared, t: &Trainer, label: &str) {
@@ -226,16 +240,58 @@ fn summary(history: &[EpochMetrics]) {
     }
 }
 
-/// Runs `t` to the end of its budget, printing each epoch, appending metrics, writing
-/// checkpoints. A non-finite loss stops the run naming the last good checkpoint.
-fn drive(t: &mut Trainer, metrics: Option<&Path>, append: bool, checkpoints: Option<&Path>) -> Result<()> {
-    let mut file = match metrics {
-        Some(p) => Some(
-            std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(p).with_context(|| format!("--metrics: cannot open {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut last_good = checkpoints.and_then(|d| newest_checkpoint(d).ok().flatten());
+/// Opens `--metrics` for appending (created if missing), before anything runs.
+fn open_metrics(path: Option<&Path>) -> Result<Option<std::fs::File>> {
+    path.map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("--metrics: cannot open {}", p.display()))).transpose()
+}
+
+/// Fails now, before any training, when `flag`'s file could not be written at the end: its
+/// folder is missing or not writable, or the path is a folder. A probe file is created in
+/// the folder and removed.
+fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder; give a file name", path.display());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
+    }
+    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
+    let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::File::create(&probe).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Makes `--checkpoint-dir` ready before training: creates it, removes the temporary files of
+/// checkpoints a killed run was writing, and, unless resuming, refuses a folder that already
+/// holds another run's checkpoints (a new run would overwrite them step by step).
+fn prepare_checkpoint_dir(dir: &Path, resume: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--checkpoint-dir {}: is a file, not a folder", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--checkpoint-dir: cannot create {}", dir.display()))?;
+    for e in std::fs::read_dir(dir).with_context(|| format!("--checkpoint-dir: cannot list {}", dir.display()))? {
+        let p = e?.path();
+        let stale = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".step-") && n.contains(".safetensors.tmp-"));
+        if stale {
+            std::fs::remove_file(&p).with_context(|| format!("--checkpoint-dir: cannot remove the unfinished {}", p.display()))?;
+        }
+    }
+    if !resume {
+        if let Some(ck) = newest_checkpoint(dir)? {
+            bail!("--checkpoint-dir {}: holds checkpoints already (the newest {}); pass --resume to continue that run, or give an empty folder", dir.display(), ck.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `t` to the end of its budget, printing each epoch, appending metrics (each line with
+/// `"run": label` when given), writing checkpoints. A non-finite loss or weight stops the
+/// run naming the last good checkpoint: `last_good` (the one resumed from) or one this run
+/// wrote.
+fn drive(t: &mut Trainer, metrics: Option<&mut std::fs::File>, label: Option<&str>, checkpoints: Option<&Path>, mut last_good: Option<PathBuf>) -> Result<()> {
+    let mut file = metrics;
     while !t.finished() {
         let m = match t.train_epoch() {
             Ok(m) => m,
@@ -249,7 +305,11 @@ fn drive(t: &mut Trainer, metrics: Option<&Path>, append: bool, checkpoints: Opt
         };
         println!("{}", epoch_line(&m));
         if let Some(f) = &mut file {
-            writeln!(f, "{}", serde_json::to_string(&m)?).context("--metrics")?;
+            let mut line = serde_json::to_value(&m)?;
+            if let Some(l) = label {
+                line["run"] = l.into();
+            }
+            writeln!(f, "{line}").context("--metrics")?;
         }
         if let Some(dir) = checkpoints {
             last_good = Some(t.save_checkpoint(dir)?);
@@ -261,25 +321,33 @@ fn drive(t: &mut Trainer, metrics: Option<&Path>, append: bool, checkpoints: Opt
 pub fn train_cmd(args: TrainArgs) -> Result<()> {
     let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
     let p = prepare(&args.run, spec, args.opt.rho)?;
+    // Everything the run writes, checked before the first step.
+    if let Some(path) = &args.save {
+        check_writable("--save", path)?;
+    }
+    if let Some(dir) = &args.checkpoint_dir {
+        prepare_checkpoint_dir(dir, args.resume)?;
+    }
+    let mut metrics = open_metrics(args.run.metrics.as_deref())?;
     let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
     describe(&p, &t, "train");
     if let Some(init) = &args.init {
         t.load_state_dict(init).context("--init")?;
         println!("  initial weights from {}", init.display());
     }
-    let mut resumed = false;
+    let mut resumed = None;
     if args.resume {
         let dir = args.checkpoint_dir.as_deref().expect("clap requires --checkpoint-dir with --resume");
         match newest_checkpoint(dir)? {
             Some(ck) => {
                 t.resume(&ck).context("--resume")?;
                 println!("  resumed from {} at step {}", ck.display(), t.steps_done());
-                resumed = true;
+                resumed = Some(ck);
             }
             None => println!("  no checkpoint in {} yet: starting from step 0", dir.display()),
         }
     }
-    drive(&mut t, args.run.metrics.as_deref(), resumed, args.checkpoint_dir.as_deref())?;
+    drive(&mut t, metrics.as_mut(), None, args.checkpoint_dir.as_deref(), resumed)?;
     if !t.history.is_empty() {
         summary(&t.history);
     }
@@ -291,9 +359,18 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
 }
 
 pub fn compare_cmd(args: CompareArgs) -> Result<()> {
-    let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
+    // The SAM run takes every SAM flag, whichever of the base or SAM names `--optimizer`.
+    let spec = optimizer_spec(&args.opt.with_sam(), args.run.batch_size)?;
     let base: BaseOptimizer = spec.base.clone();
-    let sam = spec.sam.clone().unwrap_or_default();
+    let sam = spec.sam.clone().expect("with_sam names a SAM optimizer");
+    if args.run.steps == Some(0) {
+        bail!("--steps 0: compare needs at least one step to compare");
+    }
+    if args.plot.extension().and_then(|e| e.to_str()).is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
+        bail!("--plot {}: the plot is a PNG; give a file name ending in .png", args.plot.display());
+    }
+    check_writable("--plot", &args.plot)?;
+    let mut metrics = open_metrics(args.run.metrics.as_deref())?;
     let base_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "AdamW" } else { "SGD" };
     let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
     let runs = [(base_name, OptimizerSpec { base: base.clone(), sam: None }), (sam_name, OptimizerSpec { base, sam: Some(sam) })];
@@ -303,7 +380,7 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
         p0.config.optimizer = spec;
         let mut t = Trainer::new(&p0.model, &p0.config, &p0.data, &p0.data_name, p0.validation.clone())?;
         describe(&p0, &t, name);
-        drive(&mut t, None, false, None)?;
+        drive(&mut t, metrics.as_mut(), Some(name), None, None)?;
         results.push((name, t.history.clone()));
     }
     let (a, b) = (&results[0], &results[1]);
@@ -336,13 +413,28 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
 pub fn eval_cmd(args: EvalArgs) -> Result<()> {
     let device: Backend = args.device.parse().context("--device")?;
     let source: DataSource = args.data.parse().context("--data")?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let mut normalize = parse_normalize(&args.normalize)?;
     let file = plateau::checkpoint::Checkpoint::read(&args.checkpoint).context("--checkpoint")?;
-    let model = match (&args.model, file.metadata().get("model")) {
+    let meta = file.metadata();
+    let model = match (&args.model, meta.get("model")) {
         (Some(m), _) => zoo_model(m, args.hidden.as_deref().unwrap_or(&[256, 256]))?,
-        (None, Some(name)) => Model::zoo(Model::parse_zoo(name).with_context(|| format!("{}: model `{name}`", args.checkpoint.display()))?),
+        (None, Some(name)) => {
+            if args.hidden.is_some() {
+                bail!("--hidden sets the MLP of --model; {} names its model (`{name}`): pass --model mlp with it, or neither", args.checkpoint.display());
+            }
+            Model::zoo(Model::parse_zoo(name).with_context(|| format!("{}: model `{name}`", args.checkpoint.display()))?)
+        }
         (None, None) => bail!("{} does not name its model: pass --model", args.checkpoint.display()),
     };
-    let data = Dataset::load(&source, parse_normalize(&args.normalize)?).context("--data")?;
+    // The pixels as the weights were trained on them, unless --normalize says otherwise.
+    if let (None, Some(n)) = (normalize, meta.get("normalize")) {
+        normalize = parse_normalize(&Some(n.clone())).with_context(|| format!("{}: its `normalize` metadata", args.checkpoint.display()))?;
+        println!("pixels normalized as {} records: --normalize {n}", args.checkpoint.display());
+    }
+    let data = Dataset::load(&source, normalize).context("--data")?;
     let (loss, acc) = plateau::train::evaluate_checkpoint(&model, &data, &data.test, &file, &args.checkpoint, args.batch_size, device)?;
     println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
     Ok(())

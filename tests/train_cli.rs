@@ -154,3 +154,141 @@ fn bad_training_input_gives_clear_errors() {
     fails(&plateau(&["eval", "--checkpoint", s(&junk)]), "not a valid safetensors file");
     fails(&plateau(&["eval", "--checkpoint", s(&w), "--model", "mlp"]), "the model needs [256, 256]");
 }
+
+fn metrics_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut f: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    f.sort();
+    f
+}
+
+/// The epoch's last update is checked too: an update that leaves the weights unusable stops
+/// the run before anything is written (each step's loss is taken before its own update).
+#[test]
+fn an_update_that_breaks_the_weights_stops_the_run_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, save) = (tmp.path().join("ck"), tmp.path().join("w.safetensors"));
+    let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "1e30", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
+    fails(&out, "the test loss is NaN after step 1 (epoch 1); training stopped; no checkpoint was written");
+    assert!(files_in(&ck).is_empty() && !save.exists());
+    // Weights that are not finite numbers are refused when loaded, naming the tensor.
+    let w = tmp.path().join("init.safetensors");
+    ok(&plateau(&["train", "--steps", "0", "--hidden", "32", "--save", s(&w)]));
+    let mut bytes = std::fs::read(&w).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let meta: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header]).unwrap();
+    let first = meta.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__").min_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap()).unwrap().0.clone();
+    bytes[8 + header..8 + header + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&w, &bytes).unwrap();
+    fails(&plateau(&["train", "--steps", "1", "--hidden", "32", "--init", s(&w)]), &format!("`{first}` holds NaN at index 0; weights must be finite numbers"));
+}
+
+/// `--save`, `--checkpoint-dir`, `--plot` and `--metrics` are checked before the first step;
+/// `--metrics` appends; a folder of another run's checkpoints is not overwritten.
+#[test]
+fn outputs_are_checked_before_training_and_nothing_is_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    for (args, needle) in [
+        (vec!["train", "--save", s(&t("nodir/w.safetensors"))], "--save"),
+        (vec!["train", "--save", s(tmp.path())], "is a folder"),
+        (vec!["compare", "--plot", s(&t("nodir/c.png"))], "the folder"),
+        (vec!["compare", "--plot", s(&t("c.svg"))], "the plot is a PNG"),
+        (vec!["compare", "--steps", "0"], "compare needs at least one step"),
+        (vec!["train", "--epochs", "2305843009213693952"], "--epochs 2305843009213693952: too many steps"),
+        (vec!["train", "--lr", "-1"], "--lr must be a finite non-negative number, got -1"),
+        (vec!["train", "--optimizer", "adamw", "--nesterov"], "AdamW has none"),
+        (vec!["train", "--optimizer", "sgd", "--p", "inf"], "need --optimizer sam or sam-adamw"),
+    ] {
+        let out = plateau(&args);
+        fails(&out, needle);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("epoch "), "{args:?} trained before failing");
+    }
+    std::fs::write(t("afile"), b"x").unwrap();
+    fails(&plateau(&["train", "--checkpoint-dir", s(&t("afile"))]), "is a file, not a folder");
+    // --metrics appends to what the file holds.
+    let m = t("m.jsonl");
+    std::fs::write(&m, "{\"mine\":1}\n").unwrap();
+    ok(&plateau(&["train", "--epochs", "2", "--hidden", "32", "--metrics", s(&m)]));
+    let lines = metrics_lines(&m);
+    assert_eq!((lines.len(), lines[0]["mine"].as_i64(), lines[2]["epoch"].as_i64()), (3, Some(1), Some(2)));
+    // A second run into a folder of checkpoints is refused without --resume; an unfinished
+    // temporary of a killed write is removed when the run resumes.
+    let ck = t("ck");
+    ok(&plateau(&["train", "--epochs", "1", "--hidden", "32", "--checkpoint-dir", s(&ck)]));
+    fails(&plateau(&["train", "--epochs", "1", "--hidden", "32", "--lr", "0.1", "--checkpoint-dir", s(&ck)]), "holds checkpoints already");
+    std::fs::write(ck.join(".step-00000016.safetensors.tmp-99999"), b"partial").unwrap();
+    ok(&plateau(&["train", "--epochs", "2", "--hidden", "32", "--checkpoint-dir", s(&ck), "--resume"]));
+    assert_eq!(files_in(&ck), ["step-00000008.safetensors", "step-00000016.safetensors"]);
+}
+
+/// A resumed run must be the run that wrote the checkpoint: the flags that change the data,
+/// the optimizer's settings and (with a schedule that depends on it) the budget are compared,
+/// each difference named by its flag. A run resumed within an epoch gives that epoch one row.
+#[test]
+fn resume_names_each_setting_that_differs_and_continues_epochs_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck");
+    ok(&plateau(&["train", "--epochs", "1", "--hidden", "32", "--schedule", "cosine", "--checkpoint-dir", s(&ck)]));
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--hidden", "32", "--schedule", "cosine", "--checkpoint-dir", s(&ck), "--resume"];
+        a.extend(extra);
+        if !extra.contains(&"--epochs") {
+            a.extend(["--epochs", "1"]);
+        }
+        plateau(&a)
+    };
+    fails(&resume(&["--normalize", "0.5,0.5"]), "data (--data, --normalize, --label-noise, --validation): checkpoint synthetic vs now synthetic, --normalize 0.5,0.5");
+    fails(&resume(&["--validation", "0.25"]), "--validation 0.25");
+    fails(&resume(&["--weight-decay", "0"]), "weight_decay (--weight-decay): checkpoint 0.0005 vs now 0.0");
+    fails(&resume(&["--epochs", "3"]), "budget (--epochs / --steps): checkpoint --epochs 1 vs now --epochs 3");
+    // Within an epoch (8 steps of 128): 5 steps, then on to 12, against 12 at once.
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (ma, mb) = (tmp.path().join("a.jsonl"), tmp.path().join("b.jsonl"));
+    ok(&plateau(&["train", "--steps", "12", "--hidden", "32", "--metrics", s(&ma), "--checkpoint-dir", s(&a)]));
+    ok(&plateau(&["train", "--steps", "5", "--hidden", "32", "--checkpoint-dir", s(&b)]));
+    let out = ok(&plateau(&["train", "--steps", "12", "--hidden", "32", "--metrics", s(&mb), "--checkpoint-dir", s(&b), "--resume"]));
+    assert_eq!(out.lines().filter(|l| l.starts_with("| 1 |")).count(), 1, "{out}");
+    let (la, lb) = (metrics_lines(&ma), metrics_lines(&mb));
+    assert_eq!((la.len(), lb.len()), (2, 2));
+    for key in ["train_loss", "train_accuracy", "test_loss", "test_accuracy"] {
+        let (x, y) = (la[0][key].as_f64().unwrap(), lb[0][key].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-9, "epoch 1 {key}: {x} whole, {y} resumed");
+    }
+}
+
+/// compare's SAM run takes the SAM flags whichever optimizer names the base, and writes both
+/// runs' epochs to --metrics, each line naming its run.
+#[test]
+fn compare_applies_the_sam_flags_and_writes_both_runs_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |opt: &str, p: &str, name: &str| {
+        let (m, png) = (tmp.path().join(format!("{name}.jsonl")), tmp.path().join(format!("{name}.png")));
+        ok(&plateau(&["compare", "--epochs", "1", "--hidden", "32", "--optimizer", opt, "--p", p, "--metrics", s(&m), "--plot", s(&png)]));
+        metrics_lines(&m)
+    };
+    let (base, sam, l2) = (run("sgd", "inf", "base"), run("sam", "inf", "sam"), run("sgd", "2", "l2"));
+    assert_eq!(base.iter().map(|l| l["run"].as_str().unwrap()).collect::<Vec<_>>(), ["SGD", "SAM"]);
+    assert_eq!(base[1], serde_json::Value::Object({
+        let mut o = sam[1].as_object().unwrap().clone();
+        o.insert("seconds".into(), base[1]["seconds"].clone());
+        o
+    }), "--optimizer sgd --p inf runs the same SAM as --optimizer sam --p inf");
+    assert_ne!(base[1]["train_loss"], l2[1]["train_loss"], "--p inf changes the SAM run");
+}
+
+/// eval: the file's normalization is applied; flags it would ignore are errors.
+#[test]
+fn eval_applies_the_recorded_normalization_and_refuses_ignored_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, m) = (tmp.path().join("w.safetensors"), tmp.path().join("m.jsonl"));
+    ok(&plateau(&["train", "--epochs", "1", "--hidden", "32", "--normalize", "0.1,0.2", "--save", s(&w), "--metrics", s(&m)]));
+    let acc = format!("accuracy {:.4}", metrics_lines(&m)[0]["test_accuracy"].as_f64().unwrap());
+    let out = ok(&plateau(&["eval", "--checkpoint", s(&w)]));
+    assert!(out.contains("--normalize 0.1,0.2") && out.contains(&acc), "{out} vs {acc}");
+    fails(&plateau(&["eval", "--checkpoint", s(&w), "--batch-size", "0"]), "--batch-size must be positive");
+    fails(&plateau(&["eval", "--checkpoint", s(&w), "--hidden", "64"]), "--hidden sets the MLP of --model");
+}

@@ -50,5 +50,5 @@ pub(super) fn load(dir: &Path, hundred: bool) -> Result<Dataset, DataError> {
         records(&d.join("test_batch.bin"), 1, 10, &mut test)?;
         ("cifar10", 10)
     };
-    Ok(Dataset { name: name.into(), shape: [3, 32, 32], classes, train, test, augment: Augment::cifar() })
+    Ok(Dataset { name: name.into(), shape: [3, 32, 32], classes, train, test, augment: Augment::cifar(), normalize: None })
 }

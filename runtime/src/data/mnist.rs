@@ -98,5 +98,6 @@ pub(super) fn load(dir: &Path) -> Result<Dataset, DataError> {
         train: split(dir, &["train"])?,
         test: split(dir, &["t10k", "test"])?,
         augment: Augment::none(),
+        normalize: None,
     })
 }

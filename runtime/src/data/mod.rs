@@ -120,6 +120,8 @@ pub struct Dataset {
     pub test: Split,
     /// Augmentation that suits the data (`--no-augment` turns it off).
     pub augment: Augment,
+    /// `(mean, std)` when pixels are `(x / 255 - mean) / std` rather than `x / 255`.
+    pub normalize: Option<(f32, f32)>,
 }
 
 impl Dataset {
@@ -143,6 +145,7 @@ impl Dataset {
             for v in d.train.images.iter_mut().chain(d.test.images.iter_mut()) {
                 *v = (*v - mean) / std;
             }
+            d.normalize = Some((mean, std));
         }
         Ok(d)
     }

@@ -62,7 +62,7 @@ pub(super) fn generate() -> Dataset {
     let protos: Vec<Vec<_>> = (0..CLASSES).map(|k| ring[k..k + BLOBS].to_vec()).collect();
     let train = examples(&protos, TRAIN, &mut r);
     let test = examples(&protos, TEST, &mut r);
-    let mut d = Dataset { name: "synthetic".into(), shape: [1, SIDE, SIDE], classes: CLASSES, train, test, augment: Augment::none() };
+    let mut d = Dataset { name: "synthetic".into(), shape: [1, SIDE, SIDE], classes: CLASSES, train, test, augment: Augment::none(), normalize: None };
     d.add_label_noise(LABEL_NOISE, SEED).expect("invariant: the fraction is in range");
     d
 }
