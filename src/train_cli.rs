@@ -15,9 +15,9 @@ pub struct RunFlags {
     /// mlp, cnn, resnet18 or wrn16-K.
     #[arg(long, default_value = "mlp")]
     model: String,
-    /// Hidden layer widths of the MLP.
-    #[arg(long, value_delimiter = ',', default_value = "256,256")]
-    hidden: Vec<usize>,
+    /// Hidden layer widths of the MLP (default 256,256).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
     /// synthetic (embedded), mnist:DIR, cifar10:DIR or cifar100:DIR.
     #[arg(long, default_value = "synthetic")]
     data: String,
@@ -127,13 +127,17 @@ fn parse_normalize(s: &Option<String>) -> Result<Option<(f32, f32)>> {
     Ok(Some((parts[0].trim().parse().map_err(|_| bad())?, parts[1].trim().parse().map_err(|_| bad())?)))
 }
 
-fn zoo_model(name: &str, hidden: &[usize]) -> Result<Model> {
+fn zoo_model(name: &str, hidden: Option<&[usize]>) -> Result<Model> {
     let mut spec: ModelSpec = name.parse().context("--model")?;
-    if let ModelSpec::Mlp { hidden: h } = &mut spec {
-        if hidden.is_empty() || hidden.contains(&0) {
-            bail!("--hidden: layer widths must be positive, got {hidden:?}");
+    match (&mut spec, hidden) {
+        (ModelSpec::Mlp { hidden: h }, Some(hidden)) => {
+            if hidden.is_empty() || hidden.contains(&0) {
+                bail!("--hidden: layer widths must be positive, got {hidden:?}");
+            }
+            *h = hidden.to_vec();
         }
-        *h = hidden.to_vec();
+        (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {name} has none"),
+        (_, None) => {}
     }
     Ok(Model::zoo(spec))
 }
@@ -161,8 +165,11 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     if f.epochs == Some(0) {
         bail!("--epochs must be at least 1 (use --steps 0 to only initialise)");
     }
-    let model = zoo_model(&f.model, &f.hidden)?;
+    let model = zoo_model(&f.model, f.hidden.as_deref())?;
     let mut data = Dataset::load(&source, normalize).context("--data")?;
+    if data.test.is_empty() {
+        bail!("--data {source}: the test split has no examples");
+    }
     if let Some(p) = f.label_noise {
         data.add_label_noise(p, f.seed).context("--label-noise")?;
     }
@@ -420,7 +427,7 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
     let file = plateau::checkpoint::Checkpoint::read(&args.checkpoint).context("--checkpoint")?;
     let meta = file.metadata();
     let model = match (&args.model, meta.get("model")) {
-        (Some(m), _) => zoo_model(m, args.hidden.as_deref().unwrap_or(&[256, 256]))?,
+        (Some(m), _) => zoo_model(m, args.hidden.as_deref())?,
         (None, Some(name)) => {
             if args.hidden.is_some() {
                 bail!("--hidden sets the MLP of --model; {} names its model (`{name}`): pass --model mlp with it, or neither", args.checkpoint.display());

@@ -105,7 +105,11 @@ fn corrupted_mnist_files_give_clear_errors() {
     let (r, _) = case("truncated", &|i, _| i.truncate(i.len() - 100));
     let e = r.unwrap_err();
     assert!(matches!(e, DataError::Truncated { expected: 6_272_016, got: 6_271_916, .. }), "{e}");
-    assert!(e.to_string().contains("train-images-idx3-ubyte: truncated"), "{e}");
+    assert!(e.to_string().contains("train-images-idx3-ubyte: truncated: the header promises 6272016 bytes"), "{e}");
+    // Dimensions whose product does not fit in a size: an error, not a wrapped count.
+    let (r, _) = case("huge", &|i, _| i[4..16].copy_from_slice(&[0xff; 12]));
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("describe more bytes than a file can hold"), "{e}");
     let (r, _) = case("magic", &|i, _| i[3] = 0x01);
     let e = r.unwrap_err();
     assert!(matches!(e, DataError::BadMagic { got: 0x0801, expected: 0x0803, .. }), "{e}");

@@ -139,8 +139,9 @@ fn bad_training_input_gives_clear_errors() {
     fails(&plateau(&["train", "--normalize", "0.5,0"]), "positive std");
     fails(&plateau(&["train", "--schedule", "linear"]), "unknown schedule `linear`");
     fails(&plateau(&["train", "--device", "tpu"]), "unknown device `tpu`");
-    fails(&plateau(&["train", "--label-noise", "2"]), "--label-noise must be in [0, 1]");
+    fails(&plateau(&["train", "--label-noise", "2"]), "--label-noise: the label-noise fraction must be in [0, 1], got 2");
     fails(&plateau(&["train", "--epochs", "0"]), "--epochs must be at least 1");
+    fails(&plateau(&["train", "--model", "cnn", "--hidden", "32"]), "--hidden sets the MLP's layer widths; --model cnn has none");
     fails(&plateau(&["train", "--batch-size", "4096"]), "fewer than one batch of 4096");
     let out = plateau(&["train", "--resume"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error: --resume needs --checkpoint-dir");

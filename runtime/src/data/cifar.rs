@@ -22,7 +22,7 @@ fn records(path: &Path, label_bytes: usize, classes: usize, out: &mut Split) -> 
     let rec = label_bytes + PIXELS;
     if b.is_empty() || b.len() % rec != 0 {
         let expected = (b.len() / rec + 1) * rec;
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected, got: b.len() });
+        return Err(DataError::Truncated { path: path.to_path_buf(), why: if label_bytes == 1 { "whole 3,073-byte records need" } else { "whole 3,074-byte records need" }, expected, got: b.len() });
     }
     for (i, r) in b.chunks(rec).enumerate() {
         let label = r[label_bytes - 1] as usize;

@@ -46,7 +46,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 fn idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let b = bytes(path)?;
     if b.len() < 4 {
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected: 4, got: b.len() });
+        return Err(DataError::Truncated { path: path.to_path_buf(), why: "an IDX file's magic number needs", expected: 4, got: b.len() });
     }
     let got = be32(&b, 0);
     if got != magic {
@@ -55,12 +55,14 @@ fn idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, Vec<u
     let rank = (magic & 0xff) as usize;
     let header = 4 + 4 * rank;
     if b.len() < header {
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected: header, got: b.len() });
+        return Err(DataError::Truncated { path: path.to_path_buf(), why: "the header's dimensions need", expected: header, got: b.len() });
     }
     let dims: Vec<usize> = (0..rank).map(|i| be32(&b, 4 + 4 * i) as usize).collect();
-    let expected = header + dims.iter().product::<usize>();
+    let Some(expected) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_add(header)) else {
+        return Err(DataError::Invalid { path: path.to_path_buf(), reason: format!("the header's dimensions {dims:?} describe more bytes than a file can hold") });
+    };
     if b.len() < expected {
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected, got: b.len() });
+        return Err(DataError::Truncated { path: path.to_path_buf(), why: "the header promises", expected, got: b.len() });
     }
     if b.len() > expected {
         return Err(DataError::Invalid { path: path.to_path_buf(), reason: format!("{} bytes after the {expected} the header describes", b.len() - expected) });

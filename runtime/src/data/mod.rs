@@ -29,8 +29,8 @@ pub enum DataError {
     Io { path: PathBuf, reason: String },
     #[error("{path}: wrong magic number {got:#010x} (expected {expected:#010x}); is this an IDX {what} file?")]
     BadMagic { path: PathBuf, expected: u32, got: u32, what: &'static str },
-    #[error("{path}: truncated: the header promises {expected} bytes, the file has {got}")]
-    Truncated { path: PathBuf, expected: usize, got: usize },
+    #[error("{path}: truncated: {why} {expected} bytes, the file has {got}")]
+    Truncated { path: PathBuf, why: &'static str, expected: usize, got: usize },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -173,7 +173,7 @@ impl Dataset {
     /// returns how many changed.
     pub fn add_label_noise(&mut self, fraction: f64, seed: u64) -> Result<usize, DataError> {
         if !(0.0..=1.0).contains(&fraction) {
-            return Err(DataError::Spec(format!("--label-noise must be in [0, 1], got {fraction}")));
+            return Err(DataError::Spec(format!("the label-noise fraction must be in [0, 1], got {fraction}")));
         }
         let n = self.train.len();
         let k = (n as f64 * fraction).round() as usize;
