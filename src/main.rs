@@ -105,9 +105,9 @@ pub(crate) struct OptimizerArgs {
     /// ASAM: adaptive perturbation `rho * T_w^2 g / ||T_w g||`.
     #[arg(long)]
     adaptive: bool,
-    /// ASAM's eta.
-    #[arg(long, default_value_t = 0.01)]
-    eta: f64,
+    /// ASAM's eta (default 0.01).
+    #[arg(long)]
+    eta: Option<f64>,
     /// m-sharpness: examples per micro-batch.
     #[arg(long)]
     m: Option<usize>,
@@ -247,7 +247,11 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         bail!("--momentum and --nesterov set SGD's momentum; AdamW has none (--optimizer sgd or sam)");
     }
     let momentum = o.momentum.unwrap_or(0.9);
-    for (flag, v) in [("--momentum", momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", o.eta)] {
+    if o.eta.is_some() && !o.adaptive {
+        bail!("--eta is ASAM's: it needs --adaptive");
+    }
+    let eta = o.eta.unwrap_or(0.01);
+    for (flag, v) in [("--momentum", momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
@@ -271,7 +275,7 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
             PNorm::Two => SamNorm::L2,
             PNorm::Inf => SamNorm::Linf,
         },
-        adaptive: o.adaptive.then_some(o.eta),
+        adaptive: o.adaptive.then_some(eta),
         micro_batch: o.m,
         ascent_steps: o.ascent_steps,
         second_order: o.second_order,

@@ -123,13 +123,18 @@ pub struct TrainConfig {
     pub shuffle: bool,
 }
 
+/// The version of a run's identity in checkpoints: 2 since the optimizer is recorded field by
+/// field, the data with the flags that change it, and the budget where the schedule uses it.
+const IDENTITY_VERSION: u64 = 2;
+
 impl TrainConfig {
     /// The fields a resumed run must share with the run that wrote the checkpoint.
     fn identity(&self, model: &Model, data: &str) -> serde_json::Value {
         let mut id = serde_json::json!({
+            "version": IDENTITY_VERSION,
             "model": model.name(),
             "data": data,
-            "optimizer": format!("{:?}", self.optimizer),
+            "optimizer": serde_json::to_value(&self.optimizer).expect("invariant: optimizer settings serialize"),
             "rho": self.rho,
             "lr": self.lr,
             "schedule": self.schedule,
@@ -148,6 +153,23 @@ impl TrainConfig {
             .into();
         }
         id
+    }
+
+    /// This run's identity as a checkpoint of identity version `was` recorded it: before
+    /// version 2, the optimizer as its `{:?}` text, the data source alone, and no budget.
+    fn identity_as(&self, id: &serde_json::Value, was: &serde_json::Value) -> serde_json::Value {
+        if was.get("version").is_some() {
+            return id.clone();
+        }
+        let mut old = id.clone();
+        let o = old.as_object_mut().expect("invariant: the identity is an object");
+        o.remove("version");
+        o.remove("budget");
+        o.insert("optimizer".into(), format!("{:?}", self.optimizer).into());
+        if let Some(source) = id["data"].as_str().and_then(|d| d.split(", --").next()) {
+            o.insert("data".into(), source.into());
+        }
+        old
     }
 }
 
@@ -177,45 +199,44 @@ fn flag_of(key: &str) -> &'static str {
     }
 }
 
-/// The `key: value` leaves of a `{:?}` rendering, in order (`base: Sgd`, `momentum: 0.9`, ...).
-fn debug_leaves(s: &str) -> Vec<(String, String)> {
-    s.split(['{', '}', '(', ')', ','])
-        .filter_map(|t| t.split_once(": ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect()
+/// How the identities `was` (a checkpoint's) and `now` differ: each differing setting, named
+/// with the flags that set it. Objects present on both sides (the optimizer, its base's
+/// settings, SAM's) are compared setting by setting.
+fn identity_diff(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_into(None, was, now, &mut out);
+    out
 }
 
-/// How the identities `was` (a checkpoint's) and `now` differ, field by field, each named with
-/// the flags that set it; the optimizer's settings one by one where both have the same form.
-fn identity_diff(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
-    let mut keys: Vec<&String> = now.as_object().into_iter().flatten().map(|(k, _)| k).collect();
-    keys.extend(was.as_object().into_iter().flatten().map(|(k, _)| k).filter(|k| now.get(k.as_str()).is_none()));
-    let null = serde_json::Value::Null;
-    let mut out = Vec::new();
-    for k in keys {
-        let (a, b) = (was.get(k.as_str()).unwrap_or(&null), now.get(k.as_str()).unwrap_or(&null));
-        if a == b {
-            continue;
-        }
-        let named = |k: &str| match flag_of(k) {
-            "" => k.to_string(),
-            f => format!("{k} ({f})"),
-        };
-        let shown = |v: &serde_json::Value| match v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "(not set)".to_string(),
-            v => v.to_string(),
-        };
-        if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
-            let (lx, ly) = (debug_leaves(x), debug_leaves(y));
-            let same_form = lx.len() == ly.len() && lx.iter().zip(&ly).all(|(p, q)| p.0 == q.0) && k == "optimizer";
-            if same_form && !lx.is_empty() {
-                out.extend(lx.iter().zip(&ly).filter(|(p, q)| p.1 != q.1).map(|(p, q)| format!("{}: checkpoint {} vs now {}", named(&p.0), p.1, q.1)));
-                continue;
-            }
-        }
-        out.push(format!("{}: checkpoint {} vs now {}", named(k), shown(a), shown(b)));
+fn diff_into(key: Option<&str>, was: &serde_json::Value, now: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    if was == now {
+        return;
     }
-    out
+    if let (Value::Object(a), Value::Object(b)) = (was, now) {
+        // The same kind of thing on both sides (one base optimizer, or SAM's settings):
+        // compare inside it; otherwise the whole value differs.
+        let same_kind = key.is_none() || a.len() != 1 || b.len() != 1 || a.keys().eq(b.keys());
+        if same_kind {
+            let mut keys: Vec<&String> = b.keys().collect();
+            keys.extend(a.keys().filter(|k| !b.contains_key(k.as_str())));
+            for k in keys {
+                diff_into(Some(k), a.get(k.as_str()).unwrap_or(&Value::Null), b.get(k.as_str()).unwrap_or(&Value::Null), out);
+            }
+            return;
+        }
+    }
+    let k = key.unwrap_or("run");
+    let named = match flag_of(k) {
+        "" => k.to_string(),
+        f => format!("{k} ({f})"),
+    };
+    let shown = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "(not set)".to_string(),
+        v => v.to_string(),
+    };
+    out.push(format!("{named}: checkpoint {} vs now {}", shown(was), shown(now)));
 }
 
 /// One epoch's figures (one line of `--metrics`; read back from a checkpoint's history).
@@ -427,12 +448,19 @@ impl<'d> Trainer<'d> {
         // A run resumed within an epoch: the steps before the checkpoint count in its figures,
         // so the epoch is one row, as an uninterrupted run gives it.
         let mut seconds = train_seconds;
-        if first > 0 && self.history.last().is_some_and(|h| h.epoch == epoch + 1) {
-            let before = self.history.pop().expect("checked above");
-            loss_sum += before.train_loss * first as f64;
-            acc_sum += before.train_accuracy * first as f64;
-            seen += first;
-            seconds += before.seconds;
+        let mut before = Vec::new();
+        while first > 0 && self.history.last().is_some_and(|h| h.epoch == epoch + 1) {
+            before.push(self.history.pop().expect("checked above"));
+        }
+        // Each row covers the steps since the one before it (or since the epoch began).
+        let mut at = epoch * self.steps_per_epoch;
+        for row in before.into_iter().rev() {
+            let n = row.step.saturating_sub(at) as f64;
+            loss_sum += row.train_loss * n;
+            acc_sum += row.train_accuracy * n;
+            seen += n as usize;
+            seconds += row.seconds;
+            at = row.step;
         }
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -520,8 +548,8 @@ impl<'d> Trainer<'d> {
         Ok(out)
     }
 
-    /// The first parameter or BatchNorm buffer holding a value that is not a finite number
-    /// (`` `name` holds NaN at index i ``), if any.
+    /// The first parameter, BatchNorm buffer or optimizer state holding a value that is not a
+    /// finite number (`` `name` holds NaN at index i ``), if any.
     fn non_finite(&self) -> Result<Option<String>> {
         let at = |name: &str, v: &[f32]| v.iter().position(|x| !x.is_finite()).map(|i| format!("`{name}` holds {} at index {i}", v[i]));
         let arena = self.runner.get("param", "params")?.to_f32();
@@ -533,6 +561,14 @@ impl<'d> Trainer<'d> {
         for st in &self.traced.states {
             if let Some(w) = at(&st.name, &self.runner.get("state", &st.name)?.to_f32()) {
                 return Ok(Some(w));
+            }
+        }
+        for st in self.config.optimizer.base.state_names() {
+            let v = self.runner.get("state", st)?.to_f32();
+            for slot in &self.arena.slots {
+                if let Some(w) = at(&format!("optimizer.{st}.{}", slot.name), &v[slot.offset..slot.offset + slot.shape.numel()]) {
+                    return Ok(Some(w));
+                }
             }
         }
         Ok(None)
@@ -633,8 +669,9 @@ impl<'d> Trainer<'d> {
             bail!("{}: not a plateau checkpoint (a state_dict? use --init)", path.display());
         }
         let run: serde_json::Value = serde_json::from_str(meta.get("run").map(String::as_str).unwrap_or("null"))?;
-        if run != self.identity {
-            bail!("{}: written by a different run ({})", path.display(), identity_diff(&run, &self.identity).join("; "));
+        let now = self.config.identity_as(&self.identity, &run);
+        if run != now {
+            bail!("{}: written by a different run ({})", path.display(), identity_diff(&run, &now).join("; "));
         }
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{}: no step in the metadata", path.display()))?;
         let history: Vec<EpochMetrics> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or("[]"))?;

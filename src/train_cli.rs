@@ -194,10 +194,10 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     // The data a run trains on, as its checkpoints name it: the source and every flag that
     // changes the examples (a resumed run must give the same).
     let mut data_name = source.to_string();
-    if let Some(n) = &f.normalize {
-        data_name += &format!(", --normalize {n}");
+    if let Some((mean, std)) = normalize {
+        data_name += &format!(", --normalize {mean},{std}");
     }
-    if let Some(p) = f.label_noise {
+    if let Some(p) = f.label_noise.filter(|&p| p > 0.0) {
         data_name += &format!(", --label-noise {p}");
     }
     if let Some(v) = f.validation.filter(|&v| v > 0.0) {
@@ -328,12 +328,13 @@ fn drive(t: &mut Trainer, metrics: Option<&mut std::fs::File>, label: Option<&st
 pub fn train_cmd(args: TrainArgs) -> Result<()> {
     let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
     let p = prepare(&args.run, spec, args.opt.rho)?;
-    // Everything the run writes, checked before the first step.
-    if let Some(path) = &args.save {
-        check_writable("--save", path)?;
-    }
+    // Everything the run writes, checked before the first step (the checkpoint folder first:
+    // --save may name a file in it).
     if let Some(dir) = &args.checkpoint_dir {
         prepare_checkpoint_dir(dir, args.resume)?;
+    }
+    if let Some(path) = &args.save {
+        check_writable("--save", path)?;
     }
     let mut metrics = open_metrics(args.run.metrics.as_deref())?;
     let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
@@ -442,6 +443,9 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
         println!("pixels normalized as {} records: --normalize {n}", args.checkpoint.display());
     }
     let data = Dataset::load(&source, normalize).context("--data")?;
+    if data.test.is_empty() {
+        bail!("--data {source}: the test split has no examples");
+    }
     let (loss, acc) = plateau::train::evaluate_checkpoint(&model, &data, &data.test, &file, &args.checkpoint, args.batch_size, device)?;
     println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
     Ok(())

@@ -175,6 +175,10 @@ fn an_update_that_breaks_the_weights_stops_the_run_before_anything_is_written() 
     let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "1e30", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
     fails(&out, "the test loss is NaN after step 1 (epoch 1); training stopped; no checkpoint was written");
     assert!(files_in(&ck).is_empty() && !save.exists());
+    // A rate past f32's range: the weights themselves are infinite after the first update.
+    let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "1e39", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
+    fails(&out, "after step 1 (epoch 1) `0.weight` holds -inf at index 0: the update left the weights non-finite; training stopped; no checkpoint was written");
+    assert!(files_in(&ck).is_empty() && !save.exists());
     // Weights that are not finite numbers are refused when loaded, naming the tensor.
     let w = tmp.path().join("init.safetensors");
     ok(&plateau(&["train", "--steps", "0", "--hidden", "32", "--save", s(&w)]));
@@ -203,6 +207,7 @@ fn outputs_are_checked_before_training_and_nothing_is_overwritten() {
         (vec!["train", "--lr", "-1"], "--lr must be a finite non-negative number, got -1"),
         (vec!["train", "--optimizer", "adamw", "--nesterov"], "AdamW has none"),
         (vec!["train", "--optimizer", "sgd", "--p", "inf"], "need --optimizer sam or sam-adamw"),
+        (vec!["train", "--eta", "0.1"], "--eta is ASAM's: it needs --adaptive"),
     ] {
         let out = plateau(&args);
         fails(&out, needle);
@@ -224,6 +229,10 @@ fn outputs_are_checked_before_training_and_nothing_is_overwritten() {
     std::fs::write(ck.join(".step-00000016.safetensors.tmp-99999"), b"partial").unwrap();
     ok(&plateau(&["train", "--epochs", "2", "--hidden", "32", "--checkpoint-dir", s(&ck), "--resume"]));
     assert_eq!(files_in(&ck), ["step-00000008.safetensors", "step-00000016.safetensors"]);
+    // --save may name a file in a checkpoint folder the run creates.
+    let fresh = t("fresh");
+    ok(&plateau(&["train", "--steps", "1", "--hidden", "32", "--checkpoint-dir", s(&fresh), "--save", s(&fresh.join("w.safetensors"))]));
+    assert_eq!(files_in(&fresh), ["step-00000001.safetensors", "w.safetensors"]);
 }
 
 /// A resumed run must be the run that wrote the checkpoint: the flags that change the data,
@@ -292,4 +301,49 @@ fn eval_applies_the_recorded_normalization_and_refuses_ignored_flags() {
     assert!(out.contains("--normalize 0.1,0.2") && out.contains(&acc), "{out} vs {acc}");
     fails(&plateau(&["eval", "--checkpoint", s(&w), "--batch-size", "0"]), "--batch-size must be positive");
     fails(&plateau(&["eval", "--checkpoint", s(&w), "--hidden", "64"]), "--hidden sets the MLP of --model");
+}
+
+/// Rewrites one metadata entry of a safetensors file (header length, header, data).
+fn rewrite_metadata(path: &Path, key: &str, value: String) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = value.into();
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(&h);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Each SAM and base setting is named when it differs (`--m`, the base's kind); a checkpoint
+/// written before identities recorded the optimizer field by field still resumes.
+#[test]
+fn resume_names_optimizer_settings_and_takes_checkpoints_of_the_first_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck");
+    ok(&plateau(&["train", "--epochs", "1", "--hidden", "32", "--m", "4", "--checkpoint-dir", s(&ck)]));
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--epochs", "2", "--hidden", "32", "--checkpoint-dir", s(&ck), "--resume"];
+        a.extend(extra);
+        plateau(&a)
+    };
+    fails(&resume(&["--m", "8"]), "written by a different run (micro_batch (--m): checkpoint 4 vs now 8)");
+    fails(&resume(&["--m", "4", "--optimizer", "sam-adamw"]), "base (--optimizer): checkpoint {\"Sgd\"");
+    // The first identity: the optimizer as its Debug text, no version, no budget.
+    let file = ck.join("step-00000008.safetensors");
+    let spec = plateau::OptimizerSpec { base: plateau::BaseOptimizer::sgd(0.9, 5e-4), sam: Some(plateau::Sam { micro_batch: Some(4), ..plateau::Sam::default() }) };
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut run: serde_json::Value = serde_json::from_str(header["__metadata__"]["run"].as_str().unwrap()).unwrap();
+    run.as_object_mut().unwrap().remove("version");
+    run["optimizer"] = format!("{spec:?}").into();
+    rewrite_metadata(&file, "run", run.to_string());
+    fails(&resume(&["--m", "4", "--lr", "0.1"]), "lr (--lr): checkpoint 0.05 vs now 0.1");
+    let out = ok(&resume(&["--m", "4"]));
+    assert!(out.contains("resumed from") && out.contains("at step 8"), "{out}");
 }
