@@ -94,18 +94,19 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.rounds == 0 {
         bail!("--batch and --rounds must be positive");
     }
+    let Some(total_rounds) = args.warmup.checked_add(args.rounds) else {
+        bail!("--warmup {} and --rounds {}: too many rounds to count", args.warmup, args.rounds);
+    };
     let profile = args.profile || args.chrome_trace.is_some();
     if profile && backend == Backend::Reference {
         bail!("--profile and --chrome-trace time device kernels; --device reference launches none (use wgpu or cuda)");
     }
     // Fail before the benchmark, not after it, when the trace cannot be written.
     if let Some(path) = &args.chrome_trace {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            bail!("--chrome-trace {}: the folder {} does not exist", path.display(), dir.display());
-        }
+        crate::check_writable("--chrome-trace", path)?;
     }
     let input = crate::default_input(&model);
+    crate::check_sizes(&model, args.batch, &input, TraceOptions::default().classes)?;
     let opts = TraceOptions { batch_size: args.batch, input_shape: input.clone(), ..TraceOptions::default() };
     let base = BaseOptimizer::sgd(0.9, 5e-4);
     let mut plan = vec![("sgd", OptimizerSpec { base: base.clone(), sam: None }, false), ("sam", OptimizerSpec { base: base.clone(), sam: Some(Sam::default()) }, false)];
@@ -123,7 +124,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         let compiled = runner.compiled().cloned().unwrap_or(compiled);
         variants.push(Variant { name, compiled, runner, times: Vec::new(), host: Vec::new() });
     }
-    for round in 0..args.warmup + args.rounds {
+    for round in 0..total_rounds {
         for v in &mut variants {
             v.runner.set("scalar", "step", &Tensor::scalar(DType::F32, round as f64))?;
             let start = Instant::now();
@@ -137,7 +138,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
             }
         }
         if !args.json {
-            eprint!("\rround {}/{}", round + 1, args.warmup + args.rounds);
+            eprint!("\rround {}/{}", round + 1, total_rounds);
         }
     }
     if !args.json {
@@ -200,11 +201,12 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         }
         json["profile"] = all.into();
     }
-    if let Some(path) = &args.chrome_trace {
-        write_chrome_trace(path, &variants, &profiles)?;
-    }
+    // The trace is written after the figures are printed: they stand even if it fails.
     if args.json {
         println!("{json}");
+        if let Some(path) = &args.chrome_trace {
+            write_chrome_trace(path, &variants, &profiles)?;
+        }
         return Ok(());
     }
     let on = match json["device_name"].as_str() {
@@ -243,6 +245,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         }
     }
     if let Some(path) = &args.chrome_trace {
+        write_chrome_trace(path, &variants, &profiles)?;
         println!("\nwrote {} (open in chrome://tracing or ui.perfetto.dev)", path.display());
     }
     Ok(())

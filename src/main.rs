@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use plateau::{trace, BaseOptimizer, DType, ModelSpec, OptimizerSpec, Sam, SamNorm, TraceOptions};
 use std::time::Instant;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod bench_cli;
 mod train_cli;
@@ -19,6 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trace a model and print its forward + backward IR in the text form.
+    #[command(allow_negative_numbers = true)]
     Trace(TraceArgs),
     /// Compile a whole training step and print its fused kernel schedule.
     #[command(allow_negative_numbers = true)]
@@ -158,9 +159,9 @@ struct ModelArgs {
     /// mlp, cnn, resnet18 or wrn16-K.
     #[arg(long, default_value = "mlp")]
     model: String,
-    /// Hidden layer widths of the MLP.
-    #[arg(long, value_delimiter = ',', default_value = "256,256")]
-    hidden: Vec<usize>,
+    /// Hidden layer widths of the MLP (default 256,256).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Shape of one example, C,H,W (default 1,28,28; 3,32,32 for resnet18 and wrn16-K).
@@ -227,18 +228,100 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
     let ModelArgs { model, hidden, batch_size, input, classes } = args;
     let (batch_size, classes) = (*batch_size, *classes);
     let mut spec: ModelSpec = model.parse().context("--model")?;
-    if let ModelSpec::Mlp { hidden: h } = &mut spec {
-        if hidden.contains(&0) {
-            bail!("--hidden: layer widths must be positive, got {hidden:?}");
+    match (&mut spec, hidden) {
+        (ModelSpec::Mlp { hidden: h }, Some(hidden)) => {
+            if hidden.is_empty() || hidden.contains(&0) {
+                bail!("--hidden: layer widths must be positive, got {hidden:?}");
+            }
+            *h = hidden.to_vec();
         }
-        *h = hidden.to_vec();
+        (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {model} has none"),
+        (_, None) => {}
     }
     if batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let opts = TraceOptions { batch_size, input_shape: input.clone().unwrap_or_else(|| default_input(&spec)), classes, ..TraceOptions::default() };
+    let input_shape = input.clone().unwrap_or_else(|| default_input(&spec));
+    check_sizes(&spec, batch_size, &input_shape, classes)?;
+    let opts = TraceOptions { batch_size, input_shape, classes, ..TraceOptions::default() };
     Ok((spec, opts))
 }
+
+/// Fails now, before any work, when `flag`'s file could not be written at the end: its
+/// folder is missing or not writable, or the path is a folder. A probe file is created in
+/// the folder and removed.
+pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder; give a file name", path.display());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dir.exists() && !dir.is_dir() {
+        bail!("{flag} {}: {} is a file, not a folder", path.display(), dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
+    }
+    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
+    let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::File::create(&probe).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (a temporary in the same folder, renamed over it): a
+/// failed write leaves no partial file and any previous one untouched.
+fn write_file_atomic(flag: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{flag}: cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The largest tensor a model may hold, in elements (device buffers are indexed in 32 bits).
+const MAX_ELEMENTS: usize = 1 << 31;
+
+/// Checks that the model's sizes can be traced and held: every count positive, the input
+/// batch, the logits and each MLP weight at most [`MAX_ELEMENTS`], WRN widths at most 64.
+pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, input: &[usize], classes: usize) -> Result<()> {
+    if classes == 0 || classes > 1 << 24 {
+        bail!("--classes must be in 1..={}, got {classes}", 1 << 24);
+    }
+    if input.is_empty() || input.contains(&0) {
+        bail!("--input: every dimension must be positive, got {input:?}");
+    }
+    let within = |what: &str, dims: &[usize]| -> Result<usize> {
+        match dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS) {
+            Some(n) => Ok(n),
+            None => bail!("{what} {dims:?} is more than {MAX_ELEMENTS} elements, the most one tensor can hold"),
+        }
+    };
+    let features = within("--input", input)?;
+    within("the input batch (--batch-size x --input)", &[&[batch_size][..], input].concat())?;
+    within("the logits (--batch-size x --classes)", &[batch_size, classes])?;
+    match spec {
+        ModelSpec::Mlp { hidden } => {
+            let mut from = features;
+            for &h in hidden.iter().chain([&classes]) {
+                within("an MLP weight (--hidden)", &[from, h])?;
+                within("an MLP activation (--batch-size x --hidden)", &[batch_size, h])?;
+                from = h;
+            }
+        }
+        ModelSpec::Wrn16 { k } if *k > 64 => bail!("--model wrn16-{k}: widths up to wrn16-64 are supported"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The most ascent steps, and m-sharpness micro-batches per batch, a step compiles (each is a
+/// forward and backward pass unrolled into the step's graph).
+const MAX_ASCENT_STEPS: usize = 16;
+const MAX_MICRO_BATCHES: usize = 32;
 
 /// The optimizer the flags describe, after checking them.
 pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<OptimizerSpec> {
@@ -261,8 +344,11 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
             bail!("--m {m} must divide --batch-size {}", batch_size);
         }
     }
-    if o.ascent_steps == 0 {
-        bail!("--ascent-steps must be at least 1");
+    if o.ascent_steps == 0 || o.ascent_steps > MAX_ASCENT_STEPS {
+        bail!("--ascent-steps must be in 1..={MAX_ASCENT_STEPS} (each is a forward and backward pass compiled into the step), got {}", o.ascent_steps);
+    }
+    if let Some(m) = o.m.filter(|&m| batch_size / m > MAX_MICRO_BATCHES) {
+        bail!("--m {m}: {} micro-batches of {m} per batch of {batch_size}; at most {MAX_MICRO_BATCHES} (each is a pass compiled into the step)", batch_size / m);
     }
     let base = match o.optimizer {
         OptimizerName::Sgd | OptimizerName::Sam => {
@@ -289,14 +375,29 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
 fn compile_cmd(args: CompileArgs) -> Result<()> {
     let (model, opts) = model_flags(&args.model)?;
     let spec = optimizer_spec(&args.opt, opts.batch_size)?;
+    if let (true, Some(sam)) = (args.naive, &spec.sam) {
+        if sam.micro_batch.is_some() || sam.norm != SamNorm::L2 || sam.ascent_steps > 1 || sam.second_order {
+            bail!("--naive builds SAM as eager frameworks commonly write it (the L2 ball, one ascent step, ASAM allowed); --m, --p inf, --ascent-steps and --second-order have no naive form");
+        }
+    }
+    // Where the outputs go, checked before compiling (nothing is written unless all can be).
+    if let Some(path) = &args.dot {
+        check_writable("--dot", path)?;
+    }
+    if let Some(dir) = &args.emit_cuda {
+        if dir.exists() && !dir.is_dir() {
+            bail!("--emit-cuda {}: is a file, not a folder", dir.display());
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
+    }
     let start = Instant::now();
     let (_, _, compiled) = plateau::compile(&model, &opts, &spec, args.naive, !args.no_rewrite)?;
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(path) = &args.dot {
-        std::fs::write(path, compiled.fused.to_dot()).with_context(|| format!("--dot: cannot write {}", path.display()))?;
-    }
     if let Some(dir) = &args.emit_cuda {
         emit_cuda(&compiled, dir)?;
+    }
+    if let Some(path) = &args.dot {
+        write_file_atomic("--dot", path, compiled.fused.to_dot().as_bytes())?;
     }
     let s = &compiled.schedule;
     let r = &compiled.report;
@@ -304,6 +405,8 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
         let json = serde_json::json!({
             "model": model.to_string(),
             "optimizer": args.opt.optimizer.to_possible_value().map(|v| v.get_name().to_string()),
+            "naive": args.naive,
+            "rewrite": !args.no_rewrite,
             "launches": s.launches,
             "optimizer_launches": s.optimizer_launches,
             "bytes_moved": s.bytes_moved,
@@ -355,7 +458,8 @@ fn trace_cmd(args: TraceArgs) -> Result<()> {
     }
     model.graph.verify()?;
     if let Some(path) = &args.dot {
-        std::fs::write(path, model.graph.to_dot()).with_context(|| format!("--dot: cannot write {}", path.display()))?;
+        check_writable("--dot", path)?;
+        write_file_atomic("--dot", path, model.graph.to_dot().as_bytes())?;
     }
     print!("{}", model.graph.to_text());
     Ok(())
@@ -405,9 +509,11 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 }
 
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
-/// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it; all sources are
-/// generated before any file is written, so a kernel that cannot be emitted leaves the
-/// directory untouched.
+/// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it. All sources
+/// are generated, then written into a fresh folder beside `dir` (which exists), and only then
+/// moved into `dir` in place of the `k*.cu` files a previous emission left there: a kernel
+/// that cannot be emitted or a failed write leaves `dir` as it was, and `dir` never mixes two
+/// schedules.
 fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
     let s = &compiled.schedule;
     let mut sources = Vec::new();
@@ -417,10 +523,35 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
         sources.extend(src);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
-    for (name, src) in sources {
-        let path = dir.join(format!("{name}.cu"));
-        std::fs::write(&path, src).with_context(|| format!("--emit-cuda: cannot write {}", path.display()))?;
+    let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cuda".into());
+    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let staged = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(&staging)?;
+        for (name, src) in &sources {
+            std::fs::write(staging.join(format!("{name}.cu")), src)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e).with_context(|| format!("--emit-cuda: cannot write the kernels beside {}", dir.display()));
     }
-    Ok(())
+    // What an earlier emission left: `k<digits>_*.cu`.
+    let emitted = |n: &str| n.ends_with(".cu") && n.strip_prefix('k').is_some_and(|r| r.chars().next().is_some_and(|c| c.is_ascii_digit()) && r.contains('_'));
+    let moved = (|| -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        for (name, _) in &sources {
+            let file = format!("{name}.cu");
+            std::fs::rename(staging.join(&file), dir.join(&file))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    moved.with_context(|| format!("--emit-cuda: cannot move the kernels into {}", dir.display()))
 }

@@ -1,6 +1,6 @@
 //! `plateau train`, `plateau compare` and `plateau eval`.
 
-use crate::{optimizer_spec, OptimizerArgs};
+use crate::{check_writable, optimizer_spec, OptimizerArgs};
 use anyhow::{bail, Context, Result};
 use plateau::runtime::data::{Augment, DataSource, Dataset, Split};
 use plateau::runtime::Backend;
@@ -128,6 +128,10 @@ fn parse_normalize(s: &Option<String>) -> Result<Option<(f32, f32)>> {
 }
 
 fn zoo_model(name: &str, hidden: Option<&[usize]>) -> Result<Model> {
+    Ok(Model::zoo(zoo_spec(name, hidden)?))
+}
+
+fn zoo_spec(name: &str, hidden: Option<&[usize]>) -> Result<ModelSpec> {
     let mut spec: ModelSpec = name.parse().context("--model")?;
     match (&mut spec, hidden) {
         (ModelSpec::Mlp { hidden: h }, Some(hidden)) => {
@@ -139,7 +143,7 @@ fn zoo_model(name: &str, hidden: Option<&[usize]>) -> Result<Model> {
         (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {name} has none"),
         (_, None) => {}
     }
-    Ok(Model::zoo(spec))
+    Ok(spec)
 }
 
 /// Everything a run needs, checked before anything is loaded or written.
@@ -165,11 +169,13 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     if f.epochs == Some(0) {
         bail!("--epochs must be at least 1 (use --steps 0 to only initialise)");
     }
-    let model = zoo_model(&f.model, f.hidden.as_deref())?;
+    let spec = zoo_spec(&f.model, f.hidden.as_deref())?;
     let mut data = Dataset::load(&source, normalize).context("--data")?;
     if data.test.is_empty() {
         bail!("--data {source}: the test split has no examples");
     }
+    crate::check_sizes(&spec, f.batch_size, &data.shape, data.classes)?;
+    let model = Model::zoo(spec);
     if let Some(p) = f.label_noise {
         data.add_label_noise(p, f.seed).context("--label-noise")?;
     }
@@ -250,24 +256,6 @@ fn summary(history: &[EpochMetrics]) {
 /// Opens `--metrics` for appending (created if missing), before anything runs.
 fn open_metrics(path: Option<&Path>) -> Result<Option<std::fs::File>> {
     path.map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("--metrics: cannot open {}", p.display()))).transpose()
-}
-
-/// Fails now, before any training, when `flag`'s file could not be written at the end: its
-/// folder is missing or not writable, or the path is a folder. A probe file is created in
-/// the folder and removed.
-fn check_writable(flag: &str, path: &Path) -> Result<()> {
-    if path.is_dir() {
-        bail!("{flag} {}: is a folder; give a file name", path.display());
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
-    }
-    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
-    let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::File::create(&probe).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
 }
 
 /// Makes `--checkpoint-dir` ready before training: creates it, removes the temporary files of

@@ -60,7 +60,7 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
 
     let out = plateau(&["trace", "--model", "mlp", "--dot", "/nonexistent-dir/g.dot"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("--dot: cannot write /nonexistent-dir/g.dot"));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--dot /nonexistent-dir/g.dot: the folder /nonexistent-dir does not exist"));
 
     let out = plateau(&["trace", "--model", "cnn", "--input", "3"]);
     assert_eq!(out.status.code(), Some(1));
@@ -139,6 +139,55 @@ fn compile_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     let out = plateau(&["compile", "--optimizer", "lion"]);
     assert_eq!(out.status.code(), Some(2));
+    // Sizes past what a tensor can hold, and passes without bound, are refused by flag.
+    for (args, needle) in [
+        (vec!["compile", "--batch-size", "9223372036854775808"], "the input batch (--batch-size x --input) [9223372036854775808, 1, 28, 28] is more than 2147483648 elements"),
+        (vec!["trace", "--model", "wrn16-100000"], "widths up to wrn16-64"),
+        (vec!["trace", "--classes", "0"], "--classes must be in 1..="),
+        (vec!["compile", "--hidden", "1000000000,10"], "an MLP weight (--hidden) [784, 1000000000]"),
+        (vec!["compile", "--model", "cnn", "--hidden", "3"], "--model cnn has none"),
+        (vec!["compile", "--ascent-steps", "100000"], "--ascent-steps must be in 1..=16"),
+        (vec!["compile", "--m", "1"], "128 micro-batches of 1 per batch of 128; at most 32"),
+        (vec!["compile", "--naive", "--m", "4"], "no naive form"),
+        (vec!["compile", "--optimizer", "sgd", "--eta", "0.1"], "--eta is ASAM's"),
+        (vec!["bench", "--rounds", "18446744073709551615", "--warmup", "1"], "too many rounds to count"),
+        (vec!["run", "--lr", "-1"], "--lr must be a finite non-negative number, got -1"),
+    ] {
+        let out = plateau(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// `--dot` and `--emit-cuda` are checked before compiling and written whole: a failure leaves
+/// nothing behind, and a folder of an earlier emission holds the new schedule's kernels only.
+#[test]
+fn compile_outputs_are_checked_first_and_replace_what_was_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cu, dot, file) = (dir.path().join("cu"), dir.path().join("g.dot"), dir.path().join("afile"));
+    std::fs::write(&file, "x").unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let out = plateau(&["compile", "--dot", &s(&dot), "--emit-cuda", &s(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a file, not a folder"));
+    assert!(!dot.exists(), "nothing written when one output cannot be");
+    let out = plateau(&["compile", "--dot", &s(&dir.path().join("no/g.dot"))]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the folder") && out.status.code() == Some(1));
+    let count = |args: &[&str]| {
+        let mut a = vec!["compile", "--json", "--emit-cuda", cu.to_str().unwrap()];
+        a.extend(args);
+        let out = plateau(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["launches"].as_u64().unwrap(), std::fs::read_dir(&cu).unwrap().count() as u64)
+    };
+    let (launches, files) = count(&["--model", "cnn", "--batch-size", "8"]);
+    assert_eq!(files, launches);
+    std::fs::write(cu.join("notes.txt"), "mine").unwrap();
+    let (launches, files) = count(&["--optimizer", "sgd"]);
+    assert_eq!((launches, files), (14, 15), "the MLP's 14 kernels and the user's own file");
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
 }
 
 #[test]
@@ -318,4 +367,7 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.path().join("no").exists());
+    let out = plateau(&["bench", "--device", "wgpu", "--chrome-trace", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a folder; give a file name"));
 }
