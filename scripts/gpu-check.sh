@@ -3,6 +3,8 @@
 # no Rust. Build here first, for the GPU machine's CUDA (13.0 on the H100/H200 machines; the
 # default without nvcc would be the newest CUDA cudarc knows), with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda && mkdir -p bin-gpu && cp target/release/plateau bin-gpu/
+# and, for the GEMM comparison (optional),
+#   CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda --example gemm_bench && cp target/release/examples/gemm_bench bin-gpu/
 # then run this script there from the repository root (bin-gpu/ travels with it).
 # Writes everything to ${OUT:-gpu-out}/ : the device name, the CUDA parity runs, and the
 # benchmark JSON of plateau, PyTorch eager, torch.compile and JAX on the same card.
@@ -89,6 +91,32 @@ done
 for m in mlp cnn; do
   check "profile-$m.txt" 60 $P bench --model $m --device $DEV --rounds 3 --no-naive --profile
 done
+# plateau's GEMM against cubek's f32 matmuls and PyTorch's (TF32 off) on the same shapes:
+# whether the GEMM kernel is where a step loses to PyTorch.
+if [ -x bin-gpu/gemm_bench ]; then
+  check gemm.jsonl 90 bin-gpu/gemm_bench --device $DEV --runs 7 --json
+fi
+check gemm-torch.jsonl 60 $PY - "$TDEV" <<'PY'
+import json, sys, time, torch
+dev = torch.device(sys.argv[1])
+torch.backends.cuda.matmul.allow_tf32 = False
+shapes = [("mlp fc1 forward", 128, 784, 256, False), ("mlp fc2 forward", 128, 256, 256, False),
+          ("mlp fc1 weight grad", 784, 128, 256, True), ("conv 3x3 64->64, 8x32x32", 8192, 576, 64, False),
+          ("square 512", 512, 512, 512, False), ("square 1024", 1024, 1024, 1024, False)]
+if dev.type == "cuda":
+    shapes += [("square 4096", 4096, 4096, 4096, False), ("conv 3x3 64->64, 128x32x32", 131072, 576, 64, False)]
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+for label, m, k, n, ta in shapes:
+    a = torch.randn(k, m, device=dev).t() if ta else torch.randn(m, k, device=dev)
+    b = torch.randn(k, n, device=dev)
+    t = []
+    for i in range(9):
+        sync(); s = time.perf_counter(); a @ b; sync()
+        if i >= 2:
+            t.append((time.perf_counter() - s) * 1e3)
+    ms = sorted(t)[len(t) // 2]
+    print(json.dumps({"shape": label, "m": m, "k": k, "n": n, "a_transposed": ta, "torch_ms": ms, "torch_gflops": 2 * m * n * k / ms / 1e6}))
+PY
 # SAM's norm summed by its own second launch instead of by the perturbation (the default on
 # CUDA): what the launch saved is worth on this card.
 for m in mlp cnn; do

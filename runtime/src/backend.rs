@@ -40,7 +40,7 @@ pub enum Runner {
 /// device layer may panic on its own thread first (cubecl starts the driver on a thread named
 /// `DSD-...`), so the first panic message of this thread or such a thread is the one
 /// reported, and those are not printed meanwhile; other threads' panics print as usual.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
     use std::sync::{Arc, Mutex};
     static HOOK: Mutex<()> = Mutex::new(());
     let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
