@@ -100,9 +100,9 @@ pub(crate) struct OptimizerArgs {
     nesterov: bool,
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
-    /// SAM radius (a runtime scalar: changing it never recompiles).
-    #[arg(long, default_value_t = 0.05)]
-    pub(crate) rho: f64,
+    /// SAM radius (default 0.05; a runtime scalar: changing it never recompiles).
+    #[arg(long)]
+    rho: Option<f64>,
     /// ASAM: adaptive perturbation `rho * T_w^2 g / ||T_w g||`.
     #[arg(long)]
     adaptive: bool,
@@ -144,6 +144,11 @@ struct RunArgs {
 impl OptimizerArgs {
     /// The same settings with SAM on top of the base `--optimizer` names (`sgd` -> `sam`,
     /// `adamw` -> `sam-adamw`): `compare`'s SAM run.
+    /// SAM's radius, as given or the default.
+    pub(crate) fn rho(&self) -> f64 {
+        self.rho.unwrap_or(0.05)
+    }
+
     pub(crate) fn with_sam(&self) -> OptimizerArgs {
         let optimizer = match self.optimizer {
             OptimizerName::Sgd | OptimizerName::Sam => OptimizerName::Sam,
@@ -334,7 +339,7 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         bail!("--eta is ASAM's: it needs --adaptive");
     }
     let eta = o.eta.unwrap_or(0.01);
-    for (flag, v) in [("--momentum", momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho), ("--eta", eta)] {
+    for (flag, v) in [("--momentum", momentum), ("--weight-decay", o.weight_decay), ("--rho", o.rho()), ("--eta", eta)] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
@@ -366,8 +371,8 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         ascent_steps: o.ascent_steps,
         second_order: o.second_order,
     });
-    if sam.is_none() && (o.adaptive || o.m.is_some() || o.second_order || o.ascent_steps > 1 || matches!(o.p, PNorm::Inf)) {
-        bail!("--adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
+    if sam.is_none() && (o.adaptive || o.m.is_some() || o.second_order || o.ascent_steps > 1 || matches!(o.p, PNorm::Inf) || o.rho.is_some()) {
+        bail!("--rho, --adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam or sam-adamw");
     }
     Ok(OptimizerSpec { base, sam })
 }
@@ -491,7 +496,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     }
     let (traced, step, compiled) = plateau::compile(&model, &opts, &spec, false, true)?;
     let mut b = plateau::initial_state(&traced, &step, args.seed)?;
-    bind_random_batch(&mut b, &traced, opts.classes, args.seed, args.lr, args.opt.rho)?;
+    bind_random_batch(&mut b, &traced, opts.classes, args.seed, args.lr, args.opt.rho())?;
     let mut runner = Runner::new(backend, &compiled, &b).context("--device")?;
     if let Some(name) = plateau::runtime::device_name(backend) {
         println!("on {}: {name}", args.device);

@@ -315,7 +315,7 @@ fn drive(t: &mut Trainer, metrics: Option<&mut std::fs::File>, label: Option<&st
 
 pub fn train_cmd(args: TrainArgs) -> Result<()> {
     let spec = optimizer_spec(&args.opt, args.run.batch_size)?;
-    let p = prepare(&args.run, spec, args.opt.rho)?;
+    let p = prepare(&args.run, spec, args.opt.rho())?;
     // Everything the run writes, checked before the first step (the checkpoint folder first:
     // --save may name a file in it).
     if let Some(dir) = &args.checkpoint_dir {
@@ -371,7 +371,7 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
     let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
     let runs = [(base_name, OptimizerSpec { base: base.clone(), sam: None }), (sam_name, OptimizerSpec { base, sam: Some(sam) })];
     let mut results: Vec<(&str, Vec<EpochMetrics>)> = Vec::new();
-    let mut p0 = prepare(&args.run, runs[0].1.clone(), args.opt.rho)?;
+    let mut p0 = prepare(&args.run, runs[0].1.clone(), args.opt.rho())?;
     for (name, spec) in runs {
         p0.config.optimizer = spec;
         let mut t = Trainer::new(&p0.model, &p0.config, &p0.data, &p0.data_name, p0.validation.clone())?;
@@ -400,7 +400,7 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
             best(&b.1)
         );
     }
-    let title = format!("{} on {}: {} vs {} (rho {})", p0.model.name(), p0.data.name, a.0, b.0, args.opt.rho);
+    let title = format!("{} on {}: {} vs {} (rho {})", p0.model.name(), p0.data.name, a.0, b.0, args.opt.rho());
     plateau::plot::compare_png(&args.plot, &title, &[(a.0, &a.1), (b.0, &b.1)]).context("--plot")?;
     println!("plot written to {}", args.plot.display());
     Ok(())

@@ -150,6 +150,7 @@ fn compile_rejects_bad_flags() {
         (vec!["compile", "--m", "1"], "128 micro-batches of 1 per batch of 128; at most 32"),
         (vec!["compile", "--naive", "--m", "4"], "no naive form"),
         (vec!["compile", "--optimizer", "sgd", "--eta", "0.1"], "--eta is ASAM's"),
+        (vec!["compile", "--optimizer", "sgd", "--rho", "0.3"], "--rho, --adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam"),
         (vec!["bench", "--rounds", "18446744073709551615", "--warmup", "1"], "too many rounds to count"),
         (vec!["run", "--lr", "-1"], "--lr must be a finite non-negative number, got -1"),
     ] {
