@@ -47,7 +47,7 @@ fn map_into_map_fuses_a_chain_into_one_kernel() {
     let c = g.unary(UnaryOp::Sqrt, b).unwrap();
     let (text, hits) = fused(g, c);
     assert!(hits["map-into-map"] > 0);
-    assert_eq!(kernels(&text), ["%1 = fused{k1.0: sqrt(neg(exp($0))) | [4,5]} %0 : f32[4,5]"]);
+    assert_eq!(kernels(&text), ["%1 = fused{g1.0: sqrt(neg(exp($0))) | [4,5]} %0 : f32[4,5]"]);
 }
 
 #[test]
@@ -71,7 +71,7 @@ fn broadcast_and_constants_become_loads_and_immediates() {
     let y = g.scale(y, 2.0).unwrap();
     let (text, hits) = fused(g, y);
     assert!(hits["broadcast-into-load"] > 0 && hits["const-into-program"] > 0, "{hits:?}");
-    assert_eq!(kernels(&text), ["%2 = fused{k1.0: mul(add($0, $1), 2.0) | [4,5] [5]} %0, %1 : f32[4,5]"]);
+    assert_eq!(kernels(&text), ["%2 = fused{g1.0: mul(add($0, $1), 2.0) | [4,5] [5]} %0, %1 : f32[4,5]"]);
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn reshapes_are_read_through() {
     let y = g.unary(UnaryOp::Exp, r).unwrap();
     let (text, hits) = fused(g, y);
     assert!(hits["reshape-into-load"] > 0);
-    assert_eq!(kernels(&text), ["%1 = fused{k1.0: exp($0) | [4,5]} %0 : f32[4,5]"]);
+    assert_eq!(kernels(&text), ["%1 = fused{g1.0: exp($0) | [4,5]} %0 : f32[4,5]"]);
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn sibling_outputs_share_one_kernel() {
     let (text, hits) = fused(g, b);
     assert_eq!(hits["sibling-outputs"], 1);
     // Both outputs belong to kernel k1.
-    assert_eq!(kernels(&text), ["%1 = fused{k1.0: exp($0) | [8]} %0 : f32[8]", "%2 = fused{k1.1: neg($0) | [8]} %0 : f32[8]"]);
+    assert_eq!(kernels(&text), ["%1 = fused{g1.0: exp($0) | [8]} %0 : f32[8]", "%2 = fused{g1.1: neg($0) | [8]} %0 : f32[8]"]);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn a_scalar_computed_from_constants_is_inlined_through_a_reshape() {
         kernels(&text),
         [
             "%1 = fused_reduce_sum{axes=1 over f32[8,10]: mul(mul(1.0, -0.125), $0) | [8,10]} %0 : f32[8,1]",
-            "%2 = fused{k1.0: add(mul(1.0, -0.125), $0) | [8,10]} %0 : f32[8,10]",
+            "%2 = fused{g1.0: add(mul(1.0, -0.125), $0) | [8,10]} %0 : f32[8,10]",
         ]
     );
 }
@@ -195,7 +195,7 @@ fn a_stop_gradient_costs_no_kernel() {
     let (text, _) = fused(g, z);
     assert_eq!(
         kernels(&text),
-        ["%1 = fused_reduce_max{axes=1 over f32[4,5]: $0 | [4,5]} %0 : f32[4,1]", "%2 = fused{k1.0: sub($0, $1) | [4,5] [4,1]} %0, %1 : f32[4,5]"]
+        ["%1 = fused_reduce_max{axes=1 over f32[4,5]: $0 | [4,5]} %0 : f32[4,1]", "%2 = fused{g1.0: sub($0, $1) | [4,5] [4,1]} %0, %1 : f32[4,5]"]
     );
 }
 
@@ -214,8 +214,8 @@ fn a_sum_and_the_map_it_sums_share_one_kernel() {
     assert_eq!(
         kernels(&text),
         [
-            "%2 = fused{k1.0: mul($0, $1) | [4,5] [5]} %0, %1 : f32[4,5]",
-            "%3 = fused_reduce_sum{k1 axes=0 over f32[4,5]: mul($0, $1) | [4,5] [5]} %0, %1 : f32[1,5]",
+            "%2 = fused{g1.0: mul($0, $1) | [4,5] [5]} %0, %1 : f32[4,5]",
+            "%3 = fused_reduce_sum{g1 axes=0 over f32[4,5]: mul($0, $1) | [4,5] [5]} %0, %1 : f32[1,5]",
         ]
     );
 }
@@ -243,8 +243,8 @@ fn sums_over_the_same_tensors_share_one_kernel() {
     assert_eq!(
         kernels(&text),
         [
-            "%2 = fused_reduce_sum{k1 axes=0,2,3 over f32[8,4,3,3]: $0 | [8,4,3,3]} %1 : f32[1,4,1,1]",
-            "%3 = fused_reduce_sum{k1 axes=0,2,3 over f32[8,4,3,3]: mul($0, $1) | [8,4,3,3] [8,4,3,3]} %0, %1 : f32[1,4,1,1]",
+            "%2 = fused_reduce_sum{g1 axes=0,2,3 over f32[8,4,3,3]: $0 | [8,4,3,3]} %1 : f32[1,4,1,1]",
+            "%3 = fused_reduce_sum{g1 axes=0,2,3 over f32[8,4,3,3]: mul($0, $1) | [8,4,3,3] [8,4,3,3]} %0, %1 : f32[1,4,1,1]",
             "%4 = fused_reduce_sum{axes=0,2,3 over f32[8,4,3,3]: mul(sub($0, $1), $2) | [8,4,3,3] [1,4,1,1] [8,4,3,3]} %1, %2, %0 : f32[1,4,1,1]",
         ]
     );
@@ -399,7 +399,7 @@ fn a_sum_of_a_combination_is_a_combination_of_sums() {
     let y = g.binary(BinaryOp::Mul, x, s2b).unwrap();
     let (text, hits) = fused(g, y);
     assert!(hits["sum-is-linear"] >= 3, "{hits:?}");
-    assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=0 over f32[8,4]: $0 | [8,4]} %0 : f32[1,4]", "%2 = fused{k1.0: mul($0, sub(mul($1, exp($1)), mul($1, 8.0))) | [8,4] [1,4]} %0, %1 : f32[8,4]"]);
+    assert_eq!(kernels(&text), ["%1 = fused_reduce_sum{axes=0 over f32[8,4]: $0 | [8,4]} %0 : f32[1,4]", "%2 = fused{g1.0: mul($0, sub(mul($1, exp($1)), mul($1, 8.0))) | [8,4] [1,4]} %0, %1 : f32[8,4]"]);
 }
 
 /// A sum that reads a broadcast through a reshape is no sum of a broadcast: `x` of `[2, 1]`

@@ -314,11 +314,11 @@ impl fmt::Display for Op {
                 write!(f, "{m}{{{}}}", t.join(","))
             }
             Op::Fused { program, output, group, .. } => {
-                write!(f, "{m}{{k{group}.{output}: {}{}}}", program.expr(*output as usize), views(program))
+                write!(f, "{m}{{g{group}.{output}: {}{}}}", program.expr(*output as usize), views(program))
             }
             Op::Epilogue { program, .. } => write!(f, "{m}{{{}{}}}", program.expr(0), views(program)),
             Op::FusedReduce { program, axes, space, group, .. } => {
-                let with = if *group != 0 { format!("k{group} ") } else { String::new() };
+                let with = if *group != 0 { format!("g{group} ") } else { String::new() };
                 write!(f, "{m}{{{with}axes={} over {space}: {}{}}}", list(axes), program.expr(0), views(program))
             }
             _ => f.write_str(m),
