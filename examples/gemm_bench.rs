@@ -128,17 +128,19 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
         let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
         let t_plateau = time(client, a.runs, &plateau_gemm)?;
         let reference = download(client, out.clone(), m * n)?;
-        let cubek_out = client.empty(m * n * 4);
         let mut row = serde_json::json!({
             "shape": label, "m": m, "k": k, "n": n, "a_transposed": ta, "device_name": device,
             "plateau_ms": t_plateau, "plateau_gflops": gflops(t_plateau), "plateau_split": spec.split,
         });
         let mut cells = Vec::new();
-        let mut worst = 0.0f32;
+        // The largest difference over every strategy that ran (NaN if any output is NaN).
+        let mut worst: Option<f32> = None;
         for (key, strategy) in [("simple_unit", Strategy::SimpleUnit(Default::default())), ("double_unit", Strategy::DoubleUnit(Default::default()))] {
             let f32_type = f32::as_type_native_unchecked();
             let tensor = |h: &Handle, shape: [usize; 2], strides: [usize; 2]| unsafe { TensorBinding::<R>::from_raw_parts(h.clone(), strides.into(), shape.into()) };
             let lhs_strides = if ta { [1, m] } else { [k, 1] };
+            // A fresh output of NaNs: a launch that writes nothing shows as NaN, not as 0.
+            let cubek_out = upload(client, &vec![f32::NAN; m * n]);
             let cubek = || -> Result<(), String> {
                 let mut dtypes = MatmulElems::from_single_dtype(f32_type);
                 let lhs = InputBinding::Normal(tensor(&ha, [m, k], lhs_strides), f32_type.storage_type());
@@ -148,7 +150,8 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
             match time(client, a.runs, &cubek) {
                 Ok(t) => {
                     let got = download(client, cubek_out.clone(), m * n)?;
-                    worst = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+                    let d = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, |w, d| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) });
+                    worst = Some(worst.map_or(d, |w| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) }));
                     row[format!("{key}_ms")] = t.into();
                     row[format!("{key}_gflops")] = gflops(t).into();
                     cells.push(format!("{t:.3} ({:.1})", gflops(t)));
@@ -159,11 +162,12 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
                 }
             }
         }
-        row["max_abs_diff"] = f64::from(worst).into();
+        row["max_abs_diff"] = worst.map(|w| if w.is_nan() { serde_json::Value::from("NaN") } else { f64::from(w).into() }).unwrap_or(serde_json::Value::Null);
+        let worst = worst.map_or("n/a".to_string(), |w| format!("{w:.1e}"));
         if a.json {
             println!("{row}");
         } else {
-            println!("| {label} | {m} x {k} x {n}{} | {t_plateau:.3} ({:.1}) | {} | {} | {worst:.1e} |", if ta { " (A^T)" } else { "" }, gflops(t_plateau), cells[0], cells[1]);
+            println!("| {label} | {m} x {k} x {n}{} | {t_plateau:.3} ({:.1}) | {} | {} | {worst} |", if ta { " (A^T)" } else { "" }, gflops(t_plateau), cells[0], cells[1]);
         }
     }
     Ok(())

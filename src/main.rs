@@ -259,6 +259,9 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
         bail!("{flag} {}: is a folder; give a file name", path.display());
     }
+    if path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
+        bail!("{flag} {}: names a folder; give a file name", path.display());
+    }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.exists() && !dir.is_dir() {
         bail!("{flag} {}: {} is a file, not a folder", path.display(), dir.display());
@@ -267,19 +270,42 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
         bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
     }
     let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
+    // A probe beside it, under a name nothing else holds (never through a link).
     let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::File::create(&probe).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        // A device, pipe or link (`/dev/stdout`) is written in place: it must open for writing.
+        Err(_) if special(path) => std::fs::OpenOptions::new().append(true).open(path).map(|_| ()).with_context(|| format!("{flag}: cannot write {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display())),
+    }
 }
 
-/// Writes `bytes` to `path` atomically (a temporary in the same folder, renamed over it): a
-/// failed write leaves no partial file and any previous one untouched.
-fn write_file_atomic(flag: &str, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+/// Whether `path` exists as something other than a plain file: a link, device or pipe.
+fn special(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+}
+
+/// Writes `bytes` to `path` atomically (a new temporary in the same folder, given the old
+/// file's permissions, renamed over it): a failed write leaves no partial file and any
+/// previous one untouched. A link, device or pipe (`/dev/stdout`) is written in place.
+fn write_file_atomic(flag: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+    if special(path) {
+        return std::fs::write(path, bytes).with_context(|| format!("{flag}: cannot write {}", path.display()));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        if let Ok(m) = std::fs::metadata(path) {
+            f.set_permissions(m.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{flag}: cannot write {}", path.display()));
@@ -311,8 +337,8 @@ pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, input: &[usize], 
     match spec {
         ModelSpec::Mlp { hidden } => {
             let mut from = features;
-            for &h in hidden.iter().chain([&classes]) {
-                within("an MLP weight (--hidden)", &[from, h])?;
+            for (i, &h) in hidden.iter().chain([&classes]).enumerate() {
+                within(if i < hidden.len() { "an MLP weight (--hidden)" } else { "the MLP's last weight (--hidden, --classes)" }, &[from, h])?;
                 within("an MLP activation (--batch-size x --hidden)", &[batch_size, h])?;
                 from = h;
             }
@@ -323,8 +349,9 @@ pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, input: &[usize], 
     Ok(())
 }
 
-/// The most ascent steps, and m-sharpness micro-batches per batch, a step compiles (each is a
-/// forward and backward pass unrolled into the step's graph).
+/// The most ascent steps, and m-sharpness micro-batches per batch (and passes, ascent steps
+/// times micro-batches), a step compiles: each is a forward and backward pass unrolled into
+/// the step's graph.
 const MAX_ASCENT_STEPS: usize = 16;
 const MAX_MICRO_BATCHES: usize = 32;
 
@@ -354,6 +381,10 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
     }
     if let Some(m) = o.m.filter(|&m| batch_size / m > MAX_MICRO_BATCHES) {
         bail!("--m {m}: {} micro-batches of {m} per batch of {batch_size}; at most {MAX_MICRO_BATCHES} (each is a pass compiled into the step)", batch_size / m);
+    }
+    let micro = o.m.map_or(1, |m| batch_size / m);
+    if micro * o.ascent_steps > MAX_MICRO_BATCHES {
+        bail!("--m and --ascent-steps: {} ascent steps of {micro} micro-batches each are {} passes compiled into the step; at most {MAX_MICRO_BATCHES}", o.ascent_steps, micro * o.ascent_steps);
     }
     let base = match o.optimizer {
         OptimizerName::Sgd | OptimizerName::Sam => {
@@ -386,14 +417,19 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
         }
     }
     // Where the outputs go, checked before compiling (nothing is written unless all can be).
-    if let Some(path) = &args.dot {
+    // (A --dot inside the --emit-cuda folder that does not exist yet is checked when written.)
+    let dot_in_new_emit = |p: &Path| args.emit_cuda.as_deref().is_some_and(|d| !d.exists() && p.parent() == Some(d));
+    if let Some(path) = args.dot.as_deref().filter(|p| !dot_in_new_emit(p)) {
         check_writable("--dot", path)?;
     }
     if let Some(dir) = &args.emit_cuda {
         if dir.exists() && !dir.is_dir() {
             bail!("--emit-cuda {}: is a file, not a folder", dir.display());
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
+        // Created after compiling; what stands in its way is an error now.
+        if let Some(blocker) = dir.ancestors().skip(1).find(|a| !a.as_os_str().is_empty() && a.exists()).filter(|a| !a.is_dir()) {
+            bail!("--emit-cuda: cannot create {}: {} is a file", dir.display(), blocker.display());
+        }
     }
     let start = Instant::now();
     let (_, _, compiled) = plateau::compile(&model, &opts, &spec, args.naive, !args.no_rewrite)?;
@@ -515,9 +551,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
 
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
 /// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it. All sources
-/// are generated, then written into a fresh folder beside `dir` (which exists), and only then
-/// moved into `dir` in place of the `k*.cu` files a previous emission left there: a kernel
-/// that cannot be emitted or a failed write leaves `dir` as it was, and `dir` never mixes two
+/// are generated, then written into a fresh folder inside `dir`, and only then moved (renamed)
+/// into `dir` in place of the `k<id>_*.cu` files a previous emission left there: a kernel that
+/// cannot be emitted or a failed write leaves those as they were, and `dir` never mixes two
 /// schedules.
 fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
     let s = &compiled.schedule;
@@ -528,11 +564,12 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
         sources.extend(src);
     }
-    let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cuda".into());
-    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
+    // Staged inside the folder itself: the same file system (renames, not copies) and no
+    // write access needed beyond it.
+    let staging = dir.join(format!(".plateau-emit-{}", std::process::id()));
     let staged = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(&staging)?;
+        std::fs::create_dir(&staging)?;
         for (name, src) in &sources {
             std::fs::write(staging.join(format!("{name}.cu")), src)?;
         }
@@ -540,14 +577,17 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
     })();
     if let Err(e) = staged {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(e).with_context(|| format!("--emit-cuda: cannot write the kernels beside {}", dir.display()));
+        return Err(e).with_context(|| format!("--emit-cuda: cannot write the kernels in {}", dir.display()));
     }
-    // What an earlier emission left: `k<digits>_*.cu`.
-    let emitted = |n: &str| n.ends_with(".cu") && n.strip_prefix('k').is_some_and(|r| r.chars().next().is_some_and(|c| c.is_ascii_digit()) && r.contains('_'));
+    // What an earlier emission left: `k<digits>_<name>.cu`.
+    let emitted = |n: &str| {
+        let Some(rest) = n.strip_suffix(".cu").and_then(|r| r.strip_prefix('k')) else { return false };
+        rest.split_once('_').is_some_and(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+    };
     let moved = (|| -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
+            if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
                 std::fs::remove_file(&p)?;
             }
         }

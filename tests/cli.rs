@@ -148,6 +148,7 @@ fn compile_rejects_bad_flags() {
         (vec!["compile", "--model", "cnn", "--hidden", "3"], "--model cnn has none"),
         (vec!["compile", "--ascent-steps", "100000"], "--ascent-steps must be in 1..=16"),
         (vec!["compile", "--m", "1"], "128 micro-batches of 1 per batch of 128; at most 32"),
+        (vec!["compile", "--m", "4", "--ascent-steps", "16"], "16 ascent steps of 32 micro-batches each are 512 passes"),
         (vec!["compile", "--naive", "--m", "4"], "no naive form"),
         (vec!["compile", "--optimizer", "sgd", "--eta", "0.1"], "--eta is ASAM's"),
         (vec!["compile", "--optimizer", "sgd", "--rho", "0.3"], "--rho, --adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam"),
@@ -186,9 +187,20 @@ fn compile_outputs_are_checked_first_and_replace_what_was_there() {
     let (launches, files) = count(&["--model", "cnn", "--batch-size", "8"]);
     assert_eq!(files, launches);
     std::fs::write(cu.join("notes.txt"), "mine").unwrap();
+    std::fs::write(cu.join("k8s_kernels.cu"), "mine too").unwrap();
     let (launches, files) = count(&["--optimizer", "sgd"]);
-    assert_eq!((launches, files), (14, 15), "the MLP's 14 kernels and the user's own file");
-    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+    assert_eq!((launches, files), (14, 16), "the MLP's 14 kernels and the user's own two files");
+    assert!(std::fs::read_dir(&cu).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".plateau-emit")));
+    // A --dot that is a link is written through it (the link stays).
+    #[cfg(unix)]
+    {
+        let (real, link) = (dir.path().join("real.dot"), dir.path().join("link.dot"));
+        std::fs::write(&real, "old").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(plateau(&["compile", "--optimizer", "sgd", "--dot", &s(&link)]).status.success());
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&real).unwrap().starts_with("digraph"));
+    }
 }
 
 #[test]
