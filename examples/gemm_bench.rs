@@ -115,7 +115,8 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
         let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
         let (ha, hb) = (upload(client, &av), upload(client, &bv));
         let spec = GemmSpec::matmul(m, k, n, ta, false, (0, 0, 0));
-        let (out, ws) = (client.empty(m * n * 4), client.empty(spec.workspace_len().max(1) * 4));
+        // NaN-filled: a launch that writes nothing shows as NaN.
+        let (out, ws) = (upload(client, &vec![f32::NAN; m * n]), client.empty(spec.workspace_len().max(1) * 4));
         let arr = |h: &Handle, len: usize| unsafe { ArrayArg::from_raw_parts(h.clone(), len) };
         let plateau_gemm = || -> Result<(), String> {
             let mut outs = vec![arr(&out, m * n)];

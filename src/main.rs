@@ -270,17 +270,22 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
         bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
     }
     let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
-    // A probe beside it, under a name nothing else holds (never through a link).
+    // A probe beside it, under a name nothing else holds (never through a link); one a killed
+    // run of the same process id left is removed first.
     let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        // A device, pipe or link (`/dev/stdout`) is written in place: it must open for writing.
-        Err(_) if special(path) => std::fs::OpenOptions::new().append(true).open(path).map(|_| ()).with_context(|| format!("{flag}: cannot write {}", path.display())),
-        Err(e) => Err(e).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display())),
+    let _ = std::fs::remove_file(&probe);
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).with_context(|| format!("{flag} {}: cannot write in {}", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// `check_writable` for `--dot`, which writes a link or device (`/dev/stdout`) in place: such
+/// a path must open for writing (nothing is truncated by the check).
+fn check_dot(path: &Path) -> Result<()> {
+    if special(path) {
+        return std::fs::OpenOptions::new().append(true).create(true).open(path).map(|_| ()).with_context(|| format!("--dot: cannot write {}", path.display()));
     }
+    check_writable("--dot", path)
 }
 
 /// Whether `path` exists as something other than a plain file: a link, device or pipe.
@@ -298,6 +303,7 @@ fn write_file_atomic(flag: &str, path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;
@@ -416,29 +422,33 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
             bail!("--naive builds SAM as eager frameworks commonly write it (the L2 ball, one ascent step, ASAM allowed); --m, --p inf, --ascent-steps and --second-order have no naive form");
         }
     }
-    // Where the outputs go, checked before compiling (nothing is written unless all can be).
-    // (A --dot inside the --emit-cuda folder that does not exist yet is checked when written.)
-    let dot_in_new_emit = |p: &Path| args.emit_cuda.as_deref().is_some_and(|d| !d.exists() && p.parent() == Some(d));
-    if let Some(path) = args.dot.as_deref().filter(|p| !dot_in_new_emit(p)) {
-        check_writable("--dot", path)?;
-    }
+    // Where the outputs go, checked before compiling; then the kernels are staged, the DOT
+    // written, and only then the kernels moved in: nothing is written unless all can be.
     if let Some(dir) = &args.emit_cuda {
-        if dir.exists() && !dir.is_dir() {
-            bail!("--emit-cuda {}: is a file, not a folder", dir.display());
-        }
-        // Created after compiling; what stands in its way is an error now.
-        if let Some(blocker) = dir.ancestors().skip(1).find(|a| !a.as_os_str().is_empty() && a.exists()).filter(|a| !a.is_dir()) {
-            bail!("--emit-cuda: cannot create {}: {} is a file", dir.display(), blocker.display());
+        check_emit_dir(dir)?;
+    }
+    if let Some(path) = &args.dot {
+        // A --dot in a folder the emission creates is checked once that folder exists.
+        let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if parent.exists() || args.emit_cuda.is_none() {
+            check_dot(path)?;
         }
     }
     let start = Instant::now();
     let (_, _, compiled) = plateau::compile(&model, &opts, &spec, args.naive, !args.no_rewrite)?;
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(dir) = &args.emit_cuda {
-        emit_cuda(&compiled, dir)?;
-    }
+    let staged = args.emit_cuda.as_deref().map(|dir| stage_cuda(&compiled, dir)).transpose()?;
     if let Some(path) = &args.dot {
-        write_file_atomic("--dot", path, compiled.fused.to_dot().as_bytes())?;
+        let dot = check_dot(path).and_then(|()| write_file_atomic("--dot", path, compiled.fused.to_dot().as_bytes()));
+        if let Err(e) = dot {
+            if let Some(st) = staged {
+                st.abandon();
+            }
+            return Err(e);
+        }
+    }
+    if let Some(st) = staged {
+        st.commit()?;
     }
     let s = &compiled.schedule;
     let r = &compiled.report;
@@ -499,7 +509,7 @@ fn trace_cmd(args: TraceArgs) -> Result<()> {
     }
     model.graph.verify()?;
     if let Some(path) = &args.dot {
-        check_writable("--dot", path)?;
+        check_dot(path)?;
         write_file_atomic("--dot", path, model.graph.to_dot().as_bytes())?;
     }
     print!("{}", model.graph.to_text());
@@ -549,13 +559,34 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Before compiling: `--emit-cuda DIR` must be a folder (or creatable: its nearest existing
+/// ancestor a folder) that can be written in.
+fn check_emit_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--emit-cuda {}: is a file, not a folder", dir.display());
+    }
+    let Some(base) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else { return Ok(()) };
+    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    if !base.is_dir() {
+        bail!("--emit-cuda: cannot create {}: {} is a file", dir.display(), base.display());
+    }
+    check_writable("--emit-cuda", &base.join("k0_probe.cu")).map_err(|_| anyhow::anyhow!("--emit-cuda: cannot create or write {}: {} is not writable", dir.display(), base.display()))
+}
+
+/// A schedule's CUDA sources written into a fresh folder inside `dir`, not yet in place.
+struct StagedCuda {
+    dir: PathBuf,
+    staging: PathBuf,
+    files: Vec<String>,
+    /// The folders this emission created (removed again if it is abandoned), outermost last.
+    created: Vec<PathBuf>,
+}
+
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
-/// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it. All sources
-/// are generated, then written into a fresh folder inside `dir`, and only then moved (renamed)
-/// into `dir` in place of the `k<id>_*.cu` files a previous emission left there: a kernel that
-/// cannot be emitted or a failed write leaves those as they were, and `dir` never mixes two
-/// schedules.
-fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> {
+/// of a split GEMM or sum), each a whole translation unit as NVRTC compiles it, into a fresh
+/// folder inside `dir` (the same file system: moving them in is renaming). All sources are
+/// generated first, so a kernel that cannot be emitted writes nothing.
+fn stage_cuda(compiled: &plateau::Compiled, dir: &Path) -> Result<StagedCuda> {
     let s = &compiled.schedule;
     let mut sources = Vec::new();
     for k in &s.kernels {
@@ -564,39 +595,57 @@ fn emit_cuda(compiled: &plateau::Compiled, dir: &std::path::Path) -> Result<()> 
             .map_err(|e| anyhow::anyhow!("--emit-cuda: kernel k{} ({}): {e}", k.id, k.name))?;
         sources.extend(src);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("--emit-cuda: cannot create {}", dir.display()))?;
-    // Staged inside the folder itself: the same file system (renames, not copies) and no
-    // write access needed beyond it.
+    let created: Vec<PathBuf> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
     let staging = dir.join(format!(".plateau-emit-{}", std::process::id()));
+    let st = StagedCuda { dir: dir.to_path_buf(), staging, files: sources.iter().map(|(n, _)| format!("{n}.cu")).collect(), created };
     let staged = (|| -> std::io::Result<()> {
-        std::fs::create_dir(&staging)?;
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::remove_dir_all(&st.staging);
+        std::fs::create_dir(&st.staging)?;
         for (name, src) in &sources {
-            std::fs::write(staging.join(format!("{name}.cu")), src)?;
+            std::fs::write(st.staging.join(format!("{name}.cu")), src)?;
         }
         Ok(())
     })();
-    if let Err(e) = staged {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e).with_context(|| format!("--emit-cuda: cannot write the kernels in {}", dir.display()));
+    match staged {
+        Ok(()) => Ok(st),
+        Err(e) => {
+            let what = format!("--emit-cuda: cannot write the kernels in {}", dir.display());
+            st.abandon();
+            Err(e).context(what)
+        }
     }
-    // What an earlier emission left: `k<digits>_<name>.cu`.
-    let emitted = |n: &str| {
-        let Some(rest) = n.strip_suffix(".cu").and_then(|r| r.strip_prefix('k')) else { return false };
-        rest.split_once('_').is_some_and(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
-    };
-    let moved = (|| -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
-                std::fs::remove_file(&p)?;
+}
+
+impl StagedCuda {
+    /// Removes the staged sources and any folder the emission created.
+    fn abandon(self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+        for d in &self.created {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+
+    /// Moves the sources into the folder in place of the `k<id>_*.cu` an earlier emission
+    /// left there (other files are kept), so the folder never mixes two schedules.
+    fn commit(self) -> Result<()> {
+        let emitted = |n: &str| {
+            let Some(rest) = n.strip_suffix(".cu").and_then(|r| r.strip_prefix('k')) else { return false };
+            rest.split_once('_').is_some_and(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+        };
+        let moved = (|| -> std::io::Result<()> {
+            for e in std::fs::read_dir(&self.dir)? {
+                let p = e?.path();
+                if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
+                    std::fs::remove_file(&p)?;
+                }
             }
-        }
-        for (name, _) in &sources {
-            let file = format!("{name}.cu");
-            std::fs::rename(staging.join(&file), dir.join(&file))?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    moved.with_context(|| format!("--emit-cuda: cannot move the kernels into {}", dir.display()))
+            for f in &self.files {
+                std::fs::rename(self.staging.join(f), self.dir.join(f))?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&self.staging);
+        moved.with_context(|| format!("--emit-cuda: cannot move the kernels into {}", self.dir.display()))
+    }
 }

@@ -191,6 +191,14 @@ fn compile_outputs_are_checked_first_and_replace_what_was_there() {
     let (launches, files) = count(&["--optimizer", "sgd"]);
     assert_eq!((launches, files), (14, 16), "the MLP's 14 kernels and the user's own two files");
     assert!(std::fs::read_dir(&cu).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".plateau-emit")));
+    // A --dot inside the folder the emission creates; a --dot that cannot be written leaves
+    // no kernels and no folder behind.
+    let (x, y) = (dir.path().join("x"), dir.path().join("y"));
+    assert!(plateau(&["compile", "--optimizer", "sgd", "--emit-cuda", &s(&x), "--dot", &s(&x.join("g.dot"))]).status.success());
+    assert_eq!(std::fs::read_dir(&x).unwrap().count(), 15);
+    let out = plateau(&["compile", "--optimizer", "sgd", "--emit-cuda", &s(&y), "--dot", &s(&y)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!y.exists(), "the emission's folder is removed with its kernels");
     // A --dot that is a link is written through it (the link stays).
     #[cfg(unix)]
     {

@@ -129,7 +129,7 @@ fn sibling_outputs_share_one_kernel() {
     g.add_output("a", a, OutputKind::Value).unwrap();
     let (text, hits) = fused(g, b);
     assert_eq!(hits["sibling-outputs"], 1);
-    // Both outputs belong to kernel k1.
+    // Both outputs belong to kernel group g1.
     assert_eq!(kernels(&text), ["%1 = fused{g1.0: exp($0) | [8]} %0 : f32[8]", "%2 = fused{g1.1: neg($0) | [8]} %0 : f32[8]"]);
 }
 

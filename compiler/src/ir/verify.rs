@@ -64,13 +64,13 @@ impl Graph {
                 if *group != 0 {
                     let members = group_members.entry(*group).or_default();
                     if let Some(m) = operands.iter().find(|o| members.contains(o)) {
-                        return bad(format!("{id} reads {m}, which shares its kernel k{group}"));
+                        return bad(format!("{id} reads {m}, which shares its kernel group g{group}"));
                     }
                     members.push(id);
                     let this = (*op, axes.clone(), space.clone());
                     match group_sums.get(group) {
                         Some((first, reduce)) if *reduce != this || *op != super::op::ReduceOp::Sum => {
-                            return bad(format!("{id} shares kernel k{group} with {first}, which is not a sum over the same space and axes"));
+                            return bad(format!("{id} shares kernel group g{group} with {first}, which is not a sum over the same space and axes"));
                         }
                         Some(_) => {}
                         None => {
