@@ -104,13 +104,14 @@ def check(a, batch, steps, f64, d):
     data, x, y = write_dataset(a.model, batch, d, a.seed)
     save_file({"x": x, "labels": y}, os.path.join(d, "batch.safetensors"))
     common = [a.plateau, "train", "--model", a.model, "--data", data, "--batch-size", str(batch), "--lr", "0.01",
-              "--momentum", "0.9", "--weight-decay", "5e-4", "--rho", "0.05", "--schedule", "constant",
+              "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "constant",
               "--no-shuffle", "--no-augment", "--device", "reference"]
     run(common + ["--optimizer", "sgd", "--steps", "0", "--save", os.path.join(d, "init.safetensors")])
     ref = {}
     for opt in ("sgd", "sam"):
         path = os.path.join(d, f"plateau-{opt}.safetensors")
-        run(common + ["--optimizer", opt, "--steps", str(steps), "--save", path])
+        rho = ["--rho", "0.05"] if opt == "sam" else []
+        run(common + ["--optimizer", opt, "--steps", str(steps), "--save", path] + rho)
         ref[opt] = load_file(path)
     init = load_file(os.path.join(d, "init.safetensors"))
 
