@@ -306,13 +306,7 @@ fn write_chrome_trace(path: &std::path::Path, variants: &[Variant], profiles: &[
         }
     }
     let trace = serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" });
-    let tmp = path.with_extension("json.partial");
-    let written = std::fs::write(&tmp, serde_json::to_vec(&trace)?).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("--chrome-trace: cannot write {}", path.display()));
-    }
-    Ok(())
+    plateau::checkpoint::write_bytes_atomic(path, &serde_json::to_vec(&trace)?).with_context(|| format!("--chrome-trace: cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -37,20 +37,31 @@ pub fn write_atomic(path: &Path, tensors: &[TensorEntry], metadata: BTreeMap<Str
         .map(|t| Ok((t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let bytes = canonical(safetensors::serialize(views, Some(metadata.into_iter().collect::<HashMap<_, _>>()))?)?;
+    write_bytes_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: into a new temporary beside it (created new, never
+/// through a link; one a killed run of the same process id left is removed first), synced,
+/// given the old file's permissions, and renamed over it. On any error the previous file (if
+/// any) is untouched and no temporary is left behind.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
+    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
+        if let Ok(m) = std::fs::metadata(path) {
+            f.set_permissions(m.permissions())?;
+        }
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    Ok(())
+    result
 }
 
 /// The same file with its JSON header's keys sorted (the metadata map is otherwise written

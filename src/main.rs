@@ -228,11 +228,10 @@ pub(crate) fn default_input(spec: &ModelSpec) -> Vec<usize> {
     }
 }
 
-/// The model and trace options the common flags describe.
-fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
-    let ModelArgs { model, hidden, batch_size, input, classes } = args;
-    let (batch_size, classes) = (*batch_size, *classes);
-    let mut spec: ModelSpec = model.parse().context("--model")?;
+/// The zoo model `--model` names, with `--hidden` as the MLP's layer widths (an error for
+/// another model).
+pub(crate) fn model_spec(name: &str, hidden: Option<&[usize]>) -> Result<ModelSpec> {
+    let mut spec: ModelSpec = name.parse().context("--model")?;
     match (&mut spec, hidden) {
         (ModelSpec::Mlp { hidden: h }, Some(hidden)) => {
             if hidden.is_empty() || hidden.contains(&0) {
@@ -240,9 +239,17 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
             }
             *h = hidden.to_vec();
         }
-        (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {model} has none"),
+        (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {name} has none"),
         (_, None) => {}
     }
+    Ok(spec)
+}
+
+/// The model and trace options the common flags describe.
+fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
+    let ModelArgs { model, hidden, batch_size, input, classes } = args;
+    let (batch_size, classes) = (*batch_size, *classes);
+    let spec = model_spec(model, hidden.as_deref())?;
     if batch_size == 0 {
         bail!("--batch-size must be positive");
     }
@@ -293,30 +300,13 @@ fn special(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
 }
 
-/// Writes `bytes` to `path` atomically (a new temporary in the same folder, given the old
-/// file's permissions, renamed over it): a failed write leaves no partial file and any
-/// previous one untouched. A link, device or pipe (`/dev/stdout`) is written in place.
+/// Writes `bytes` to `path` atomically ([`plateau::checkpoint::write_bytes_atomic`]); a link,
+/// device or pipe (`/dev/stdout`) is written in place.
 fn write_file_atomic(flag: &str, path: &Path, bytes: &[u8]) -> Result<()> {
     if special(path) {
         return std::fs::write(path, bytes).with_context(|| format!("{flag}: cannot write {}", path.display()));
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        if let Ok(m) = std::fs::metadata(path) {
-            f.set_permissions(m.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{flag}: cannot write {}", path.display()));
-    }
-    Ok(())
+    plateau::checkpoint::write_bytes_atomic(path, bytes).with_context(|| format!("{flag}: cannot write {}", path.display()))
 }
 
 /// The largest tensor a model may hold, in elements (device buffers are indexed in 32 bits).

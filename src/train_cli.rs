@@ -1,11 +1,11 @@
 //! `plateau train`, `plateau compare` and `plateau eval`.
 
-use crate::{check_writable, optimizer_spec, OptimizerArgs};
+use crate::{check_writable, model_spec, optimizer_spec, OptimizerArgs};
 use anyhow::{bail, Context, Result};
 use plateau::runtime::data::{Augment, DataSource, Dataset, Split};
 use plateau::runtime::Backend;
 use plateau::train::{newest_checkpoint, Budget, EpochMetrics, LrSchedule, Model, TrainConfig, Trainer};
-use plateau::{BaseOptimizer, ModelSpec, OptimizerSpec};
+use plateau::{BaseOptimizer, OptimizerSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -128,22 +128,7 @@ fn parse_normalize(s: &Option<String>) -> Result<Option<(f32, f32)>> {
 }
 
 fn zoo_model(name: &str, hidden: Option<&[usize]>) -> Result<Model> {
-    Ok(Model::zoo(zoo_spec(name, hidden)?))
-}
-
-fn zoo_spec(name: &str, hidden: Option<&[usize]>) -> Result<ModelSpec> {
-    let mut spec: ModelSpec = name.parse().context("--model")?;
-    match (&mut spec, hidden) {
-        (ModelSpec::Mlp { hidden: h }, Some(hidden)) => {
-            if hidden.is_empty() || hidden.contains(&0) {
-                bail!("--hidden: layer widths must be positive, got {hidden:?}");
-            }
-            *h = hidden.to_vec();
-        }
-        (_, Some(_)) => bail!("--hidden sets the MLP's layer widths; --model {name} has none"),
-        (_, None) => {}
-    }
-    Ok(spec)
+    Ok(Model::zoo(model_spec(name, hidden)?))
 }
 
 /// Everything a run needs, checked before anything is loaded or written.
@@ -169,7 +154,7 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     if f.epochs == Some(0) {
         bail!("--epochs must be at least 1 (use --steps 0 to only initialise)");
     }
-    let spec = zoo_spec(&f.model, f.hidden.as_deref())?;
+    let spec = model_spec(&f.model, f.hidden.as_deref())?;
     let mut data = Dataset::load(&source, normalize).context("--data")?;
     if data.test.is_empty() {
         bail!("--data {source}: the test split has no examples");
