@@ -18,7 +18,7 @@ use plateau::kernels::cubecl::server::Handle;
 use plateau::kernels::cubek::matmul::definition::MatmulElems;
 use plateau::kernels::cubek::matmul::launch::{launch_ref, Strategy};
 use plateau::kernels::cubek::std::InputBinding;
-use plateau::kernels::gemm::GemmSpec;
+use plateau::kernels::gemm::{GemmLayout, GemmSpec};
 use plateau::kernels::host::{check, download, upload};
 use plateau::kernels::lower::KernelCall;
 use plateau::runtime::backend::guarded;
@@ -106,8 +106,8 @@ fn time<R: Runtime>(client: &ComputeClient<R>, runs: usize, f: &dyn Fn() -> Resu
 fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool) -> Result<(), String> {
     if !a.json {
         println!("GEMMs on {device}: median of {} runs, GFLOP/s in brackets; diff = largest |cubek - plateau|", a.runs);
-        println!("| shape | m x k x n | plateau ms | SimpleUnit ms | DoubleUnit ms | diff |");
-        println!("|---|---|---:|---:|---:|---:|");
+        println!("| shape | m x k x n | plateau ms, GPU layout | plateau ms, CPU layout | SimpleUnit ms | DoubleUnit ms | diff |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
     }
     let shapes = SHAPES.iter().chain(if gpu { GPU_SHAPES } else { &[] });
     for &(label, m, k, n, ta) in shapes {
@@ -118,24 +118,33 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
         // NaN-filled: a launch that writes nothing shows as NaN.
         let (out, ws) = (upload(client, &vec![f32::NAN; m * n]), client.empty(spec.workspace_len().max(1) * 4));
         let arr = |h: &Handle, len: usize| unsafe { ArrayArg::from_raw_parts(h.clone(), len) };
-        let plateau_gemm = || -> Result<(), String> {
-            let mut outs = vec![arr(&out, m * n)];
-            if spec.split > 1 {
-                outs.extend([arr(&ws, spec.workspace_len()), arr(&ws, spec.workspace_len())]);
+        let plateau_gemm = |layout: GemmLayout, out: &Handle| {
+            let out = out.clone();
+            let (ha, hb, ws) = (ha.clone(), hb.clone(), ws.clone());
+            move || -> Result<(), String> {
+                let mut outs = vec![arr(&out, m * n)];
+                if spec.split > 1 {
+                    outs.extend([arr(&ws, spec.workspace_len()), arr(&ws, spec.workspace_len())]);
+                }
+                KernelCall::Gemm(spec).with_gemm_layout(layout).launch(client, vec![arr(&ha, m * k), arr(&hb, k * n)], outs);
+                Ok(())
             }
-            KernelCall::Gemm(spec).launch(client, vec![arr(&ha, m * k), arr(&hb, k * n)], outs);
-            Ok(())
         };
         let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
-        let t_plateau = time(client, a.runs, &plateau_gemm)?;
+        let t_plateau = time(client, a.runs, &plateau_gemm(GemmLayout::Gpu, &out))?;
         let reference = download(client, out.clone(), m * n)?;
+        let cpu_out = upload(client, &vec![f32::NAN; m * n]);
+        let t_cpu = time(client, a.runs, &plateau_gemm(GemmLayout::Cpu, &cpu_out))?;
+        let largest = |got: &[f32]| got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, |w, d| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) });
+        // The largest difference over every strategy and layout that ran (NaN if any output
+        // is NaN).
+        let mut worst = Some(largest(&download(client, cpu_out, m * n)?));
         let mut row = serde_json::json!({
             "shape": label, "m": m, "k": k, "n": n, "a_transposed": ta, "device_name": device,
             "plateau_ms": t_plateau, "plateau_gflops": gflops(t_plateau), "plateau_split": spec.split,
+            "plateau_cpu_layout_ms": t_cpu, "plateau_cpu_layout_gflops": gflops(t_cpu),
         });
         let mut cells = Vec::new();
-        // The largest difference over every strategy that ran (NaN if any output is NaN).
-        let mut worst: Option<f32> = None;
         for (key, strategy) in [("simple_unit", Strategy::SimpleUnit(Default::default())), ("double_unit", Strategy::DoubleUnit(Default::default()))] {
             let f32_type = f32::as_type_native_unchecked();
             let tensor = |h: &Handle, shape: [usize; 2], strides: [usize; 2]| unsafe { TensorBinding::<R>::from_raw_parts(h.clone(), strides.into(), shape.into()) };
@@ -151,7 +160,7 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
             match time(client, a.runs, &cubek) {
                 Ok(t) => {
                     let got = download(client, cubek_out.clone(), m * n)?;
-                    let d = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, |w, d| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) });
+                    let d = largest(&got);
                     worst = Some(worst.map_or(d, |w| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) }));
                     row[format!("{key}_ms")] = t.into();
                     row[format!("{key}_gflops")] = gflops(t).into();
@@ -168,7 +177,7 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
         if a.json {
             println!("{row}");
         } else {
-            println!("| {label} | {m} x {k} x {n}{} | {t_plateau:.3} ({:.1}) | {} | {} | {worst} |", if ta { " (A^T)" } else { "" }, gflops(t_plateau), cells[0], cells[1]);
+            println!("| {label} | {m} x {k} x {n}{} | {t_plateau:.3} ({:.1}) | {t_cpu:.3} ({:.1}) | {} | {} | {worst} |", if ta { " (A^T)" } else { "" }, gflops(t_plateau), gflops(t_cpu), cells[0], cells[1]);
         }
     }
     Ok(())

@@ -564,41 +564,54 @@ fn unfused_and_second_order_cnn_steps_on_wgpu_match_the_reference() {
 
 /// Runs the kernel computing `node` through the lowering, each operand (`inputs`, in operand
 /// order) and the output placed at an odd element offset after NaN garbage (the output buffer
-/// starts all NaN); returns the output.
+/// starts all NaN); returns the output. A GEMM runs in both layouts (`GemmLayout`), which must
+/// agree bit for bit.
 fn run_lowered(g: &Graph, node: plateau::NodeId, inputs: &[&[f32]]) -> Vec<f32> {
     use plateau::kernels::cubecl::prelude::*;
+    use plateau::kernels::gemm::GemmLayout;
     use plateau::kernels::host::{download, upload};
-    use plateau::kernels::lower::lower;
+    use plateau::kernels::lower::{lower, KernelCall};
     let client = client();
     let ops = g.operands(node);
     let place = |id: plateau::NodeId| if id == node { 5 } else { 3 + 4 * ops.iter().position(|&o| o == id).unwrap() };
     // A split GEMM's workspace: its own buffer, at an odd offset too.
     let l = lower(g, &[node], &place, Some(9)).unwrap();
     let n = l.output_len[0];
-    // NaN everywhere, so that an element the kernel leaves unwritten shows, and 7 more after
-    // the output, which must stay NaN.
-    let out = upload(&client, &vec![f32::NAN; n + 12]);
-    let ws_len = 9 + l.workspace_len;
-    let ws = client.empty(ws_len * 4);
-    // The kernel's arguments in its own order (the lowering may reorder the operands).
-    let args: Vec<_> = l
-        .inputs
+    let layouts: &[GemmLayout] = if matches!(l.call, KernelCall::Gemm(_)) { &[GemmLayout::Gpu, GemmLayout::Cpu] } else { &[GemmLayout::Gpu] };
+    let results: Vec<Vec<f32>> = layouts
         .iter()
-        .map(|id| {
-            let i = ops.iter().position(|o| o == id).unwrap();
-            padded_arg(&client, inputs[i], 3 + 4 * i)
+        .map(|&layout| {
+            // NaN everywhere, so that an element the kernel leaves unwritten shows, and 7 more
+            // after the output, which must stay NaN.
+            let out = upload(&client, &vec![f32::NAN; n + 12]);
+            let ws_len = 9 + l.workspace_len;
+            let ws = client.empty(ws_len * 4);
+            // The kernel's arguments in its own order (the lowering may reorder the operands).
+            let args: Vec<_> = l
+                .inputs
+                .iter()
+                .map(|id| {
+                    let i = ops.iter().position(|o| o == id).unwrap();
+                    padded_arg(&client, inputs[i], 3 + 4 * i)
+                })
+                .collect();
+            // SAFETY: as above.
+            let mut outs = vec![unsafe { ArrayArg::from_raw_parts(out.clone(), n + 12) }];
+            if l.workspace_len > 0 {
+                // SAFETY: as above.
+                outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+            }
+            l.call.clone().with_gemm_layout(layout).launch(&client, args, outs);
+            let all = download(&client, out, n + 12).unwrap();
+            assert!(all[..5].iter().chain(&all[5 + n..]).all(|v| v.is_nan()), "the kernel wrote outside its output ({layout:?})");
+            all[5..5 + n].to_vec()
         })
         .collect();
-    // SAFETY: as above.
-    let mut outs = vec![unsafe { ArrayArg::from_raw_parts(out.clone(), n + 12) }];
-    if l.workspace_len > 0 {
-        // SAFETY: as above.
-        outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+    for r in &results[1..] {
+        let differ = r.iter().zip(&results[0]).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differ, None, "{node}: the CPU layout's output differs from the GPU layout's");
     }
-    l.call.launch(&client, args, outs);
-    let all = download(&client, out, n + 12).unwrap();
-    assert!(all[..5].iter().chain(&all[5 + n..]).all(|v| v.is_nan()), "the kernel wrote outside its output");
-    all[5..5 + n].to_vec()
+    results.into_iter().next().unwrap()
 }
 
 /// Long sums with few outputs run split (slices into a workspace at an offset, then their
@@ -852,6 +865,7 @@ fn epilogues_match_the_reference() {
     use plateau::compiler::TensorType;
     use plateau::kernels::cubecl::prelude::*;
     use plateau::kernels::host::{download, upload};
+    use plateau::kernels::gemm::GemmLayout;
     use plateau::kernels::lower::{lower, KernelCall};
     let client = client();
     // (a's shape, b's shape, the op (0 matmul, 1 convolution, 2 max-pool gradient), the bias's
@@ -925,37 +939,39 @@ fn epilogues_match_the_reference() {
             }
             let n = space.numel();
             let data = |id: plateau::NodeId| if id == a { &da } else if id == b { &db } else { &dbias };
-            let args: Vec<_> = l
-                .inputs
-                .iter()
-                .map(|&id| padded_arg(&client, data(id), at(id)))
-                .collect();
-            // NaN everywhere, so that an element the kernel leaves unwritten shows.
-            let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id) + 7]))).collect();
-            let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();
-            // SAFETY: as above.
-            let mut outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), n + at(o.unwrap()) + 7) }).collect();
-            let ws_len = 9 + l.workspace_len;
-            let ws = client.empty(ws_len * 4);
-            if l.workspace_len > 0 {
+            for layout in [GemmLayout::Gpu, GemmLayout::Cpu] {
+                let args: Vec<_> = l
+                    .inputs
+                    .iter()
+                    .map(|&id| padded_arg(&client, data(id), at(id)))
+                    .collect();
+                // NaN everywhere, so that an element the kernel leaves unwritten shows.
+                let bufs: Vec<_> = [y, e1, e2].iter().map(|&id| (id, upload(&client, &vec![f32::NAN; n + at(id) + 7]))).collect();
+                let handle = |id: plateau::NodeId| bufs.iter().find(|b| b.0 == id).unwrap().1.clone();
                 // SAFETY: as above.
-                outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
-            }
-            l.call.launch(&client, args, outs);
-            let got = |id: plateau::NodeId| {
-                let all = download(&client, handle(id), n + at(id) + 7).unwrap();
-                assert!(all[..at(id)].iter().chain(&all[at(id) + n..]).all(|v| v.is_nan()), "case {i}: written outside {id}");
-                all[at(id)..at(id) + n].to_vec()
-            };
-            assert_close_scaled(&format!("case {i} relu epilogue"), &got(e1), &want[1].to_f32());
-            assert_close_scaled(&format!("case {i} second epilogue"), &got(e2), &want[2].to_f32());
-            if store {
-                assert_close_scaled(&format!("case {i} GEMM output"), &got(y), &want[0].to_f32());
-            } else {
-                // Unstored, the GEMM's output argument is bound to the first epilogue's buffer:
-                // nothing may land there outside that epilogue's own elements.
-                let whole = download(&client, handle(e1), n + at(e1) + 7).unwrap();
-                assert!(whole[..at(e1)].iter().all(|v| v.is_nan()), "case {i}: an unstored GEMM output was written");
+                let mut outs: Vec<_> = l.outputs.iter().map(|o| unsafe { ArrayArg::from_raw_parts(handle(o.unwrap()), n + at(o.unwrap()) + 7) }).collect();
+                let ws_len = 9 + l.workspace_len;
+                let ws = client.empty(ws_len * 4);
+                if l.workspace_len > 0 {
+                    // SAFETY: as above.
+                    outs.extend(unsafe { [ArrayArg::from_raw_parts(ws.clone(), ws_len), ArrayArg::from_raw_parts(ws.clone(), ws_len)] });
+                }
+                l.call.clone().with_gemm_layout(layout).launch(&client, args, outs);
+                let got = |id: plateau::NodeId| {
+                    let all = download(&client, handle(id), n + at(id) + 7).unwrap();
+                    assert!(all[..at(id)].iter().chain(&all[at(id) + n..]).all(|v| v.is_nan()), "case {i} {layout:?}: written outside {id}");
+                    all[at(id)..at(id) + n].to_vec()
+                };
+                assert_close_scaled(&format!("case {i} {layout:?} relu epilogue"), &got(e1), &want[1].to_f32());
+                assert_close_scaled(&format!("case {i} {layout:?} second epilogue"), &got(e2), &want[2].to_f32());
+                if store {
+                    assert_close_scaled(&format!("case {i} {layout:?} GEMM output"), &got(y), &want[0].to_f32());
+                } else {
+                    // Unstored, the GEMM's output argument is bound to the first epilogue's buffer:
+                    // nothing may land there outside that epilogue's own elements.
+                    let whole = download(&client, handle(e1), n + at(e1) + 7).unwrap();
+                    assert!(whole[..at(e1)].iter().all(|v| v.is_nan()), "case {i} {layout:?}: an unstored GEMM output was written");
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use crate::elementwise::{fused_map, fused_map_slices};
 use crate::host::BLOCK;
 use crate::lower::{KernelCall, WindowKind};
 use crate::program::{KernelProgram, VECTOR_WIDTH};
-use crate::gemm::{gemm, gemm_reduce, GEMM_SIDE};
+use crate::gemm::{gemm, gemm_reduce, GemmLayout};
 use crate::macros::{dropout_mask, one_hot, pad};
 use crate::reduce::{fused_reduce_chain, fused_reduce_sum_slices, launch_reduce, no_epilogue, seq, slices_sum, ChainPart, CUBE_REDUCE_UNITS};
 use crate::window::*;
@@ -39,6 +39,15 @@ fn sm90_options() -> CompilationOptions {
 }
 
 impl KernelCall {
+    /// The call as a device of `layout` runs it: a GEMM's tile in that layout, anything else
+    /// as it is.
+    pub fn with_gemm_layout(mut self, layout: GemmLayout) -> KernelCall {
+        if let KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } = &mut self {
+            *s = s.with_layout(layout);
+        }
+        self
+    }
+
     /// The epilogue of a GEMM, a max-pool gradient or a sum, and whether the kernel stores its
     /// op's own output: `(None, true)` without one.
     fn epilogue(&self) -> (Option<KernelProgram>, bool) {
@@ -59,7 +68,7 @@ impl KernelCall {
             KernelCall::Reduce { layout, .. } | KernelCall::ReduceChain { layout, .. } if layout.cube => (layout.outputs * CUBE_REDUCE_UNITS, CUBE_REDUCE_UNITS as u32),
             KernelCall::ReduceChain { layout, .. } => (layout.outputs, BLOCK),
             KernelCall::Reduce { layout, .. } => (layout.outputs, BLOCK),
-            KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => (s.cubes() * GEMM_SIDE * GEMM_SIDE, (GEMM_SIDE * GEMM_SIDE) as u32),
+            KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => (s.cubes() * s.side_m * s.side_n, (s.side_m * s.side_n) as u32),
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
@@ -185,11 +194,11 @@ impl KernelCall {
                 if s.split > 1 {
                     let ws = outs.next().expect("a split GEMM's workspace");
                     let ws_again = outs.next().expect("a split GEMM's workspace, again");
-                    gemm::launch_unchecked::<R>(client, count, dim, 1, a, b, ws, seq(vec![]), seq(vec![]), s, None, true);
+                    gemm::launch_unchecked::<R>(client, count, dim, 1, s.vector, a, b, ws, seq(vec![]), seq(vec![]), s, None, true);
                     let sum_count = cubecl::calculate_cube_count_elemwise(client, s.m * s.n, CubeDim::new_1d(BLOCK));
                     gemm_reduce::launch_unchecked::<R>(client, sum_count, CubeDim::new_1d(BLOCK), 1, ws_again, out, seq(epi_in), seq(epi_out), s, epi, store);
                 } else {
-                    gemm::launch_unchecked::<R>(client, count, dim, 1, a, b, out, seq(epi_in), seq(epi_out), s, epi, store);
+                    gemm::launch_unchecked::<R>(client, count, dim, 1, s.vector, a, b, out, seq(epi_in), seq(epi_out), s, epi, store);
                 }
             }
             KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } | KernelCall::MaxPool2dGradEpilogue { spec, .. } => {
@@ -328,7 +337,7 @@ impl KernelCall {
                 let o = output(&mut b);
                 if s.split > 1 {
                     let (i, e) = epilogue_args(&None, &mut b);
-                    gemm::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, None, true);
+                    gemm::expand::<Const<1>, Const<1>>(&mut b.scope, 1, 1, x, y, o, i, e, s, None, true);
                     // The second launch, the sum of the slices (and the epilogue, if any),
                     // follows as its own kernel.
                     let first = Self::compile_cuda(b, block, name)?;
@@ -343,7 +352,7 @@ impl KernelCall {
                     return Ok(vec![(name.to_string(), first), (sum, second)]);
                 }
                 let (i, e) = epilogue_args(&epi, &mut b);
-                gemm::expand::<Const<1>>(&mut b.scope, 1, x, y, o, i, e, s, epi, store);
+                gemm::expand::<Const<1>, Const<1>>(&mut b.scope, 1, 1, x, y, o, i, e, s, epi, store);
             }
             KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec } | KernelCall::MaxPool2dGradEpilogue { spec, .. } => {
                 let (x, gy) = (input(&mut b), input(&mut b));

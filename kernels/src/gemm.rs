@@ -22,9 +22,10 @@
 //! pixels grouped by `((h+ph) mod sh, (w+pw) mod sw)`, each group padded to whole tiles, and a
 //! tile's k range holds only the taps that reach its phase, as `(tap, o)` with `o` fastest.
 //!
-//! Each cube of `16 x 16` units computes a `16*rm x 16*rn` output tile, each unit an
-//! `rm x rn` block in registers (rows `ty + 16*a`, columns `tx + 16*b`); the k dimension is
-//! walked 16 at a time through shared memory. Larger blocks mean fewer barriers and
+//! Each cube computes a `16*rm x 16*rn` output tile, each of its units a block of it in
+//! registers, in the layout the device runs best ([`GemmLayout`]: `16 x 16` units of `rm x
+//! rn` scalars on a GPU, fewer units of 4-wide vectors on a CPU); the k dimension is walked
+//! 16 at a time through shared memory. Larger blocks mean fewer barriers and
 //! shared-memory reads per multiply-add. A GEMM with few tiles and a long k range is split
 //! into k slices, each written to a workspace, then summed by [`gemm_reduce`].
 //!
@@ -102,15 +103,46 @@ pub struct Phased {
     pub cols: usize,
 }
 
+/// How a device runs a GEMM's tile (see [`GemmSpec::with_layout`]); the tiles, their k
+/// slices, and so the launches, workspaces and every output bit, are the same either way.
+///
+/// - `Gpu`: a cube of `16 x 16` units, each computing a `rm x rn` block (rows `ty + 16*a`,
+///   columns `tx + 16*b`) from scalar stages whose rows are padded against bank conflicts;
+///   every loop of a stage unrolled.
+/// - `Cpu`: a cube of `4rm x 2rn` units, each computing 4 rows by 8 columns (rows `4ty` to
+///   `4ty+3`, columns `4(tx + 2rn*b)` to `4(tx + 2rn*b)+3` for b = 0, 1) from stages and into
+///   accumulators of 4-wide vectors, its loops along a stage not unrolled. A CPU Vulkan driver (Mesa's
+///   lavapipe) runs a cube's units as the lanes of SIMD registers, a batch of lanes after
+///   another between barriers, and each unit's load from a stage as a gather: vector loads
+///   make a quarter of the gathers, and the wider units fewer of them per multiply-add.
+///   On lavapipe (`examples/gemm_bench.rs`) this runs the GEMMs 2-2.5 times as fast as
+///   `Gpu` (7-8 GFLOP/s against 3-3.6), and compiles them faster. Larger units were faster
+///   still (16 x 16: 10-14 GFLOP/s, as fast as cubek's `SimpleUnit`) but take the driver
+///   seconds per kernel to compile (`plateau run --model mlp --device wgpu`: 43 s, nearly all
+///   of it compiling, against 4).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Default)]
+pub enum GemmLayout {
+    #[default]
+    Gpu,
+    Cpu,
+}
+
 /// Shapes, block sizes and addressing of one GEMM.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct GemmSpec {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// Register block: each unit computes `rm x rn` outputs.
+    /// The tile: a cube computes `16*rm x 16*rn` outputs.
     pub rm: usize,
     pub rn: usize,
+    /// How the device runs the tile ([`GemmSpec::with_layout`]): a cube of `side_m x side_n`
+    /// units, each computing a `16*rm/side_m x 16*rn/side_n` block in registers, from stages
+    /// and into accumulators of `vector`-wide vectors (1, or 4 along the tile's rows and
+    /// columns).
+    pub side_m: usize,
+    pub side_n: usize,
+    pub vector: usize,
     pub a: Gather,
     pub b: Gather,
     /// The output, `Strided` (the only scheme that is written).
@@ -138,6 +170,9 @@ impl GemmSpec {
             k,
             rm: gemm_block(m),
             rn: gemm_block(n),
+            side_m: GEMM_SIDE,
+            side_n: GEMM_SIDE,
+            vector: 1,
             a,
             b,
             out_offset,
@@ -149,6 +184,16 @@ impl GemmSpec {
             workspace: 0,
             phased: None,
         }
+    }
+
+    /// The GEMM as a device of `layout` runs it (the same tiles, k slices and results).
+    pub fn with_layout(mut self, layout: GemmLayout) -> GemmSpec {
+        (self.side_m, self.side_n, self.vector) = match layout {
+            GemmLayout::Gpu => (GEMM_SIDE, GEMM_SIDE, 1),
+            // Units of 4 rows and 2 vectors of 4 columns.
+            GemmLayout::Cpu => (GEMM_SIDE * self.rm / 4, GEMM_SIDE * self.rn / 8, 4),
+        };
+        self
     }
 
     /// Elements of the workspace after its offset (0 when not split).
@@ -338,7 +383,7 @@ fn gemm_store<N: Size>(
 /// epilogue. Without one, both sequences are empty.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn gemm<N: Size>(
+pub fn gemm<N: Size, W: Size>(
     a: &Array<f32>,
     b: &Array<f32>,
     out: &mut Array<f32>,
@@ -388,21 +433,32 @@ pub fn gemm<N: Size>(
         t_end = taps_h * taps_w * comptime!(ph.w.o / GEMM_SIDE);
     }
     let unit = UNIT_POS as usize;
-    let ty = unit / comptime!(GEMM_SIDE);
-    let tx = unit % comptime!(GEMM_SIDE);
-    // Stage layouts: sa[p][r] and sb[p][c], each row padded by one element so that loads
-    // walking p do not hit one bank.
-    let sa_row = comptime!(GEMM_SIDE * s.rm + 1);
-    let sb_row = comptime!(GEMM_SIDE * s.rn + 1);
-    let mut sa = SharedMemory::<f32>::new(comptime!(GEMM_SIDE * (GEMM_SIDE * s.rm + 1)));
-    let mut sb = SharedMemory::<f32>::new(comptime!(GEMM_SIDE * (GEMM_SIDE * s.rn + 1)));
-    let mut acc = Array::<f32>::new(comptime!(s.rm * s.rn));
+    let ty = unit / comptime!(s.side_n);
+    let tx = unit % comptime!(s.side_n);
+    // Stages hold vectors of `w` consecutive rows of A and columns of B (the tile's `bm/w`
+    // and `bn/w` of them); each unit computes `um x un` outputs: its vectors of rows
+    // `ty + side*i` and of columns `tx + side*j`.
+    let vw = comptime!(s.vector);
+    let (bmv, bnv) = comptime!((GEMM_SIDE * s.rm / s.vector, GEMM_SIDE * s.rn / s.vector));
+    let (umv, unv) = comptime!((bmv / s.side_m, bnv / s.side_n));
+    let um = comptime!(umv * s.vector);
+    // Stage layouts: sa[p][r] and sb[p][c]; in scalars each row is padded by one element so
+    // that loads walking p do not hit one bank.
+    let pad = comptime!(if s.vector == 1 { 1usize } else { 0usize });
+    let sa_row = comptime!(bmv + pad);
+    let sb_row = comptime!(bnv + pad);
+    let mut sa = SharedMemory::<Vector<f32, W>>::new(comptime!(GEMM_SIDE * (bmv + pad)));
+    let mut sb = SharedMemory::<Vector<f32, W>>::new(comptime!(GEMM_SIDE * (bnv + pad)));
+    let mut acc = Array::<Vector<f32, W>>::new(comptime!(um * unv));
     #[unroll]
-    for e in 0..comptime!(s.rm * s.rn) {
-        acc[e] = 0.0;
+    for e in 0..comptime!(um * unv) {
+        acc[e] = Vector::<f32, W>::new(0.0);
     }
-    let mut ra = Array::<f32>::new(comptime!(s.rm));
-    let mut rb = Array::<f32>::new(comptime!(s.rn));
+    // The stage's loads and its walk along k are unrolled in the GPU layout; a CPU driver
+    // compiles the CPU layout's wider units about twice as fast without, for 10% of its speed.
+    let unroll = comptime!(s.vector == 1);
+    let mut ra = Array::<Vector<f32, W>>::new(umv);
+    let mut rb = Array::<Vector<f32, W>>::new(unv);
     for t in t_begin..t_end {
         let k0 = t * comptime!(GEMM_SIDE);
         // Phased: the stage's tap (i, j) and its first output channel (a stage is one tap).
@@ -416,79 +472,111 @@ pub fn gemm<N: Size>(
             ti = pa + (tap / taps_w) * comptime!(ph.w.sh);
             tj = pb + (tap % taps_w) * comptime!(ph.w.sw);
         }
-        // A's tile: bm x 16 elements, rm per unit.
-        #[unroll]
-        for l in 0..comptime!(s.rm) {
-            let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
-            let (r, p) = if comptime!(s.a_rows_fast) { (e % bm, e / bm) } else { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) };
-            let mut v = 0.0f32;
-            if comptime!(s.phased.is_some()) {
-                if row0 + r < comptime!(s.m) {
-                    v = phased_weight(a, row0 + r, o0 + p, ti, tj, comptime!(s.phased.unwrap()));
+        // A's tile: 16 x bm/w vectors, 16 * bm/w / side^2 per unit.
+        #[unroll(unroll)]
+        for l in 0..comptime!(GEMM_SIDE * bmv / (s.side_m * s.side_n)) {
+            let e = l * comptime!(s.side_m * s.side_n) + unit;
+            let (rv, p) = if comptime!(s.a_rows_fast) { (e % bmv, e / bmv) } else { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) };
+            let mut v = Vector::<f32, W>::new(0.0);
+            #[unroll]
+            for q in 0..vw {
+                let r = rv * vw + q;
+                let mut x = 0.0f32;
+                if comptime!(s.phased.is_some()) {
+                    if row0 + r < comptime!(s.m) {
+                        x = phased_weight(a, row0 + r, o0 + p, ti, tj, comptime!(s.phased.unwrap()));
+                    }
+                } else {
+                    if row0 + r < comptime!(s.m) && k0 + p < comptime!(s.k) {
+                        x = gather(a, row0 + r, k0 + p, comptime!(s.a));
+                    }
                 }
-            } else {
-                if row0 + r < comptime!(s.m) && k0 + p < comptime!(s.k) {
-                    v = gather(a, row0 + r, k0 + p, comptime!(s.a));
-                }
+                set_lane::<W>(&mut v, q, x, vw);
             }
-            sa[p * sa_row + r] = v;
+            sa[p * sa_row + rv] = v;
         }
-        // B's tile: 16 x bn elements, rn per unit.
-        #[unroll]
-        for l in 0..comptime!(s.rn) {
-            let e = comptime!(l * GEMM_SIDE * GEMM_SIDE) + unit;
-            let (c, p) = if comptime!(s.b_rows_fast) { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) } else { (e % bn, e / bn) };
-            let mut v = 0.0f32;
-            if comptime!(s.phased.is_some()) {
-                v = phased_grad(b, o0 + p, pcol0 + c, ti, tj, h0, w0, comptime!(s.phased.unwrap()));
-            } else {
-                if k0 + p < comptime!(s.k) && col0 + c < comptime!(s.n) {
-                    v = gather(b, k0 + p, col0 + c, comptime!(s.b));
+        // B's tile: 16 x bn/w vectors, 16 * bn/w / side^2 per unit.
+        #[unroll(unroll)]
+        for l in 0..comptime!(GEMM_SIDE * bnv / (s.side_m * s.side_n)) {
+            let e = l * comptime!(s.side_m * s.side_n) + unit;
+            let (cv, p) = if comptime!(s.b_rows_fast) { (e / comptime!(GEMM_SIDE), e % comptime!(GEMM_SIDE)) } else { (e % bnv, e / bnv) };
+            let mut v = Vector::<f32, W>::new(0.0);
+            #[unroll]
+            for q in 0..vw {
+                let c = cv * vw + q;
+                let mut x = 0.0f32;
+                if comptime!(s.phased.is_some()) {
+                    x = phased_grad(b, o0 + p, pcol0 + c, ti, tj, h0, w0, comptime!(s.phased.unwrap()));
+                } else {
+                    if k0 + p < comptime!(s.k) && col0 + c < comptime!(s.n) {
+                        x = gather(b, k0 + p, col0 + c, comptime!(s.b));
+                    }
                 }
+                set_lane::<W>(&mut v, q, x, vw);
             }
-            sb[p * sb_row + c] = v;
+            sb[p * sb_row + cv] = v;
         }
         sync_cube();
-        #[unroll]
+        #[unroll(unroll)]
         for p in 0..GEMM_SIDE {
             #[unroll]
-            for i in 0..comptime!(s.rm) {
-                ra[i] = sa[p * sa_row + ty + comptime!(i * GEMM_SIDE)];
+            for i in 0..umv {
+                ra[i] = sa[p * sa_row + ty + comptime!(i * s.side_m)];
             }
             #[unroll]
-            for j in 0..comptime!(s.rn) {
-                rb[j] = sb[p * sb_row + tx + comptime!(j * GEMM_SIDE)];
+            for j in 0..unv {
+                rb[j] = sb[p * sb_row + tx + comptime!(j * s.side_n)];
             }
+            // Each of the unit's rows times its column vectors.
             #[unroll]
-            for i in 0..comptime!(s.rm) {
+            for i in 0..um {
+                let x = Vector::<f32, W>::new(lane::<W>(ra[comptime!(i / s.vector)], comptime!(i % s.vector), vw));
                 #[unroll]
-                for j in 0..comptime!(s.rn) {
-                    acc[comptime!(i * s.rn + j)] += ra[i] * rb[j];
+                for j in 0..unv {
+                    acc[comptime!(i * unv + j)] += x * rb[j];
                 }
             }
         }
         sync_cube();
     }
     #[unroll]
-    for i in 0..comptime!(s.rm) {
+    for i in 0..um {
         #[unroll]
-        for j in 0..comptime!(s.rn) {
-            let r = row0 + ty + comptime!(i * GEMM_SIDE);
-            let c = col0 + tx + comptime!(j * GEMM_SIDE);
+        for j in 0..comptime!(unv * s.vector) {
+            let r = row0 + (ty + comptime!((i / s.vector) * s.side_m)) * vw + comptime!(i % s.vector);
+            let cc = (tx + comptime!((j / s.vector) * s.side_n)) * vw + comptime!(j % s.vector);
+            let c = col0 + cc;
+            let v = lane::<W>(acc[comptime!(i * unv + j / s.vector)], comptime!(j % s.vector), vw);
             if comptime!(s.phased.is_some()) {
                 let ph = comptime!(s.phased.unwrap());
-                let (n, h, w, valid) = phased_pixel(pcol0 + tx + comptime!(j * GEMM_SIDE), h0, w0, ph);
+                let (n, h, w, valid) = phased_pixel(pcol0 + cc, h0, w0, ph);
                 if r < comptime!(s.m) && valid {
-                    out[comptime!(ph.w.offsets.2) + ((n * comptime!(ph.w.c) + r) * comptime!(ph.w.h) + h) * comptime!(ph.w.w) + w] = acc[comptime!(i * s.rn + j)];
+                    out[comptime!(ph.w.offsets.2) + ((n * comptime!(ph.w.c) + r) * comptime!(ph.w.h) + h) * comptime!(ph.w.w) + w] = v;
                 }
             } else if r < comptime!(s.m) && c < comptime!(s.n) && slice < comptime!(s.split) {
                 if comptime!(s.split > 1) {
-                    out[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + r * comptime!(s.n) + c] = acc[comptime!(i * s.rn + j)];
+                    out[comptime!(s.workspace) + slice * comptime!(s.m * s.n) + r * comptime!(s.n) + c] = v;
                 } else {
-                    gemm_store::<N>(out, epi_in, epi_out, r, c, acc[comptime!(i * s.rn + j)], s, epi.clone(), store);
+                    gemm_store::<N>(out, epi_in, epi_out, r, c, v, s, epi.clone(), store);
                 }
             }
         }
+    }
+}
+
+/// Lane `q` of `v`, `width` lanes wide (`v` itself when that is 1).
+#[cube]
+fn lane<W: Size>(v: Vector<f32, W>, #[comptime] q: usize, #[comptime] width: usize) -> f32 {
+    if comptime!(width == 1) { f32::cast_from(v) } else { v[q] }
+}
+
+/// Sets lane `q` of `v`, `width` lanes wide, to `x`.
+#[cube]
+fn set_lane<W: Size>(v: &mut Vector<f32, W>, #[comptime] q: usize, x: f32, #[comptime] width: usize) {
+    if comptime!(width == 1) {
+        *v = Vector::<f32, W>::new(x);
+    } else {
+        v[q] = x;
     }
 }
 

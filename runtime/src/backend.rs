@@ -112,17 +112,7 @@ pub fn kernel_cache_dir_for(env: &dyn Fn(&str) -> Option<std::ffi::OsString>, ex
 pub fn device_name(backend: Backend) -> Option<String> {
     match backend {
         Backend::Reference => info_value(&std::fs::read_to_string("/proc/cpuinfo").ok()?, "model name").map(|m| format!("{m} (reference interpreter)")),
-        Backend::Wgpu => {
-            use plateau_kernels::cubecl::wgpu::{AutoGraphicsApi, GraphicsApi};
-            if std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_some() {
-                return None;
-            }
-            let backends = AutoGraphicsApi::backend().into();
-            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
-            let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, force_fallback_adapter: false, compatible_surface: None };
-            let info = plateau_kernels::cubecl::future::block_on(instance.request_adapter(&options)).ok()?.get_info();
-            Some(format!("{} via {:?}", info.name, info.backend))
-        }
+        Backend::Wgpu => wgpu_adapter().map(|info| format!("{} via {:?}", info.name, info.backend)),
         Backend::Cuda => {
             let mut models: Vec<String> = nvidia_gpus().iter().filter_map(|g| info_value(g, "Model")).collect();
             models.sort();
@@ -130,6 +120,29 @@ pub fn device_name(backend: Backend) -> Option<String> {
             (!models.is_empty()).then(|| models.join(" / "))
         }
     }
+}
+
+/// The adapter cubecl's default wgpu device takes (the high-performance one), asked once per
+/// process; `None` where there is none, or where `CUBECL_WGPU_DEFAULT_DEVICE` picks another.
+fn wgpu_adapter() -> Option<wgpu::AdapterInfo> {
+    static INFO: std::sync::OnceLock<Option<wgpu::AdapterInfo>> = std::sync::OnceLock::new();
+    INFO.get_or_init(|| {
+        use plateau_kernels::cubecl::wgpu::{AutoGraphicsApi, GraphicsApi};
+        if std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_some() {
+            return None;
+        }
+        let backends = AutoGraphicsApi::backend().into();
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+        let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, force_fallback_adapter: false, compatible_surface: None };
+        Some(plateau_kernels::cubecl::future::block_on(instance.request_adapter(&options)).ok()?.get_info())
+    })
+    .clone()
+}
+
+/// Whether cubecl's default wgpu device is a CPU (Mesa's lavapipe, as [`wgpu_adapter`] finds
+/// it; false where it cannot tell).
+pub fn wgpu_adapter_is_cpu() -> bool {
+    wgpu_adapter().is_some_and(|info| info.device_type == wgpu::DeviceType::Cpu)
 }
 
 /// The information file of each GPU Linux's NVIDIA driver reports (none without the driver).

@@ -15,6 +15,7 @@ use plateau_kernels::cubecl::server::Handle;
 use plateau_kernels::host::{check, download};
 use plateau_kernels::lower::{lower_scheduled, KernelCall, Lowered};
 use plateau_kernels::KernelProgram;
+use plateau_kernels::gemm::GemmLayout;
 
 /// A compiled step resident on a device.
 pub struct DeviceStep<R: Runtime> {
@@ -33,6 +34,8 @@ pub struct DeviceStep<R: Runtime> {
     pages: usize,
     /// Submit the queued launches at the end of each phase of the step (see [`DeviceStep::step`]).
     submit_each_phase: bool,
+    /// How the GEMMs' tiles run on this device (see [`gemm_layout`]).
+    gemm_layout: GemmLayout,
 }
 
 fn unsupported(what: impl Into<String>) -> RuntimeError {
@@ -138,7 +141,8 @@ impl<R: Runtime> DeviceStep<R> {
         // wgpu queues launches in a command encoder until cubecl submits them (every 32);
         // CUDA launches reach the device as they are made.
         let submit_each_phase = R::name(&client).starts_with("wgpu");
-        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place, lowered: Vec::new(), pages, submit_each_phase };
+        let gemm_layout = gemm_layout(&client)?;
+        let mut step = DeviceStep { client, graph, compiled: compiled.clone(), buffers, place, lowered: Vec::new(), pages, submit_each_phase, gemm_layout };
         // Lower every kernel now: a kernel no device kernel implements is an error before any
         // launch, and a step's launches only bind buffers.
         let lowered = (0..compiled.schedule.kernels.len()).map(|k| step.lower_kernel(k)).collect::<Result<_, _>>()?;
@@ -328,7 +332,8 @@ impl<R: Runtime> DeviceStep<R> {
     fn lower_kernel(&self, k: usize) -> Result<(Lowered, Option<(usize, usize)>), RuntimeError> {
         let kernel = &self.compiled.schedule.kernels[k];
         let workspace = kernel.workspace.map(|b| self.place[b]);
-        let lowered = lower_scheduled(&self.graph, &self.compiled.schedule, kernel, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
+        let mut lowered = lower_scheduled(&self.graph, &self.compiled.schedule, kernel, &|n| self.place_of(n).1, workspace.map(|w| w.1)).map_err(unsupported)?;
+        lowered.call = lowered.call.with_gemm_layout(self.gemm_layout);
         Ok((lowered, workspace))
     }
 
@@ -354,6 +359,24 @@ impl<R: Runtime> DeviceStep<R> {
             outputs.push(arg((h.clone(), *len, 0)));
         }
         lowered.call.launch(&self.client, inputs, outputs);
+    }
+}
+
+/// How this device runs the GEMM tiles ([`GemmLayout`]): `PLATEAU_GEMM_LAYOUT` (`gpu` or
+/// `cpu`) where it is set, else `Cpu` on a wgpu adapter that is a CPU (Mesa's lavapipe) and
+/// `Gpu` anywhere else. The layouts compute the same bits with the same launches and buffers.
+pub fn gemm_layout<R: Runtime>(client: &ComputeClient<R>) -> Result<GemmLayout, RuntimeError> {
+    let setting = std::env::var("PLATEAU_GEMM_LAYOUT").ok();
+    choose_gemm_layout(setting.as_deref(), || R::name(client).starts_with("wgpu") && crate::backend::wgpu_adapter_is_cpu())
+}
+
+/// The choice of [`gemm_layout`]: `setting` (`PLATEAU_GEMM_LAYOUT`), else `Cpu` when `on_cpu()`.
+pub fn choose_gemm_layout(setting: Option<&str>, on_cpu: impl FnOnce() -> bool) -> Result<GemmLayout, RuntimeError> {
+    match setting {
+        None | Some("") => Ok(if on_cpu() { GemmLayout::Cpu } else { GemmLayout::Gpu }),
+        Some("gpu") => Ok(GemmLayout::Gpu),
+        Some("cpu") => Ok(GemmLayout::Cpu),
+        Some(v) => Err(RuntimeError::Setting { name: "PLATEAU_GEMM_LAYOUT", value: v.to_string(), expected: "`gpu` or `cpu`" }),
     }
 }
 
@@ -417,5 +440,16 @@ mod tests {
         assert_eq!(sums_in_readers(Some("off"), true), Ok(false));
         let err = sums_in_readers(Some("yes"), true).unwrap_err();
         assert_eq!(err.to_string(), "PLATEAU_SUMS_IN_READERS=\"yes\": expected `on` or `off`");
+    }
+
+    #[test]
+    fn the_gemm_layout_follows_the_device_unless_set() {
+        assert_eq!(choose_gemm_layout(None, || true).unwrap(), GemmLayout::Cpu);
+        assert_eq!(choose_gemm_layout(Some(""), || false).unwrap(), GemmLayout::Gpu);
+        // A setting is not second-guessed (nor the device asked).
+        assert_eq!(choose_gemm_layout(Some("gpu"), || panic!("asked")).unwrap(), GemmLayout::Gpu);
+        assert_eq!(choose_gemm_layout(Some("cpu"), || panic!("asked")).unwrap(), GemmLayout::Cpu);
+        let err = choose_gemm_layout(Some("CPU"), || true).unwrap_err();
+        assert_eq!(err.to_string(), "PLATEAU_GEMM_LAYOUT=\"CPU\": expected `gpu` or `cpu`");
     }
 }
