@@ -7,9 +7,11 @@
 //!
 //! For each shape (the MLP's GEMMs at batch 128, an implicit convolution's sizes, squares),
 //! times plateau's register-blocked GEMM as the schedule launches it (its blocks and k
-//! slices) and cubek's f32 strategies `SimpleUnit` and `DoubleUnit` (no tensor cores: full
-//! f32, as plateau computes), each the median of `--runs` launches after two warm-ups with a
-//! wait after each, and checks every cubek result against plateau's (largest difference).
+//! slices), in both of its layouts (`GemmLayout`: `plateau_ms` the GPU layout,
+//! `plateau_cpu_layout_ms` the CPU one), and cubek's f32 strategies `SimpleUnit` and
+//! `DoubleUnit` (no tensor cores: full f32, as plateau computes), each the median of `--runs`
+//! launches after two warm-ups with a wait after each, and checks the CPU layout's and every
+//! cubek result against the GPU layout's (largest difference).
 //! Prints a table, or with `--json` one object per shape. Nothing here is asserted: the
 //! figures go to BENCHMARKS.md with the device named.
 
@@ -105,7 +107,7 @@ fn time<R: Runtime>(client: &ComputeClient<R>, runs: usize, f: &dyn Fn() -> Resu
 
 fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool) -> Result<(), String> {
     if !a.json {
-        println!("GEMMs on {device}: median of {} runs, GFLOP/s in brackets; diff = largest |cubek - plateau|", a.runs);
+        println!("GEMMs on {device}: median of {} runs, GFLOP/s in brackets; diff = largest difference from the GPU layout's result", a.runs);
         println!("| shape | m x k x n | plateau ms, GPU layout | plateau ms, CPU layout | SimpleUnit ms | DoubleUnit ms | diff |");
         println!("|---|---|---:|---:|---:|---:|---:|");
     }

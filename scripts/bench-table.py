@@ -75,9 +75,11 @@ def framework(r):
 
 
 def device(r):
-    """The device the row names; TF32 marked where it applies (not on a CPU)."""
+    """The device the row names; TF32 marked where it applies (not on a CPU), and plateau's
+    GEMMs where they run in the CPU layout (`gemm_layout`; the GPU layout is the default)."""
     tf32 = r.get("tf32") and r.get("device") != "cpu"
-    return (r.get("device_name") or r.get("device") or "") + (", TF32" if tf32 else "")
+    layout = ", CPU GEMM layout" if r.get("gemm_layout") == "cpu" else ""
+    return (r.get("device_name") or r.get("device") or "") + (", TF32" if tf32 else "") + layout
 
 
 def main():

@@ -166,6 +166,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         "batch": args.batch,
         "device": args.device,
         "device_name": plateau::runtime::device_name(backend),
+        "gemm_layout": variants[0].runner.gemm_layout().map(|l| format!("{l:?}").to_lowercase()),
         "rounds": args.rounds,
         "sgd_step_ms": sgd,
         "sam_step_ms": sam,
@@ -213,7 +214,8 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         Some(name) => format!("{}: {name}", args.device),
         None => args.device.clone(),
     };
-    println!("{} at batch {} on {on}; median of {} interleaved rounds after {} warm-up", model, args.batch, args.rounds, args.warmup);
+    let layout = json["gemm_layout"].as_str().map(|l| format!(" (GEMMs in the {l} layout)")).unwrap_or_default();
+    println!("{} at batch {} on {on}{layout}; median of {} interleaved rounds after {} warm-up", model, args.batch, args.rounds, args.warmup);
     println!("| step | median ms | host ms | launches | optimizer launches | bytes moved | peak memory (bytes) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for v in &variants {

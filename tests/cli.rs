@@ -303,6 +303,8 @@ fn bench_reports_times_launches_and_memory_as_json() {
     // The machine is named, as the peers' scripts name theirs.
     let name = j["device_name"].as_str().unwrap_or_default();
     assert!(name.ends_with("(reference interpreter)") && name.len() > 24, "{name:?}");
+    // The reference runs no kernels, so no GEMM layout.
+    assert!(j["gemm_layout"].is_null(), "{}", j["gemm_layout"]);
     let ratio = j["ratio"].as_f64().unwrap();
     assert!((ratio - j["sam_step_ms"].as_f64().unwrap() / (2.0 * j["sgd_step_ms"].as_f64().unwrap())).abs() < 1e-12);
     // Round by round: each SAM step against its round's SGD step, the two rounds' extremes as
@@ -332,6 +334,9 @@ fn bench_profiles_by_kernel_and_phase_and_writes_a_chrome_trace() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The adapter wgpu runs on and its API (lavapipe in CI: "llvmpipe (LLVM ...) via Vulkan").
     assert!(j["device_name"].as_str().is_some_and(|n| n.contains(" via ") && !n.starts_with(" via")), "{}", j["device_name"]);
+    // lavapipe, a CPU, runs the GEMMs in the CPU layout; a GPU adapter in the GPU one.
+    let cpu = j["device_name"].as_str().is_some_and(|n| n.starts_with("llvmpipe"));
+    assert_eq!(j["gemm_layout"].as_str(), Some(if cpu { "cpu" } else { "gpu" }));
     let sum = |rows: &serde_json::Value| -> (u64, f64) {
         rows.as_array().unwrap().iter().fold((0, 0.0), |(l, t), r| (l + r["launches"].as_u64().unwrap(), t + r["ms"].as_f64().unwrap()))
     };

@@ -285,6 +285,16 @@ impl Runner {
         }
     }
 
+    /// How the device runs the GEMMs (`None` on the reference, which runs no kernels).
+    pub fn gemm_layout(&self) -> Option<plateau_kernels::gemm::GemmLayout> {
+        match self {
+            Runner::Reference { .. } => None,
+            Runner::Wgpu(s) => Some(s.gemm_layout()),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(s) => Some(s.gemm_layout()),
+        }
+    }
+
     /// Waits until every launched kernel has finished (the reference runs synchronously).
     pub fn sync(&self) -> Result<(), RuntimeError> {
         match self {

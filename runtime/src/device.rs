@@ -329,6 +329,11 @@ impl<R: Runtime> DeviceStep<R> {
         KernelCall::map(prog, shape.numel()).launch(&self.client, vec![i], vec![o]);
     }
 
+    /// How this step runs its GEMMs (see [`gemm_layout`]).
+    pub fn gemm_layout(&self) -> GemmLayout {
+        self.gemm_layout
+    }
+
     fn lower_kernel(&self, k: usize) -> Result<(Lowered, Option<(usize, usize)>), RuntimeError> {
         let kernel = &self.compiled.schedule.kernels[k];
         let workspace = kernel.workspace.map(|b| self.place[b]);
