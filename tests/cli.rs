@@ -3,8 +3,9 @@
 use std::process::Command;
 
 fn plateau(args: &[&str]) -> std::process::Output {
-    // The launches asserted on wgpu are its default (see `adds_up_slices`).
-    Command::new(env!("CARGO_BIN_EXE_plateau")).args(args).env_remove("PLATEAU_SUMS_IN_READERS").output().expect("the plateau binary runs")
+    // The launches and the GEMM layout asserted on wgpu are its defaults (see `adds_up_slices`
+    // and `gemm_layout`).
+    Command::new(env!("CARGO_BIN_EXE_plateau")).args(args).env_remove("PLATEAU_SUMS_IN_READERS").env_remove("PLATEAU_GEMM_LAYOUT").output().expect("the plateau binary runs")
 }
 
 #[test]

@@ -333,6 +333,8 @@ impl KernelCall {
                 }
             }
             KernelCall::Gemm(s) | KernelCall::GemmEpilogue { spec: s, .. } => {
+                // CUDA runs the GPU layout (expanded with 1-wide vectors), whatever `s` says.
+                let s = s.with_layout(GemmLayout::Gpu);
                 let (x, y) = (input(&mut b), input(&mut b));
                 let o = output(&mut b);
                 if s.split > 1 {

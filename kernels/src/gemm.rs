@@ -40,8 +40,8 @@ use crate::window::WindowSpec;
 use cubecl::prelude::*;
 use plateau_compiler::schedule::gemm::{gemm_block, gemm_split, grad_input_phased};
 
-/// Units along each side of a cube (the cube has `GEMM_SIDE^2` units) and the k-depth of one
-/// shared-memory stage.
+/// The side of an output tile in register blocks (a tile is `16*rm x 16*rn`), the units
+/// along each side of a cube in the GPU layout, and the k-depth of one shared-memory stage.
 pub use plateau_compiler::schedule::gemm::GEMM_SIDE;
 
 /// One index of a [`Gather::Strided`] operand: `(i / div) * hi + (i % div) * lo`.
@@ -115,7 +115,7 @@ pub struct Phased {
 ///   lavapipe) runs a cube's units as the lanes of SIMD registers, a batch of lanes after
 ///   another between barriers, and each unit's load from a stage as a gather: vector loads
 ///   make a quarter of the gathers, and the wider units fewer of them per multiply-add.
-///   On lavapipe (`examples/gemm_bench.rs`) this runs the GEMMs 2-2.5 times as fast as
+///   On lavapipe (`examples/gemm_bench.rs`) this runs the GEMMs 2.2-2.6 times as fast as
 ///   `Gpu` (7-8 GFLOP/s against 3-3.6), and compiles them faster. Larger units were faster
 ///   still (16 x 16: 10-14 GFLOP/s, as fast as cubek's `SimpleUnit`) but take the driver
 ///   seconds per kernel to compile (`plateau run --model mlp --device wgpu`: 43 s, nearly all
@@ -436,7 +436,7 @@ pub fn gemm<N: Size, W: Size>(
     let ty = unit / comptime!(s.side_n);
     let tx = unit % comptime!(s.side_n);
     // Stages hold vectors of `w` consecutive rows of A and columns of B (the tile's `bm/w`
-    // and `bn/w` of them); each unit computes `um x un` outputs: its vectors of rows
+    // and `bn/w` of them); each unit computes `um x unv*w` outputs: its vectors of rows
     // `ty + side*i` and of columns `tx + side*j`.
     let vw = comptime!(s.vector);
     let (bmv, bnv) = comptime!((GEMM_SIDE * s.rm / s.vector, GEMM_SIDE * s.rn / s.vector));
@@ -472,7 +472,7 @@ pub fn gemm<N: Size, W: Size>(
             ti = pa + (tap / taps_w) * comptime!(ph.w.sh);
             tj = pb + (tap % taps_w) * comptime!(ph.w.sw);
         }
-        // A's tile: 16 x bm/w vectors, 16 * bm/w / side^2 per unit.
+        // A's tile: 16 x bm/w vectors, 16 * bm/w / (side_m * side_n) per unit.
         #[unroll(unroll)]
         for l in 0..comptime!(GEMM_SIDE * bmv / (s.side_m * s.side_n)) {
             let e = l * comptime!(s.side_m * s.side_n) + unit;
@@ -495,7 +495,7 @@ pub fn gemm<N: Size, W: Size>(
             }
             sa[p * sa_row + rv] = v;
         }
-        // B's tile: 16 x bn/w vectors, 16 * bn/w / side^2 per unit.
+        // B's tile: 16 x bn/w vectors, 16 * bn/w / (side_m * side_n) per unit.
         #[unroll(unroll)]
         for l in 0..comptime!(GEMM_SIDE * bnv / (s.side_m * s.side_n)) {
             let e = l * comptime!(s.side_m * s.side_n) + unit;

@@ -450,6 +450,8 @@ mod tests {
     #[test]
     fn the_gemm_layout_follows_the_device_unless_set() {
         assert_eq!(choose_gemm_layout(None, || true).unwrap(), GemmLayout::Cpu);
+        assert_eq!(choose_gemm_layout(None, || false).unwrap(), GemmLayout::Gpu);
+        assert_eq!(choose_gemm_layout(Some(""), || true).unwrap(), GemmLayout::Cpu);
         assert_eq!(choose_gemm_layout(Some(""), || false).unwrap(), GemmLayout::Gpu);
         // A setting is not second-guessed (nor the device asked).
         assert_eq!(choose_gemm_layout(Some("gpu"), || panic!("asked")).unwrap(), GemmLayout::Gpu);

@@ -3,7 +3,8 @@
 //! here are shape arithmetic shared by the schedule (launches and workspace memory) and the
 //! lowering (the kernel's comptime shape), so that both always agree.
 //!
-//! - **Register blocks.** A cube of `16 x 16` units computes a `16*rm x 16*rn` output tile;
+//! - **Register blocks.** A cube computes a `16*rm x 16*rn` output tile (with `16 x 16` units
+//!   on a GPU, fewer and wider ones on a CPU: `plateau_kernels::gemm::GemmLayout`);
 //!   `rm` is 4 when `m >= 64`, 2 when `m >= 32`, else 1 (the same for `rn` and `n`).
 //! - **Split-K.** A cube walks its whole k range serially, 16 at a time, with two barriers
 //!   per stage. A GEMM with few output tiles and a long k range (a convolution's weight
@@ -24,7 +25,8 @@
 
 use crate::ir::{Graph, NodeId, Op};
 
-/// Units along each side of a GEMM cube.
+/// The side of a GEMM tile in register blocks (and the units along each side of a cube on a
+/// GPU) and the k-depth of a stage.
 pub const GEMM_SIDE: usize = 16;
 /// Split-K aims for about this many cubes (an H100 has 132 SMs).
 pub const SPLIT_TARGET_CUBES: usize = 128;
