@@ -437,7 +437,7 @@ pub fn gemm<N: Size, W: Size>(
     let tx = unit % comptime!(s.side_n);
     // Stages hold vectors of `w` consecutive rows of A and columns of B (the tile's `bm/w`
     // and `bn/w` of them); each unit computes `um x unv*w` outputs: its vectors of rows
-    // `ty + side*i` and of columns `tx + side*j`.
+    // `ty + side_m*i` and of columns `tx + side_n*j`.
     let vw = comptime!(s.vector);
     let (bmv, bnv) = comptime!((GEMM_SIDE * s.rm / s.vector, GEMM_SIDE * s.rn / s.vector));
     let (umv, unv) = comptime!((bmv / s.side_m, bnv / s.side_n));
