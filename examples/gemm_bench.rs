@@ -135,17 +135,18 @@ fn run<R: Runtime>(client: &ComputeClient<R>, a: &Args, device: &str, gpu: bool)
         let gflops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
         let t_plateau = time(client, a.runs, &plateau_gemm(GemmLayout::Gpu, &out))?;
         let reference = download(client, out.clone(), m * n)?;
-        // The CPU layout where wgpu runs it: CUDA runs only the GPU layout, the one its
-        // emitted kernels are checked in (`scripts/nvrtc-check.py`).
-        let cpu_out = upload(client, &vec![f32::NAN; m * n]);
-        let t_cpu = if gpu { None } else { Some(time(client, a.runs, &plateau_gemm(GemmLayout::Cpu, &cpu_out))?) };
         let largest = |got: &[f32]| got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, |w, d| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) });
         // The largest difference over every strategy and layout that ran (NaN if any output
         // is NaN).
-        let mut worst = match t_cpu {
-            Some(_) => Some(largest(&download(client, cpu_out, m * n)?)),
-            None => None,
-        };
+        let mut worst = None;
+        // The CPU layout where wgpu runs it: CUDA runs only the GPU layout, the one its
+        // emitted kernels are checked in (`scripts/nvrtc-check.py`).
+        let mut t_cpu = None;
+        if !gpu {
+            let cpu_out = upload(client, &vec![f32::NAN; m * n]);
+            t_cpu = Some(time(client, a.runs, &plateau_gemm(GemmLayout::Cpu, &cpu_out))?);
+            worst = Some(largest(&download(client, cpu_out, m * n)?));
+        }
         let mut row = serde_json::json!({
             "shape": label, "m": m, "k": k, "n": n, "a_transposed": ta, "device_name": device,
             "plateau_ms": t_plateau, "plateau_gflops": gflops(t_plateau), "plateau_split": spec.split,
