@@ -857,8 +857,9 @@ fn convolutions_match_the_reference() {
 
 /// A kernel that also computes maps of its output (its epilogues: the bias and ReLU after a
 /// layer, and a second map), storing its own output or not: a matmul, a matmul split along k
-/// (the epilogue runs in the sum of the slices), a convolution, a max-pool gradient (2x2
-/// windows of stride 2; its `b` is the output gradient).
+/// (the epilogue runs in the sum of the slices), a convolution, max-pool gradients (windows
+/// that tile the input, overlapping windows, and windows that leave a row out; its `b` is the
+/// output gradient).
 #[test]
 fn epilogues_match_the_reference() {
     use plateau::compiler::ir::{Conv2dAttrs, PoolAttrs};
@@ -870,13 +871,17 @@ fn epilogues_match_the_reference() {
     let client = client();
     // (a's shape, b's shape, the op (0 matmul, 1 convolution, 2 max-pool gradient), the bias's
     // view, splits)
-    let cases: [(Vec<usize>, Vec<usize>, usize, Vec<usize>, usize); 5] = [
+    let cases: [(Vec<usize>, Vec<usize>, usize, Vec<usize>, usize); 6] = [
         (vec![64, 40], vec![40, 48], 0, vec![48], 1),
         (vec![8, 4096], vec![4096, 16], 0, vec![16], 8),
         (vec![2, 3, 8, 8], vec![4, 3, 3, 3], 1, vec![4, 1, 1], 1),
+        // Windows that tile the input: a unit per window.
         (vec![2, 3, 8, 6], vec![2, 3, 4, 3], 2, vec![3, 1, 1], 1),
         // Overlapping 3x3 windows, stride 2, padding 1 (output 4 x 3 of a 7 x 6 input).
         (vec![2, 3, 7, 6], vec![2, 3, 4, 3], 2, vec![3, 1, 1], 1),
+        // 2x2 windows of stride 2 over an odd side: the last row is in no window (a unit per
+        // input element, which must store its 0).
+        (vec![2, 3, 7, 6], vec![2, 3, 3, 3], 2, vec![3, 1, 1], 1),
     ];
     for (i, (sa, sb, kind, sbias, splits)) in cases.into_iter().enumerate() {
         for store in [true, false] {
@@ -887,7 +892,7 @@ fn epilogues_match_the_reference() {
             let y = match kind {
                 0 => g.add(Op::MatMul { ta: false, tb: false }, &[a, b]),
                 1 => g.add(Op::Conv2d(Conv2dAttrs { stride: [1, 1], padding: [1, 1] }), &[a, b]),
-                _ if i == 3 => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &[a, b]),
+                _ if i != 4 => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &[a, b]),
                 _ => g.add(Op::MaxPool2dGrad(PoolAttrs { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &[a, b]),
             }
             .unwrap();
@@ -934,7 +939,7 @@ fn epilogues_match_the_reference() {
             let l = lower(&g, &nodes, &at, Some(9)).unwrap();
             match &l.call {
                 KernelCall::GemmEpilogue { spec, store: s, .. } => assert!(kind < 2 && spec.split == splits && *s == store, "case {i}: {:?}", l.call),
-                KernelCall::MaxPool2dGradEpilogue { store: s, .. } => assert!(kind == 2 && *s == store, "case {i}: {:?}", l.call),
+                KernelCall::MaxPool2dGradEpilogue { spec, store: s, .. } => assert!(kind == 2 && *s == store && spec.tiles() == (i == 3), "case {i}: {:?}", l.call),
                 other => panic!("case {i}: {other:?}"),
             }
             let n = space.numel();

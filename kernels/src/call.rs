@@ -72,7 +72,7 @@ impl KernelCall {
             KernelCall::OneHot { rows, classes, .. } => (rows * classes, BLOCK),
             KernelCall::Pad(s) => (s.out.iter().product(), BLOCK),
             KernelCall::DropoutMask { n, .. } => (*n, BLOCK),
-            KernelCall::MaxPool2dGradEpilogue { spec: s, .. } => (s.n * s.c * s.h * s.w, BLOCK),
+            KernelCall::MaxPool2dGradEpilogue { spec: s, .. } | KernelCall::Window { kind: WindowKind::MaxPool2dGrad, spec: s } => (s.max_pool_grad_units(), BLOCK),
             KernelCall::Window { kind, spec: s } => match kind {
                 WindowKind::MaxPool2d | WindowKind::MaxPool2dGather | WindowKind::AvgPool2d => (s.n * s.c * s.ho * s.wo, BLOCK),
                 _ => (s.n * s.c * s.h * s.w, BLOCK),

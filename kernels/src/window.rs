@@ -28,6 +28,26 @@ pub struct WindowSpec {
     pub offsets: (usize, usize, usize),
 }
 
+impl WindowSpec {
+    /// Whether the windows tile the input: every input element lies in exactly one window
+    /// (windows as large as their stride, no padding, none left over at the edges), as in
+    /// the usual 2x2 pooling of stride 2 over an even side.
+    pub fn tiles(&self) -> bool {
+        self.kh == self.sh && self.kw == self.sw && self.ph == 0 && self.pw == 0 && self.ho * self.sh == self.h && self.wo * self.sw == self.w
+    }
+
+    /// Units a max-pool gradient launches: one per window where the windows tile the input
+    /// (each writes its window's elements), else one per input element (each visits the
+    /// windows that hold it).
+    pub fn max_pool_grad_units(&self) -> usize {
+        if self.tiles() {
+            self.n * self.c * self.ho * self.wo
+        } else {
+            self.n * self.c * self.h * self.w
+        }
+    }
+}
+
 /// The flat input index (within image-channel plane `nc`) of window (oy, ox)'s first maximum.
 #[cube]
 fn window_argmax(x: &Array<f32>, nc: usize, oy: usize, ox: usize, #[comptime] s: WindowSpec) -> usize {
@@ -79,9 +99,11 @@ pub fn max_pool2d_gather(x: &Array<f32>, v: &Array<f32>, y: &mut Array<f32>, #[c
     }
 }
 
-/// `gx[k] = sum of gy over the windows whose first maximum is k` (no atomics: each input
-/// element visits the windows that contain it), stored with an epilogue when `epi` is one
-/// (see `crate::elementwise::store_with_epilogue`; without one, both sequences are empty).
+/// `gx[k] = sum of gy over the windows whose first maximum is k`, stored with an epilogue
+/// when `epi` is one (see `crate::elementwise::store_with_epilogue`; without one, both
+/// sequences are empty). No atomics: where the windows tile the input (`WindowSpec::tiles`)
+/// each unit finds one window's maximum once and writes the window's elements (`gy` at the
+/// maximum, 0 elsewhere); otherwise each input element visits the windows that contain it.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool2d_grad<N: Size>(
@@ -95,30 +117,49 @@ pub fn max_pool2d_grad<N: Size>(
     #[comptime] store: bool,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos < comptime!(s.n * s.c * s.h * s.w) {
-        let xw = pos % comptime!(s.w);
-        let xh = (pos / comptime!(s.w)) % comptime!(s.h);
-        let nc = pos / comptime!(s.w * s.h);
-        let mut acc = 0.0f32;
-        for i in 0..comptime!(s.kh) {
-            for j in 0..comptime!(s.kw) {
-                let ty = xh + comptime!(s.ph);
-                let tx = xw + comptime!(s.pw);
-                if ty >= i && tx >= j {
-                    let dy = ty - i;
-                    let dx = tx - j;
-                    if dy % comptime!(s.sh) == 0 && dx % comptime!(s.sw) == 0 && dy / comptime!(s.sh) < comptime!(s.ho) && dx / comptime!(s.sw) < comptime!(s.wo) {
-                        let oy = dy / comptime!(s.sh);
-                        let ox = dx / comptime!(s.sw);
-                        let k = window_argmax(x, nc, oy, ox, s);
-                        if k == nc * comptime!(s.h * s.w) + xh * comptime!(s.w) + xw {
-                            acc += gy[comptime!(s.offsets.1) + (nc * comptime!(s.ho) + oy) * comptime!(s.wo) + ox];
+    if comptime!(s.tiles()) {
+        if pos < comptime!(s.n * s.c * s.ho * s.wo) {
+            let ox = pos % comptime!(s.wo);
+            let oy = (pos / comptime!(s.wo)) % comptime!(s.ho);
+            let nc = pos / comptime!(s.wo * s.ho);
+            let k = window_argmax(x, nc, oy, ox, s);
+            // 0 + gy, as the sum over the one window would give (+0 for a gradient of -0).
+            let g = 0.0f32 + gy[comptime!(s.offsets.1) + pos];
+            #[unroll]
+            for i in 0..comptime!(s.kh) {
+                #[unroll]
+                for j in 0..comptime!(s.kw) {
+                    let at = (nc * comptime!(s.h) + oy * comptime!(s.sh) + i) * comptime!(s.w) + ox * comptime!(s.sw) + j;
+                    store_with_epilogue::<N>(gx, epi_in, epi_out, at, select(at == k, g, 0.0f32), comptime!(s.offsets.2), epi.clone(), store);
+                }
+            }
+        }
+    } else {
+        if pos < comptime!(s.n * s.c * s.h * s.w) {
+            let xw = pos % comptime!(s.w);
+            let xh = (pos / comptime!(s.w)) % comptime!(s.h);
+            let nc = pos / comptime!(s.w * s.h);
+            let mut acc = 0.0f32;
+            for i in 0..comptime!(s.kh) {
+                for j in 0..comptime!(s.kw) {
+                    let ty = xh + comptime!(s.ph);
+                    let tx = xw + comptime!(s.pw);
+                    if ty >= i && tx >= j {
+                        let dy = ty - i;
+                        let dx = tx - j;
+                        if dy % comptime!(s.sh) == 0 && dx % comptime!(s.sw) == 0 && dy / comptime!(s.sh) < comptime!(s.ho) && dx / comptime!(s.sw) < comptime!(s.wo) {
+                            let oy = dy / comptime!(s.sh);
+                            let ox = dx / comptime!(s.sw);
+                            let k = window_argmax(x, nc, oy, ox, s);
+                            if k == nc * comptime!(s.h * s.w) + xh * comptime!(s.w) + xw {
+                                acc += gy[comptime!(s.offsets.1) + (nc * comptime!(s.ho) + oy) * comptime!(s.wo) + ox];
+                            }
                         }
                     }
                 }
             }
+            store_with_epilogue::<N>(gx, epi_in, epi_out, pos, acc, comptime!(s.offsets.2), epi, store);
         }
-        store_with_epilogue::<N>(gx, epi_in, epi_out, pos, acc, comptime!(s.offsets.2), epi, store);
     }
 }
 
