@@ -1,6 +1,6 @@
 //! Sliding-window kernels over NCHW tensors: max and average pooling and their adjoints, one
-//! unit per output element. `WindowSpec` also describes convolutions, which run as implicit
-//! GEMMs (`gemm`).
+//! unit per output element (the max-pool gradient: one per window where the windows tile the
+//! input). `WindowSpec` also describes convolutions, which run as implicit GEMMs (`gemm`).
 
 use crate::elementwise::store_with_epilogue;
 use crate::program::KernelProgram;
