@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One named tensor to write.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,11 +40,44 @@ pub fn write_atomic(path: &Path, tensors: &[TensorEntry], metadata: BTreeMap<Str
     write_bytes_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Where a write to `path` lands, and how: `(target, true)` to replace `target` atomically,
+/// `path` itself or, where `path` is a symbolic link, the file its links lead to (which need
+/// not exist yet; the links stay as they are); `(path, false)` to write in place a device or
+/// pipe it leads to (`/dev/null`), or one of the process's own descriptors (a link into
+/// `/proc`, as `/dev/stdout` is), which cannot be replaced.
+pub fn write_target(path: &Path) -> std::io::Result<(PathBuf, bool)> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => return Ok((path.to_path_buf(), false)),
+        _ => {}
+    }
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Ok((p, true));
+        }
+        let to = std::fs::read_link(&p)?;
+        if p.starts_with("/proc") || to.starts_with("/proc") {
+            return Ok((path.to_path_buf(), false));
+        }
+        p = match p.parent() {
+            Some(dir) if to.is_relative() => dir.join(to),
+            _ => to,
+        };
+    }
+    Err(std::io::Error::other(format!("{}: too many levels of symbolic links", path.display())))
+}
+
 /// Writes `bytes` to `path` atomically: into a new temporary beside it (created new, never
 /// through a link; one a killed run of the same process id left is removed first), synced,
 /// given the old file's permissions, and renamed over it. On any error the previous file (if
-/// any) is untouched and no temporary is left behind.
+/// any) is untouched and no temporary is left behind. A link is followed ([`write_target`]):
+/// the file it leads to is replaced, the link stays; a device or pipe is written in place.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (target, replace) = write_target(path)?;
+    if !replace {
+        return std::fs::write(&target, bytes);
+    }
+    let path = target.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));

@@ -261,7 +261,9 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
 
 /// Fails now, before any work, when `flag`'s file could not be written at the end: its
 /// folder is missing or not writable, or the path is a folder. A probe file is created in
-/// the folder and removed.
+/// the folder and removed. Where the path is a link, that is the folder of the file it leads
+/// to (which is replaced, the link kept); a device or pipe (`/dev/null`, `/dev/stdout`) must
+/// open for writing, and is written in place (nothing is truncated by the check).
 pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
         bail!("{flag} {}: is a folder; give a file name", path.display());
@@ -269,14 +271,18 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
     if path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
         bail!("{flag} {}: names a folder; give a file name", path.display());
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (target, replace) = plateau::checkpoint::write_target(path).with_context(|| format!("{flag} {}", path.display()))?;
+    if !replace {
+        return std::fs::OpenOptions::new().append(true).open(path).map(|_| ()).with_context(|| format!("{flag}: cannot write {}", path.display()));
+    }
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.exists() && !dir.is_dir() {
         bail!("{flag} {}: {} is a file, not a folder", path.display(), dir.display());
     }
     if !dir.is_dir() {
         bail!("{flag} {}: the folder {} does not exist", path.display(), dir.display());
     }
-    let name = path.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
+    let name = target.file_name().with_context(|| format!("{flag} {}: not a file name", path.display()))?;
     // A probe beside it, under a name nothing else holds (never through a link); one a killed
     // run of the same process id left is removed first.
     let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
@@ -286,26 +292,32 @@ pub(crate) fn check_writable(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `check_writable` for `--dot`, which writes a link or device (`/dev/stdout`) in place: such
-/// a path must open for writing (nothing is truncated by the check).
-fn check_dot(path: &Path) -> Result<()> {
-    if special(path) {
-        return std::fs::OpenOptions::new().append(true).create(true).open(path).map(|_| ()).with_context(|| format!("--dot: cannot write {}", path.display()));
+/// The file `path` names as an output, for telling two outputs apart: the absolute path of
+/// the file it replaces (`None` for a device or pipe, written in place, which two outputs may
+/// share, or a path that cannot be resolved, which `check_writable` refuses).
+pub(crate) fn output_file(path: &Path) -> Option<PathBuf> {
+    let (target, replace) = plateau::checkpoint::write_target(path).ok()?;
+    if !replace {
+        return None;
     }
-    check_writable("--dot", path)
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Some(std::fs::canonicalize(dir).ok()?.join(target.file_name()?))
 }
 
-/// Whether `path` exists as something other than a plain file: a link, device or pipe.
-fn special(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+/// Refuses two output flags naming the same file (one would overwrite the other's).
+pub(crate) fn distinct_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<()> {
+    let files: Vec<(&str, &Path, PathBuf)> = outputs.iter().filter_map(|&(flag, p)| Some((flag, p?, output_file(p?)?))).collect();
+    for (i, a) in files.iter().enumerate() {
+        if let Some(b) = files[i + 1..].iter().find(|b| b.2 == a.2) {
+            bail!("{} {} and {} {}: the same file; give each its own", a.0, a.1.display(), b.0, b.1.display());
+        }
+    }
+    Ok(())
 }
 
-/// Writes `bytes` to `path` atomically ([`plateau::checkpoint::write_bytes_atomic`]); a link,
-/// device or pipe (`/dev/stdout`) is written in place.
+/// Writes `bytes` to `path` atomically ([`plateau::checkpoint::write_bytes_atomic`]: a link's
+/// file is replaced, a device or pipe such as `/dev/stdout` written in place).
 fn write_file_atomic(flag: &str, path: &Path, bytes: &[u8]) -> Result<()> {
-    if special(path) {
-        return std::fs::write(path, bytes).with_context(|| format!("{flag}: cannot write {}", path.display()));
-    }
     plateau::checkpoint::write_bytes_atomic(path, bytes).with_context(|| format!("{flag}: cannot write {}", path.display()))
 }
 
@@ -358,6 +370,9 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         bail!("--momentum and --nesterov set SGD's momentum; AdamW has none (--optimizer sgd or sam)");
     }
     let momentum = o.momentum.unwrap_or(0.9);
+    if o.nesterov && momentum == 0.0 {
+        bail!("--nesterov needs a momentum above 0 (--momentum 0 turns momentum off)");
+    }
     if o.eta.is_some() && !o.adaptive {
         bail!("--eta is ASAM's: it needs --adaptive");
     }
@@ -421,7 +436,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
         // A --dot in a folder the emission creates is checked once that folder exists.
         let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if parent.exists() || args.emit_cuda.is_none() {
-            check_dot(path)?;
+            check_writable("--dot", path)?;
         }
     }
     let start = Instant::now();
@@ -429,7 +444,7 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let staged = args.emit_cuda.as_deref().map(|dir| stage_cuda(&compiled, dir)).transpose()?;
     if let Some(path) = &args.dot {
-        let dot = check_dot(path).and_then(|()| write_file_atomic("--dot", path, compiled.fused.to_dot().as_bytes()));
+        let dot = check_writable("--dot", path).and_then(|()| write_file_atomic("--dot", path, compiled.fused.to_dot().as_bytes()));
         if let Err(e) = dot {
             if let Some(st) = staged {
                 st.abandon();
@@ -499,7 +514,7 @@ fn trace_cmd(args: TraceArgs) -> Result<()> {
     }
     model.graph.verify()?;
     if let Some(path) = &args.dot {
-        check_dot(path)?;
+        check_writable("--dot", path)?;
         write_file_atomic("--dot", path, model.graph.to_dot().as_bytes())?;
     }
     print!("{}", model.graph.to_text());

@@ -14,12 +14,16 @@ fn font() {
 }
 
 /// Draws `runs` (label, per-epoch metrics) side by side: train loss on the left, test
-/// accuracy on the right; writes `path` (PNG), atomically.
+/// accuracy on the right; writes `path` (PNG) as [`crate::checkpoint::write_bytes_atomic`]
+/// does (atomically; through a link, the file it leads to).
 pub fn compare_png(path: &Path, title: &str, runs: &[(&str, &[EpochMetrics])]) -> Result<()> {
     font();
-    let tmp = path.with_extension("tmp.png");
+    // Drawn into a private folder first (the PNG encoder writes a file by name).
+    let scratch = tempfile::tempdir().context("cannot create a temporary folder for the plot")?;
+    let tmp = scratch.path().join("plot.png");
     draw(&tmp, title, runs).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let bytes = std::fs::read(&tmp).with_context(|| format!("cannot draw {}", path.display()))?;
+    crate::checkpoint::write_bytes_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn draw(path: &Path, title: &str, runs: &[(&str, &[EpochMetrics])]) -> Result<(), Box<dyn std::error::Error>> {

@@ -56,8 +56,8 @@ pub struct RunFlags {
     #[arg(long)]
     no_shuffle: bool,
     /// Pixels become (x/255 - MEAN) / STD instead of x/255.
-    #[arg(long, value_name = "MEAN,STD")]
-    normalize: Option<String>,
+    #[arg(long, value_name = "MEAN,STD", value_parser = mean_std)]
+    normalize: Option<(f32, f32)>,
     /// Append one JSON object per epoch to this file (created if missing; checked before
     /// training).
     #[arg(long)]
@@ -113,18 +113,17 @@ pub struct EvalArgs {
     batch_size: usize,
     #[arg(long, default_value = "reference")]
     device: String,
-    #[arg(long, value_name = "MEAN,STD")]
-    normalize: Option<String>,
+    #[arg(long, value_name = "MEAN,STD", value_parser = mean_std)]
+    normalize: Option<(f32, f32)>,
 }
 
-fn parse_normalize(s: &Option<String>) -> Result<Option<(f32, f32)>> {
-    let Some(s) = s else { return Ok(None) };
-    let parts: Vec<&str> = s.split(',').collect();
-    let bad = || anyhow::anyhow!("--normalize takes MEAN,STD (two numbers), got `{s}`");
-    if parts.len() != 2 {
-        return Err(bad());
+/// `MEAN,STD`: two numbers (`--normalize`, and the `normalize` a weights file records).
+fn mean_std(s: &str) -> Result<(f32, f32), String> {
+    let bad = || format!("takes MEAN,STD (two numbers), got `{s}`");
+    match s.split(',').map(|p| p.trim().parse::<f32>()).collect::<Vec<_>>()[..] {
+        [Ok(mean), Ok(std)] => Ok((mean, std)),
+        _ => Err(bad()),
     }
-    Ok(Some((parts[0].trim().parse().map_err(|_| bad())?, parts[1].trim().parse().map_err(|_| bad())?)))
 }
 
 fn zoo_model(name: &str, hidden: Option<&[usize]>) -> Result<Model> {
@@ -144,7 +143,7 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     let device: Backend = f.device.parse().context("--device")?;
     let source: DataSource = f.data.parse().context("--data")?;
     let schedule: LrSchedule = f.schedule.parse().context("--schedule")?;
-    let normalize = parse_normalize(&f.normalize)?;
+    let normalize = f.normalize;
     if !f.lr.is_finite() || f.lr < 0.0 {
         bail!("--lr must be a finite non-negative number, got {}", f.lr);
     }
@@ -173,6 +172,10 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     if let Some(c) = f.cutout {
         if f.no_augment {
             bail!("--cutout conflicts with --no-augment");
+        }
+        let side = data.shape[1].max(data.shape[2]);
+        if c > side {
+            bail!("--cutout {c}: at most the images' side, {side}");
         }
         augment.cutout = c;
     }
@@ -263,6 +266,11 @@ fn prepare_checkpoint_dir(dir: &Path, resume: bool) -> Result<()> {
             bail!("--checkpoint-dir {}: holds checkpoints already (the newest {}); pass --resume to continue that run, or give an empty folder", dir.display(), ck.display());
         }
     }
+    // A probe, as a checkpoint is written (a new file, then renamed): the folder must take
+    // new files now, not after the first epoch.
+    let probe = dir.join(format!(".step-probe.safetensors.tmp-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).with_context(|| format!("--checkpoint-dir {}: cannot write in it", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
@@ -276,11 +284,13 @@ fn drive(t: &mut Trainer, metrics: Option<&mut std::fs::File>, label: Option<&st
         let m = match t.train_epoch() {
             Ok(m) => m,
             Err(e) => {
-                let keep = match &last_good {
-                    Some(p) => format!("the last good checkpoint is {}", p.display()),
-                    None => "no checkpoint was written".to_string(),
+                let run = label.map(|l| format!("the {l} run: ")).unwrap_or_default();
+                let keep = match (&last_good, checkpoints) {
+                    (Some(p), _) => format!("; the last good checkpoint is {}", p.display()),
+                    (None, Some(_)) => "; no checkpoint was written".to_string(),
+                    (None, None) => String::new(),
                 };
-                bail!("{e:#}; {keep}");
+                bail!("{run}{e:#}{keep}");
             }
         };
         println!("{}", epoch_line(&m));
@@ -292,7 +302,7 @@ fn drive(t: &mut Trainer, metrics: Option<&mut std::fs::File>, label: Option<&st
             writeln!(f, "{line}").context("--metrics")?;
         }
         if let Some(dir) = checkpoints {
-            last_good = Some(t.save_checkpoint(dir)?);
+            last_good = Some(t.save_checkpoint(dir).context("--checkpoint-dir")?);
         }
     }
     Ok(())
@@ -309,13 +319,12 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
     if let Some(path) = &args.save {
         check_writable("--save", path)?;
     }
+    crate::distinct_outputs(&[("--save", args.save.as_deref()), ("--metrics", args.run.metrics.as_deref())])?;
     let mut metrics = open_metrics(args.run.metrics.as_deref())?;
     let mut t = Trainer::new(&p.model, &p.config, &p.data, &p.data_name, p.validation.clone())?;
     describe(&p, &t, "train");
-    if let Some(init) = &args.init {
-        t.load_state_dict(init).context("--init")?;
-        println!("  initial weights from {}", init.display());
-    }
+    // A run resumed from a checkpoint continues from its weights; --init starts a run (so
+    // one command line both starts a run and resumes it).
     let mut resumed = None;
     if args.resume {
         let dir = args.checkpoint_dir.as_deref().expect("clap requires --checkpoint-dir with --resume");
@@ -323,10 +332,17 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
             Some(ck) => {
                 t.resume(&ck).context("--resume")?;
                 println!("  resumed from {} at step {}", ck.display(), t.steps_done());
+                if let Some(init) = &args.init {
+                    println!("  --init {} not loaded: the run continues from its checkpoint", init.display());
+                }
                 resumed = Some(ck);
             }
             None => println!("  no checkpoint in {} yet: starting from step 0", dir.display()),
         }
+    }
+    if let (Some(init), None) = (&args.init, &resumed) {
+        t.load_state_dict(init).context("--init")?;
+        println!("  initial weights from {}", init.display());
     }
     drive(&mut t, metrics.as_mut(), None, args.checkpoint_dir.as_deref(), resumed)?;
     if !t.history.is_empty() {
@@ -351,6 +367,7 @@ pub fn compare_cmd(args: CompareArgs) -> Result<()> {
         bail!("--plot {}: the plot is a PNG; give a file name ending in .png", args.plot.display());
     }
     check_writable("--plot", &args.plot)?;
+    crate::distinct_outputs(&[("--plot", Some(&args.plot)), ("--metrics", args.run.metrics.as_deref())])?;
     let mut metrics = open_metrics(args.run.metrics.as_deref())?;
     let base_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "AdamW" } else { "SGD" };
     let sam_name = if matches!(base, BaseOptimizer::AdamW { .. }) { "SAM-AdamW" } else { "SAM" };
@@ -397,7 +414,7 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let mut normalize = parse_normalize(&args.normalize)?;
+    let mut normalize = args.normalize;
     let file = plateau::checkpoint::Checkpoint::read(&args.checkpoint).context("--checkpoint")?;
     let meta = file.metadata();
     let model = match (&args.model, meta.get("model")) {
@@ -412,13 +429,16 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
     };
     // The pixels as the weights were trained on them, unless --normalize says otherwise.
     if let (None, Some(n)) = (normalize, meta.get("normalize")) {
-        normalize = parse_normalize(&Some(n.clone())).with_context(|| format!("{}: its `normalize` metadata", args.checkpoint.display()))?;
+        normalize = Some(mean_std(n).map_err(|e| anyhow::anyhow!("{}: its `normalize` metadata {e}", args.checkpoint.display()))?);
         println!("pixels normalized as {} records: --normalize {n}", args.checkpoint.display());
     }
-    let data = Dataset::load(&source, normalize).context("--data")?;
+    let mut data = Dataset::load_test(&source, normalize).context("--data")?;
     if data.test.is_empty() {
         bail!("--data {source}: the test split has no examples");
     }
+    // Nothing is trained; the evaluator binds its first batch from the test split.
+    let k = args.batch_size.min(data.test.len());
+    data.train = Split { images: data.test.images[..k * data.dim()].to_vec(), labels: data.test.labels[..k].to_vec() };
     let (loss, acc) = plateau::train::evaluate_checkpoint(&model, &data, &data.test, &file, &args.checkpoint, args.batch_size, device)?;
     println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
     Ok(())

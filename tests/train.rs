@@ -158,6 +158,20 @@ fn cifar_binary_loader_reads_records_and_rejects_cut_files() {
     f.write_all(&[1, 2, 3]).unwrap();
     let e = Dataset::load(&DataSource::Cifar10(tmp.path().to_path_buf()), None).unwrap_err();
     assert!(matches!(e, DataError::Truncated { expected: 9219, got: 6149, .. }), "{e}");
+    // The test split alone needs only the test file; a file where the folder belongs is named.
+    std::fs::write(tmp.path().join("test_batch.bin"), [rec(3, 255), rec(9, 0)].concat()).unwrap();
+    for i in 1..=5 {
+        std::fs::remove_file(tmp.path().join(format!("data_batch_{i}.bin"))).unwrap();
+    }
+    let t = Dataset::load_test(&DataSource::Cifar10(tmp.path().to_path_buf()), None).unwrap();
+    assert_eq!((t.train.len(), t.test.labels.clone()), (0, vec![3, 9]));
+    let e = Dataset::load(&DataSource::Cifar10(tmp.path().to_path_buf()), None).unwrap_err();
+    assert!(matches!(&e, DataError::Missing { path, .. } if path.ends_with("data_batch_1.bin")), "{e}");
+    let file = tmp.path().join("test_batch.bin");
+    for source in [DataSource::Cifar10(file.clone()), DataSource::Mnist(file.clone())] {
+        let e = Dataset::load(&source, None).unwrap_err();
+        assert!(e.to_string().contains("test_batch.bin: is a file; give the folder"), "{e}");
+    }
 }
 
 #[test]

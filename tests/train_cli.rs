@@ -52,6 +52,59 @@ fn train_prints_epochs_writes_metrics_checkpoints_and_weights() {
     // A checkpoint evaluates too.
     let out = ok(&plateau(&["eval", "--checkpoint", s(&ckpt.join("step-00000016.safetensors"))]));
     assert!(out.contains(&acc), "{out} vs {acc}");
+    // --init starts a run that --resume would continue; resumed, the checkpoint's weights win
+    // (the same figures as resuming without it).
+    let (m2, m3) = (tmp.path().join("m2.jsonl"), tmp.path().join("m3.jsonl"));
+    let ck2 = tmp.path().join("ck2");
+    std::fs::create_dir(&ck2).unwrap();
+    std::fs::copy(ckpt.join("step-00000008.safetensors"), ck2.join("step-00000008.safetensors")).unwrap();
+    let mut with_init = vec!["train", "--epochs", "2", "--checkpoint-dir", s(&ckpt), "--resume", "--init", s(&save), "--metrics", s(&m2)];
+    with_init.extend(SMALL);
+    std::fs::remove_file(ckpt.join("step-00000016.safetensors")).unwrap();
+    let out = ok(&plateau(&with_init));
+    assert!(out.contains("not loaded: the run continues from its checkpoint") && !out.contains("initial weights from"), "{out}");
+    let mut without = vec!["train", "--epochs", "2", "--checkpoint-dir", s(&ck2), "--resume", "--metrics", s(&m3)];
+    without.extend(SMALL);
+    ok(&plateau(&without));
+    assert_eq!(metrics_lines(&m2)[0]["train_loss"], metrics_lines(&m3)[0]["train_loss"]);
+    assert_eq!(metrics_lines(&m2)[0]["train_loss"], lines[1]["train_loss"], "the same second epoch as the uninterrupted run");
+}
+
+/// Outputs through links and into devices, and two outputs naming one file.
+#[test]
+fn outputs_follow_links_and_never_share_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    // A link is kept, and the file it leads to written (relative links resolve from the link's
+    // folder).
+    std::fs::create_dir(t("real")).unwrap();
+    std::os::unix::fs::symlink("real/w.safetensors", t("link.safetensors")).unwrap();
+    ok(&plateau(&["train", "--steps", "0", "--hidden", "32", "--save", s(&t("link.safetensors"))]));
+    assert!(std::fs::symlink_metadata(t("link.safetensors")).unwrap().file_type().is_symlink());
+    assert!(std::fs::read(t("real/w.safetensors")).unwrap().len() > 1000);
+    assert_eq!(files_in(&t("real")), ["w.safetensors"], "no temporary left beside the file");
+    std::os::unix::fs::symlink(t("real/c.png"), t("c.png")).unwrap();
+    ok(&plateau(&["compare", "--steps", "2", "--hidden", "32", "--plot", s(&t("c.png"))]));
+    assert!(std::fs::symlink_metadata(t("c.png")).unwrap().file_type().is_symlink());
+    assert_eq!(&std::fs::read(t("real/c.png")).unwrap()[..4], b"\x89PNG");
+    assert_eq!(files_in(&t("real")), ["c.png", "w.safetensors"]);
+    // A device is written in place, never replaced (checked without writing /dev/null).
+    assert_eq!(plateau::checkpoint::write_target(Path::new("/dev/null")).unwrap(), (Path::new("/dev/null").to_path_buf(), false));
+    assert_eq!(plateau::checkpoint::write_target(&t("link.safetensors")).unwrap(), (t("real/w.safetensors"), true));
+    // One file for two outputs, directly or through a link: refused before anything runs,
+    // and the file keeps what it held.
+    let m = t("m.jsonl");
+    std::fs::write(&m, "{\"old\":1}\n").unwrap();
+    std::os::unix::fs::symlink(&m, t("m-link.png")).unwrap();
+    for args in [
+        vec!["train", "--steps", "3", "--hidden", "32", "--save", s(&m), "--metrics", s(&m)],
+        vec!["compare", "--steps", "3", "--hidden", "32", "--plot", s(&t("m-link.png")), "--metrics", s(&m)],
+    ] {
+        let out = plateau(&args);
+        fails(&out, "the same file; give each its own");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("epoch "), "{args:?} trained before failing");
+        assert_eq!(std::fs::read_to_string(&m).unwrap(), "{\"old\":1}\n");
+    }
 }
 
 #[test]
@@ -126,6 +179,10 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     files.sort();
     assert_eq!(files, ["step-00000008.safetensors", "step-00000016.safetensors"], "only good checkpoints, no temporaries");
     assert_eq!(std::fs::read(&save).unwrap(), b"previous", "--save is untouched");
+    // Under compare the message names the run (and no checkpoints, which compare never writes).
+    let out = plateau(&["compare", "--hidden", "32", "--lr", "1000", "--epochs", "6", "--plot", s(&tmp.path().join("c.png"))]);
+    fails(&out, "error: the SGD run: the loss is NaN at step 20 (epoch 3)");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("checkpoint"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -135,7 +192,11 @@ fn bad_training_input_gives_clear_errors() {
     fails(&plateau(&["train", "--data", &format!("mnist:{}", s(&missing))]), "no such directory");
     fails(&plateau(&["train", "--data", "imagenet:/x"]), "unknown dataset `imagenet`");
     fails(&plateau(&["train", "--lr=-1"]), "--lr must be a finite non-negative number");
-    fails(&plateau(&["train", "--normalize", "0.5"]), "--normalize takes MEAN,STD");
+    for bad in ["0.5", "a,b", "1,2,3"] {
+        let out = plateau(&["train", "--normalize", bad]);
+        assert_eq!(out.status.code(), Some(2), "--normalize {bad}: a value that does not parse is a usage error");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("takes MEAN,STD (two numbers)"));
+    }
     fails(&plateau(&["train", "--normalize", "0.5,0"]), "positive std");
     fails(&plateau(&["train", "--schedule", "linear"]), "unknown schedule `linear`");
     fails(&plateau(&["train", "--device", "tpu"]), "unknown device `tpu`");
@@ -143,6 +204,13 @@ fn bad_training_input_gives_clear_errors() {
     fails(&plateau(&["train", "--epochs", "0"]), "--epochs must be at least 1");
     fails(&plateau(&["train", "--model", "cnn", "--hidden", "32"]), "--hidden sets the MLP's layer widths; --model cnn has none");
     fails(&plateau(&["train", "--batch-size", "4096"]), "fewer than one batch of 4096");
+    fails(&plateau(&["train", "--optimizer", "sgd", "--momentum", "0", "--nesterov"]), "--nesterov needs a momentum above 0");
+    // The synthetic images are 16 x 16.
+    fails(&plateau(&["train", "--cutout", "17"]), "--cutout 17: at most the images' side, 16");
+    fails(&plateau(&["train", "--cutout", "18446744073709551614"]), "at most the images' side");
+    let labels = tmp.path().join("train-labels-idx1-ubyte");
+    std::fs::write(&labels, b"x").unwrap();
+    fails(&plateau(&["train", "--data", &format!("mnist:{}", s(&labels))]), "train-labels-idx1-ubyte: is a file; give the folder that holds the IDX files");
     let out = plateau(&["train", "--resume"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error: --resume needs --checkpoint-dir");
     // Weights of another model, and a file that is not safetensors.
@@ -215,6 +283,17 @@ fn outputs_are_checked_before_training_and_nothing_is_overwritten() {
     }
     std::fs::write(t("afile"), b"x").unwrap();
     fails(&plateau(&["train", "--checkpoint-dir", s(&t("afile"))]), "is a file, not a folder");
+    // A folder that takes no new files is refused before training (not after an epoch; as
+    // root every folder takes them, so this is checked for other users only).
+    let is_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = t("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        fails(&plateau(&["train", "--checkpoint-dir", s(&ro)]), "cannot write in it");
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     // --metrics appends to what the file holds.
     let m = t("m.jsonl");
     std::fs::write(&m, "{\"mine\":1}\n").unwrap();

@@ -35,16 +35,23 @@ fn records(path: &Path, label_bytes: usize, classes: usize, out: &mut Split) -> 
     Ok(())
 }
 
-pub(super) fn load(dir: &Path, hundred: bool) -> Result<Dataset, DataError> {
+/// The dataset in `dir`; with `with_train` false, only its test split (the training files
+/// need not be there).
+pub(super) fn load(dir: &Path, hundred: bool, with_train: bool) -> Result<Dataset, DataError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(DataError::Invalid { path: dir.to_path_buf(), reason: "is a file; give the folder that holds the dataset's files".into() });
+    }
     let (mut train, mut test) = (Split::default(), Split::default());
     let (name, classes) = if hundred {
-        let d = locate(dir, "cifar-100-binary", "train.bin")?;
-        records(&d.join("train.bin"), 2, 100, &mut train)?;
+        let d = locate(dir, "cifar-100-binary", if with_train { "train.bin" } else { "test.bin" })?;
+        if with_train {
+            records(&d.join("train.bin"), 2, 100, &mut train)?;
+        }
         records(&d.join("test.bin"), 2, 100, &mut test)?;
         ("cifar100", 100)
     } else {
-        let d = locate(dir, "cifar-10-batches-bin", "data_batch_1.bin")?;
-        for i in 1..=5 {
+        let d = locate(dir, "cifar-10-batches-bin", if with_train { "data_batch_1.bin" } else { "test_batch.bin" })?;
+        for i in (1..=5).filter(|_| with_train) {
             records(&d.join(format!("data_batch_{i}.bin")), 1, 10, &mut train)?;
         }
         records(&d.join("test_batch.bin"), 1, 10, &mut test)?;

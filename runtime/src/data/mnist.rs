@@ -89,7 +89,12 @@ fn split(dir: &Path, prefixes: &[&str]) -> Result<Split, DataError> {
     Ok(Split { images: ibody.iter().map(|&v| v as f32 / 255.0).collect(), labels: lbody.iter().map(|&l| l as i32).collect() })
 }
 
-pub(super) fn load(dir: &Path) -> Result<Dataset, DataError> {
+/// The dataset in `dir`; with `with_train` false, only its test split (the training files
+/// need not be there).
+pub(super) fn load(dir: &Path, with_train: bool) -> Result<Dataset, DataError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(DataError::Invalid { path: dir.to_path_buf(), reason: "is a file; give the folder that holds the IDX files".into() });
+    }
     if !dir.is_dir() {
         return Err(DataError::Missing { path: dir.to_path_buf(), hint: " (no such directory; `scripts/fetch-mnist.sh DIR` downloads 10,000 digits)".into() });
     }
@@ -97,7 +102,7 @@ pub(super) fn load(dir: &Path) -> Result<Dataset, DataError> {
         name: "mnist".into(),
         shape: [1, 28, 28],
         classes: 10,
-        train: split(dir, &["train"])?,
+        train: if with_train { split(dir, &["train"])? } else { Split::default() },
         test: split(dir, &["t10k", "test"])?,
         augment: Augment::none(),
         normalize: None,

@@ -132,12 +132,25 @@ impl Dataset {
 
     /// Loads `source`; pixels are `x / 255`, or `(x / 255 - mean) / std` with `normalize`.
     pub fn load(source: &DataSource, normalize: Option<(f32, f32)>) -> Result<Dataset, DataError> {
+        Self::load_splits(source, normalize, true)
+    }
+
+    /// The dataset's test split only (its `train` empty), for evaluating: the training files
+    /// need not be there.
+    pub fn load_test(source: &DataSource, normalize: Option<(f32, f32)>) -> Result<Dataset, DataError> {
+        Self::load_splits(source, normalize, false)
+    }
+
+    fn load_splits(source: &DataSource, normalize: Option<(f32, f32)>, with_train: bool) -> Result<Dataset, DataError> {
         let mut d = match source {
             DataSource::Synthetic => synthetic::generate(),
-            DataSource::Mnist(dir) => mnist::load(dir)?,
-            DataSource::Cifar10(dir) => cifar::load(dir, false)?,
-            DataSource::Cifar100(dir) => cifar::load(dir, true)?,
+            DataSource::Mnist(dir) => mnist::load(dir, with_train)?,
+            DataSource::Cifar10(dir) => cifar::load(dir, false, with_train)?,
+            DataSource::Cifar100(dir) => cifar::load(dir, true, with_train)?,
         };
+        if !with_train {
+            d.train = Split::default();
+        }
         if let Some((mean, std)) = normalize {
             if std.is_nan() || std <= 0.0 || !mean.is_finite() || !std.is_finite() {
                 return Err(DataError::Spec(format!("--normalize needs a finite mean and a positive std, got {mean},{std}")));
