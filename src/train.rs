@@ -605,13 +605,24 @@ impl<'d> Trainer<'d> {
                 None => Ok(v),
             }
         };
+        // A shape that does not fit, from weights trained on other data: say so.
+        let meta = file.metadata();
+        let fit = |r: Result<Vec<f32>>| {
+            r.map_err(|e| match (meta.get("input"), meta.get("classes")) {
+                (Some(input), Some(classes)) if (input.as_str(), classes.as_str()) != (input_name(self.data).as_str(), self.data.classes.to_string().as_str()) => {
+                    let source = meta.get("data").map(|d| format!(" ({d})")).unwrap_or_default();
+                    anyhow::anyhow!("{e}: the file holds weights for {input} inputs in {classes} classes{source}, the data here is {} in {}; pass the --data they were trained on", input_name(self.data), self.data.classes)
+                }
+                _ => e,
+            })
+        };
         for slot in &self.arena.slots {
-            let data = finite(&slot.name, file.f32(&slot.name, &slot.shape.0)?)?;
+            let data = finite(&slot.name, fit(file.f32(&slot.name, &slot.shape.0))?)?;
             arena[slot.offset..slot.offset + data.len()].copy_from_slice(&data);
         }
         let mut states = Vec::new();
         for s in &self.traced.states {
-            states.push((s.name.clone(), Tensor::from_f32(s.shape.clone(), &finite(&s.name, file.f32(&s.name, &s.shape.0)?)?)?));
+            states.push((s.name.clone(), Tensor::from_f32(s.shape.clone(), &finite(&s.name, fit(file.f32(&s.name, &s.shape.0))?)?)?));
         }
         self.runner.set("param", "params", &Tensor::from_f32([self.arena.len], &arena)?)?;
         for (n, t) in states {
@@ -620,13 +631,19 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
-    /// What every file written names: the format, the model, and the pixels' normalization
-    /// when there is one (`eval` applies it).
+    /// What every file written names: the format, the model, the pixels' normalization when
+    /// there is one (`eval` applies it), and the data it was trained on (its source, input
+    /// shape and classes: named when the weights do not fit another dataset's model).
     fn file_metadata(&self) -> BTreeMap<String, String> {
         let mut meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("model".to_string(), self.model.name().to_string())]);
         if let Some((mean, std)) = self.data.normalize {
             meta.insert("normalize".to_string(), format!("{mean},{std}"));
         }
+        if let Some(data) = self.identity.get("data").and_then(|d| d.as_str()).filter(|d| !d.is_empty()) {
+            meta.insert("data".to_string(), data.to_string());
+        }
+        meta.insert("input".to_string(), input_name(self.data));
+        meta.insert("classes".to_string(), self.data.classes.to_string());
         meta
     }
 
@@ -692,6 +709,11 @@ impl<'d> Trainer<'d> {
         self.history = history;
         Ok(())
     }
+}
+
+/// A dataset's input shape as files record it: `C x H x W`.
+fn input_name(d: &Dataset) -> String {
+    d.shape.map(|v| v.to_string()).join("x")
 }
 
 /// Training stopped on a loss that is not a finite number.

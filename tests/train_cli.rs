@@ -222,6 +222,15 @@ fn bad_training_input_gives_clear_errors() {
     std::fs::write(&junk, b"not a tensor file").unwrap();
     fails(&plateau(&["eval", "--checkpoint", s(&junk)]), "not a valid safetensors file");
     fails(&plateau(&["eval", "--checkpoint", s(&w), "--model", "mlp"]), "the model needs [256, 256]");
+    // Weights of the synthetic data's model on CIFAR's images (eval reads only the test file):
+    // the data they were trained on is named.
+    let cifar = tmp.path().join("cifar");
+    std::fs::create_dir(&cifar).unwrap();
+    std::fs::write(cifar.join("test_batch.bin"), [vec![3u8], vec![7u8; 3072]].concat()).unwrap();
+    fails(
+        &plateau(&["eval", "--checkpoint", s(&w), "--data", &format!("cifar10:{}", s(&cifar))]),
+        "has shape [32, 256], the model needs [32, 3072]: the file holds weights for 1x16x16 inputs in 8 classes (synthetic), the data here is 3x32x32 in 10; pass the --data they were trained on",
+    );
 }
 
 fn metrics_lines(p: &Path) -> Vec<serde_json::Value> {
