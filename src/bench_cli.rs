@@ -106,7 +106,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         crate::check_writable("--chrome-trace", path)?;
     }
     let input = crate::default_input(&model);
-    crate::check_sizes(&model, args.batch, &input, TraceOptions::default().classes)?;
+    crate::check_sizes(&model, args.batch, "--batch", &input, TraceOptions::default().classes)?;
     let opts = TraceOptions { batch_size: args.batch, input_shape: input.clone(), ..TraceOptions::default() };
     let base = BaseOptimizer::sgd(0.9, 5e-4);
     let mut plan = vec![("sgd", OptimizerSpec { base: base.clone(), sam: None }, false), ("sam", OptimizerSpec { base: base.clone(), sam: Some(Sam::default()) }, false)];

@@ -165,12 +165,12 @@ struct ModelArgs {
     #[arg(long, default_value = "mlp")]
     model: String,
     /// Hidden layer widths of the MLP (default 256,256).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     hidden: Option<Vec<usize>>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Shape of one example, C,H,W (default 1,28,28; 3,32,32 for resnet18 and wrn16-K).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     input: Option<Vec<usize>>,
     #[arg(long, default_value_t = 10)]
     classes: usize,
@@ -254,7 +254,7 @@ fn model_flags(args: &ModelArgs) -> Result<(ModelSpec, TraceOptions)> {
         bail!("--batch-size must be positive");
     }
     let input_shape = input.clone().unwrap_or_else(|| default_input(&spec));
-    check_sizes(&spec, batch_size, &input_shape, classes)?;
+    check_sizes(&spec, batch_size, "--batch-size", &input_shape, classes)?;
     let opts = TraceOptions { batch_size, input_shape, classes, ..TraceOptions::default() };
     Ok((spec, opts))
 }
@@ -326,7 +326,20 @@ const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Checks that the model's sizes can be traced and held: every count positive, the input
 /// batch, the logits and each MLP weight at most [`MAX_ELEMENTS`], WRN widths at most 64.
-pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, input: &[usize], classes: usize) -> Result<()> {
+/// `--lr`: a finite non-negative number an f32 holds (the rate is a device scalar).
+pub(crate) fn check_lr(lr: f64) -> Result<()> {
+    if !lr.is_finite() || lr < 0.0 {
+        bail!("--lr must be a finite non-negative number, got {lr}");
+    }
+    if lr > f32::MAX as f64 {
+        bail!("--lr {lr:e}: more than the steps' f32 can hold ({:e})", f32::MAX);
+    }
+    Ok(())
+}
+
+/// Checks every tensor the model's step would hold fits; `batch_flag` names the flag that set
+/// `batch_size` (`--batch-size`, or `bench`'s `--batch`).
+pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, batch_flag: &str, input: &[usize], classes: usize) -> Result<()> {
     if classes == 0 || classes > 1 << 24 {
         bail!("--classes must be in 1..={}, got {classes}", 1 << 24);
     }
@@ -340,18 +353,21 @@ pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, input: &[usize], 
         }
     };
     let features = within("--input", input)?;
-    within("the input batch (--batch-size x --input)", &[&[batch_size][..], input].concat())?;
-    within("the logits (--batch-size x --classes)", &[batch_size, classes])?;
+    within(&format!("the input batch ({batch_flag} x --input)"), &[&[batch_size][..], input].concat())?;
+    within(&format!("the logits ({batch_flag} x --classes)"), &[batch_size, classes])?;
     match spec {
         ModelSpec::Mlp { hidden } => {
             let mut from = features;
             for (i, &h) in hidden.iter().chain([&classes]).enumerate() {
                 within(if i < hidden.len() { "an MLP weight (--hidden)" } else { "the MLP's last weight (--hidden, --classes)" }, &[from, h])?;
-                within("an MLP activation (--batch-size x --hidden)", &[batch_size, h])?;
+                within(&format!("an MLP activation ({batch_flag} x --hidden)"), &[batch_size, h])?;
                 from = h;
             }
         }
         ModelSpec::Wrn16 { k } if *k > 64 => bail!("--model wrn16-{k}: widths up to wrn16-64 are supported"),
+        _ if input.len() != 3 || input[1] < 4 || input[2] < 4 => {
+            bail!("--input {}: convolutional models take C,H,W images of at least 4x4", input.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+        }
         _ => {}
     }
     Ok(())
@@ -381,9 +397,15 @@ pub(crate) fn optimizer_spec(o: &OptimizerArgs, batch_size: usize) -> Result<Opt
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite non-negative number, got {v}");
         }
+        if v > f32::MAX as f64 {
+            bail!("{flag} {v:e}: more than the steps' f32 can hold ({:e})", f32::MAX);
+        }
     }
     if let Some(m) = o.m {
-        if m == 0 || batch_size % m != 0 {
+        if m == 0 {
+            bail!("--m must be positive (the micro-batch size)");
+        }
+        if batch_size % m != 0 {
             bail!("--m {m} must divide --batch-size {}", batch_size);
         }
     }
@@ -431,6 +453,14 @@ fn compile_cmd(args: CompileArgs) -> Result<()> {
     // written, and only then the kernels moved in: nothing is written unless all can be.
     if let Some(dir) = &args.emit_cuda {
         check_emit_dir(dir)?;
+    }
+    if let (Some(path), Some(dir)) = (&args.dot, &args.emit_cuda) {
+        // A --dot named as a kernel in the emission's folder would be replaced by the kernels.
+        let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let same = |a: &Path, b: &Path| a == b || std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b));
+        if same(parent, dir) && path.file_name().and_then(|n| n.to_str()).is_some_and(kernel_file) {
+            bail!("--dot {}: a kernel's file name in the --emit-cuda folder (k<id>_<name>.cu, which the emission replaces); give the DOT another name", path.display());
+        }
     }
     if let Some(path) = &args.dot {
         // A --dot in a folder the emission creates is checked once that folder exists.
@@ -542,9 +572,7 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     let backend: Backend = args.device.parse().context("--device")?;
     let (model, opts) = model_flags(&args.model)?;
     let spec = optimizer_spec(&args.opt, opts.batch_size)?;
-    if !args.lr.is_finite() || args.lr < 0.0 {
-        bail!("--lr must be a finite non-negative number, got {}", args.lr);
-    }
+    check_lr(args.lr)?;
     let (traced, step, compiled) = plateau::compile(&model, &opts, &spec, false, true)?;
     let mut b = plateau::initial_state(&traced, &step, args.seed)?;
     bind_random_batch(&mut b, &traced, opts.classes, args.seed, args.lr, args.opt.rho())?;
@@ -585,6 +613,13 @@ struct StagedCuda {
     files: Vec<String>,
     /// The folders this emission created (removed again if it is abandoned), outermost last.
     created: Vec<PathBuf>,
+}
+
+/// Whether `name` is an emitted kernel's file name, `k<id>_<name>.cu` (an emission replaces
+/// every such file in its folder).
+fn kernel_file(name: &str) -> bool {
+    let Some(rest) = name.strip_suffix(".cu").and_then(|r| r.strip_prefix('k')) else { return false };
+    rest.split_once('_').is_some_and(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Writes `k<id>_<name>.cu` for every kernel (and `k<id>_<name>_sum.cu` for the second launch
@@ -634,14 +669,10 @@ impl StagedCuda {
     /// Moves the sources into the folder in place of the `k<id>_*.cu` an earlier emission
     /// left there (other files are kept), so the folder never mixes two schedules.
     fn commit(self) -> Result<()> {
-        let emitted = |n: &str| {
-            let Some(rest) = n.strip_suffix(".cu").and_then(|r| r.strip_prefix('k')) else { return false };
-            rest.split_once('_').is_some_and(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
-        };
         let moved = (|| -> std::io::Result<()> {
             for e in std::fs::read_dir(&self.dir)? {
                 let p = e?.path();
-                if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(emitted) {
+                if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(kernel_file) {
                     std::fs::remove_file(&p)?;
                 }
             }

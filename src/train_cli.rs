@@ -16,7 +16,7 @@ pub struct RunFlags {
     #[arg(long, default_value = "mlp")]
     model: String,
     /// Hidden layer widths of the MLP (default 256,256).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     hidden: Option<Vec<usize>>,
     /// synthetic (embedded), mnist:DIR, cifar10:DIR or cifar100:DIR.
     #[arg(long, default_value = "synthetic")]
@@ -107,7 +107,7 @@ pub struct EvalArgs {
     #[arg(long)]
     model: Option<String>,
     /// Hidden layer widths of the MLP.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     hidden: Option<Vec<usize>>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -144,9 +144,7 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     let source: DataSource = f.data.parse().context("--data")?;
     let schedule: LrSchedule = f.schedule.parse().context("--schedule")?;
     let normalize = f.normalize;
-    if !f.lr.is_finite() || f.lr < 0.0 {
-        bail!("--lr must be a finite non-negative number, got {}", f.lr);
-    }
+    crate::check_lr(f.lr)?;
     if f.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
@@ -158,7 +156,7 @@ fn prepare(f: &RunFlags, optimizer: OptimizerSpec, rho: f64) -> Result<Prepared>
     if data.test.is_empty() {
         bail!("--data {source}: the test split has no examples");
     }
-    crate::check_sizes(&spec, f.batch_size, &data.shape, data.classes)?;
+    crate::check_sizes(&spec, f.batch_size, "--batch-size", &data.shape, data.classes)?;
     let model = Model::zoo(spec);
     if let Some(p) = f.label_noise {
         data.add_label_noise(p, f.seed).context("--label-noise")?;

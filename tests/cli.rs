@@ -65,7 +65,7 @@ fn bad_input_gives_a_clear_error_and_a_non_zero_exit() {
 
     let out = plateau(&["trace", "--model", "cnn", "--input", "3"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("convolutional models need [C,H,W] inputs"));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--input 3: convolutional models take C,H,W images of at least 4x4"));
 
     let out = plateau(&["trace", "--batch-size", "many"]);
     assert_eq!(out.status.code(), Some(2), "clap rejects malformed flags");
@@ -140,6 +140,12 @@ fn compile_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     let out = plateau(&["compile", "--optimizer", "lion"]);
     assert_eq!(out.status.code(), Some(2));
+    // A list flag is given once (repeated, it would join the lists).
+    for flag in ["--hidden", "--input"] {
+        let out = plateau(&["trace", flag, "4,4,4", flag, "8"]);
+        assert_eq!(out.status.code(), Some(2), "{flag} twice");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used multiple times"));
+    }
     // Sizes past what a tensor can hold, and passes without bound, are refused by flag.
     for (args, needle) in [
         (vec!["compile", "--batch-size", "9223372036854775808"], "the input batch (--batch-size x --input) [9223372036854775808, 1, 28, 28] is more than 2147483648 elements"),
@@ -155,6 +161,14 @@ fn compile_rejects_bad_flags() {
         (vec!["compile", "--optimizer", "sgd", "--rho", "0.3"], "--rho, --adaptive, --m, --p, --ascent-steps and --second-order need --optimizer sam"),
         (vec!["bench", "--rounds", "18446744073709551615", "--warmup", "1"], "too many rounds to count"),
         (vec!["run", "--lr", "-1"], "--lr must be a finite non-negative number, got -1"),
+        // Values an f32 cannot hold would become infinities in the step.
+        (vec!["run", "--optimizer", "sgd", "--momentum", "1e40"], "--momentum 1e40: more than the steps' f32 can hold"),
+        (vec!["compile", "--rho", "1e39"], "--rho 1e39: more than the steps' f32 can hold"),
+        (vec!["run", "--lr", "1e39"], "--lr 1e39: more than the steps' f32 can hold"),
+        (vec!["compile", "--m", "0"], "--m must be positive"),
+        (vec!["bench", "--batch", "18446744073709551615"], "the input batch (--batch x --input)"),
+        (vec!["trace", "--model", "cnn", "--input", "1,28"], "--input 1,28: convolutional models take C,H,W images of at least 4x4"),
+        (vec!["trace", "--model", "resnet18", "--input", "3,2,2"], "--input 3,2,2: convolutional models take C,H,W images of at least 4x4"),
     ] {
         let out = plateau(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -200,6 +214,12 @@ fn compile_outputs_are_checked_first_and_replace_what_was_there() {
     let out = plateau(&["compile", "--optimizer", "sgd", "--emit-cuda", &s(&y), "--dot", &s(&y)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!y.exists(), "the emission's folder is removed with its kernels");
+    // A --dot named as a kernel file in the emission's folder would be replaced by it.
+    let z = dir.path().join("z");
+    let out = plateau(&["compile", "--optimizer", "sgd", "--emit-cuda", &s(&z), "--dot", &s(&z.join("k999_graph.cu"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a kernel's file name in the --emit-cuda folder"));
+    assert!(!z.exists());
     // A --dot that is a link is written through it (the link stays).
     #[cfg(unix)]
     {

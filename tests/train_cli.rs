@@ -252,8 +252,9 @@ fn an_update_that_breaks_the_weights_stops_the_run_before_anything_is_written() 
     let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "1e30", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
     fails(&out, "the test loss is NaN after step 1 (epoch 1); training stopped; no checkpoint was written");
     assert!(files_in(&ck).is_empty() && !save.exists());
-    // A rate past f32's range: the weights themselves are infinite after the first update.
-    let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "1e39", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
+    // A rate times a decay past f32's range: the weights themselves are infinite after the
+    // first update.
+    let out = plateau(&["train", "--optimizer", "sgd", "--hidden", "32", "--lr", "3e38", "--weight-decay", "3e38", "--steps", "1", "--checkpoint-dir", s(&ck), "--save", s(&save)]);
     fails(&out, "after step 1 (epoch 1) `0.weight` holds -inf at index 0: the update left the weights non-finite; training stopped; no checkpoint was written");
     assert!(files_in(&ck).is_empty() && !save.exists());
     // Weights that are not finite numbers are refused when loaded, naming the tensor.

@@ -103,20 +103,23 @@ impl<R: Runtime> DeviceStep<R> {
         };
         // A buffer larger than the device can bind fails deep inside the device layer; say
         // so here, with the sizes.
-        let too_big = |bytes: u64, what: &str| {
+        let too_big = |bytes: u64, what: &str, smaller: &str| {
             unsupported(format!(
-                "the step needs a {bytes}-byte buffer ({what}) but this device binds at most {limit} bytes at once; use a smaller batch or another device"
+                "the step needs a {bytes}-byte buffer ({what}) but this device binds at most {limit} bytes at once; use {smaller} or another device"
             ))
         };
         if page > limit {
-            return Err(too_big(page, "a page of the pool of temporaries"));
+            return Err(too_big(page, "a page of the pool of temporaries", "a smaller batch"));
         }
         if let Some(b) = s.buffers.iter().find(|b| b.bytes > limit) {
-            let what = match &b.kind {
-                BufferKind::Persistent(leaf) => format!("`{leaf}`"),
-                BufferKind::Temp { from, .. } => format!("a temporary of kernel k{from}"),
+            // The parameters and the optimizer's state per parameter do not shrink with the
+            // batch; the inputs and temporaries do.
+            let (what, smaller) = match &b.kind {
+                BufferKind::Persistent(leaf) if leaf.starts_with("param:") || leaf.starts_with("state:") => (format!("`{leaf}`"), "a smaller model"),
+                BufferKind::Persistent(leaf) => (format!("`{leaf}`"), "a smaller batch"),
+                BufferKind::Temp { from, .. } => (format!("a temporary of kernel k{from}"), "a smaller batch"),
             };
-            return Err(too_big(b.bytes, &what));
+            return Err(too_big(b.bytes, &what, smaller));
         }
         let pages = pool_bytes.div_ceil(page) as usize;
         let page_len = |p: usize| ((pool_bytes - p as u64 * page).min(page) / 4).max(1) as usize;
@@ -127,7 +130,7 @@ impl<R: Runtime> DeviceStep<R> {
                 BufferKind::Temp { offset, .. } => {
                     let p = offset / page;
                     if b.bytes > 0 && (offset + b.bytes - 1) / page != p {
-                        return Err(too_big(b.bytes, "a temporary larger than a page of the pool"));
+                        return Err(too_big(b.bytes, "a temporary larger than a page of the pool", "a smaller batch"));
                     }
                     place.push((p as usize, ((offset - p * page) / 4) as usize));
                 }
