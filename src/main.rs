@@ -324,8 +324,6 @@ fn write_file_atomic(flag: &str, path: &Path, bytes: &[u8]) -> Result<()> {
 /// The largest tensor a model may hold, in elements (device buffers are indexed in 32 bits).
 const MAX_ELEMENTS: usize = 1 << 31;
 
-/// Checks that the model's sizes can be traced and held: every count positive, the input
-/// batch, the logits and each MLP weight at most [`MAX_ELEMENTS`], WRN widths at most 64.
 /// `--lr`: a finite non-negative number an f32 holds (the rate is a device scalar).
 pub(crate) fn check_lr(lr: f64) -> Result<()> {
     if !lr.is_finite() || lr < 0.0 {
@@ -337,7 +335,9 @@ pub(crate) fn check_lr(lr: f64) -> Result<()> {
     Ok(())
 }
 
-/// Checks every tensor the model's step would hold fits; `batch_flag` names the flag that set
+/// Checks that the model's sizes can be traced and held: every count positive, the input
+/// batch, the logits and each MLP weight at most [`MAX_ELEMENTS`], WRN widths at most 64, a
+/// convolutional model's input C,H,W of at least 4x4. `batch_flag` names the flag that set
 /// `batch_size` (`--batch-size`, or `bench`'s `--batch`).
 pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, batch_flag: &str, input: &[usize], classes: usize) -> Result<()> {
     if classes == 0 || classes > 1 << 24 {
@@ -358,10 +358,16 @@ pub(crate) fn check_sizes(spec: &ModelSpec, batch_size: usize, batch_flag: &str,
     match spec {
         ModelSpec::Mlp { hidden } => {
             let mut from = features;
+            // The parameters live in one buffer (the arena), itself a tensor.
+            let mut params = 0usize;
             for (i, &h) in hidden.iter().chain([&classes]).enumerate() {
-                within(if i < hidden.len() { "an MLP weight (--hidden)" } else { "the MLP's last weight (--hidden, --classes)" }, &[from, h])?;
+                let weight = within(if i < hidden.len() { "an MLP weight (--hidden)" } else { "the MLP's last weight (--hidden, --classes)" }, &[from, h])?;
                 within(&format!("an MLP activation ({batch_flag} x --hidden)"), &[batch_size, h])?;
+                params = params.saturating_add(weight + h);
                 from = h;
+            }
+            if params > MAX_ELEMENTS {
+                bail!("the MLP's parameters (--input, --hidden, --classes) are {params} elements, more than {MAX_ELEMENTS}, the most their one buffer can hold");
             }
         }
         ModelSpec::Wrn16 { k } if *k > 64 => bail!("--model wrn16-{k}: widths up to wrn16-64 are supported"),

@@ -166,6 +166,7 @@ fn compile_rejects_bad_flags() {
         (vec!["compile", "--rho", "1e39"], "--rho 1e39: more than the steps' f32 can hold"),
         (vec!["run", "--lr", "1e39"], "--lr 1e39: more than the steps' f32 can hold"),
         (vec!["compile", "--m", "0"], "--m must be positive"),
+        (vec!["compile", "--hidden", "46340", "--input", "46340", "--batch-size", "1"], "the MLP's parameters (--input, --hidden, --classes) are 2147905350 elements"),
         (vec!["bench", "--batch", "18446744073709551615"], "the input batch (--batch x --input)"),
         (vec!["trace", "--model", "cnn", "--input", "1,28"], "--input 1,28: convolutional models take C,H,W images of at least 4x4"),
         (vec!["trace", "--model", "resnet18", "--input", "3,2,2"], "--input 3,2,2: convolutional models take C,H,W images of at least 4x4"),
