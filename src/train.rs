@@ -231,12 +231,25 @@ fn diff_into(key: Option<&str>, was: &serde_json::Value, now: &serde_json::Value
         "" => k.to_string(),
         f => format!("{k} ({f})"),
     };
-    let shown = |v: &Value| match v {
+    // A run with a constant schedule records no budget (it does not change the run).
+    let none = if k == "budget" { "(none: a constant schedule)" } else { "(none)" };
+    out.push(format!("{named}: checkpoint {} vs now {}", shown(was, none), shown(now, none)));
+}
+
+/// A setting as the resume error shows it: `sgd {momentum 0.9, nesterov false, ...}` for an
+/// optimizer, `none` for one not set.
+fn shown(v: &serde_json::Value, none: &str) -> String {
+    use serde_json::Value;
+    match v {
         Value::String(s) => s.clone(),
-        Value::Null => "(not set)".to_string(),
+        Value::Null => none.to_string(),
+        Value::Object(m) if m.len() == 1 && m.values().all(Value::is_object) => {
+            let (kind, inner) = m.iter().next().expect("invariant: one entry");
+            format!("{} {}", kind.to_lowercase(), shown(inner, none))
+        }
+        Value::Object(m) => format!("{{{}}}", m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k} {}", shown(v, none))).collect::<Vec<_>>().join(", ")),
         v => v.to_string(),
-    };
-    out.push(format!("{named}: checkpoint {} vs now {}", shown(was), shown(now)));
+    }
 }
 
 /// One epoch's figures (one line of `--metrics`; read back from a checkpoint's history).

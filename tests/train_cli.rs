@@ -421,7 +421,12 @@ fn resume_names_optimizer_settings_and_takes_checkpoints_of_the_first_identity()
         plateau(&a)
     };
     fails(&resume(&["--m", "8"]), "written by a different run (micro_batch (--m): checkpoint 4 vs now 8)");
-    fails(&resume(&["--m", "4", "--optimizer", "sam-adamw"]), "base (--optimizer): checkpoint {\"Sgd\"");
+    fails(
+        &resume(&["--m", "4", "--optimizer", "sam-adamw"]),
+        "base (--optimizer): checkpoint sgd {momentum 0.9, nesterov false, weight_decay 0.0005} vs now adamw {beta1 0.9, beta2 0.999, eps 1e-8, weight_decay 0.0005}",
+    );
+    fails(&resume(&["--optimizer", "sgd"]), "sam (--optimizer): checkpoint {ascent_steps 1, micro_batch 4, norm L2, second_order false} vs now (none)");
+    fails(&resume(&["--m", "4", "--schedule", "cosine"]), "budget (--epochs / --steps): checkpoint (none: a constant schedule) vs now --epochs 2");
     // The first identity: the optimizer as its Debug text, no version, no budget.
     let file = ck.join("step-00000008.safetensors");
     let spec = plateau::OptimizerSpec { base: plateau::BaseOptimizer::sgd(0.9, 5e-4), sam: Some(plateau::Sam { micro_batch: Some(4), ..plateau::Sam::default() }) };
