@@ -6,7 +6,7 @@
 //! produces the weights of the uninterrupted run, bit for bit, on the same backend.
 
 use crate::checkpoint::{self, Checkpoint, TensorEntry};
-use crate::{build_eval_step, compile_step, initial_state, trace, Compiled, DType, ModelSpec, OptimizerSpec, Tensor, TraceOptions, TracedModel};
+use crate::{build_eval_step, compile_step, initial_state, trace, Bindings, Compiled, DType, ModelSpec, OptimizerSpec, Tensor, TraceOptions, TracedModel};
 use anyhow::{bail, Context, Result};
 use plateau_compiler::step::Arena;
 use plateau_runtime::data::{batch, epoch_order, Augment, Dataset, Split};
@@ -269,9 +269,29 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
-/// The evaluation programs (the full batch and the last, shorter one) on the backend.
+/// The evaluation programs (the full batch and the last, shorter one) on the backend, and
+/// what it takes to compile one for another batch size.
 struct Evaluator {
     runners: BTreeMap<usize, Runner>,
+    opts: TraceOptions,
+    /// The step's initial bindings (the shapes and values a new program starts from).
+    template: Bindings,
+}
+
+impl Evaluator {
+    /// Compiles the evaluation program for batches of `bs` (its weights those of `template`
+    /// until synced).
+    fn add(&mut self, model: &Model, device: Backend, data: &Dataset, bs: usize) -> Result<&mut Runner> {
+        let eo = TraceOptions { batch_size: bs, training: false, ..self.opts.clone() };
+        let lm = model.trace(&eo)?.loss_model();
+        let es = build_eval_step(&lm)?;
+        let ec = compile_step(&es, true)?;
+        let mut eb = self.template.clone();
+        eb.set("input", "x", Tensor::from_f32(ec.fused.shape(ec.fused.find_leaf("input", "x").expect("evaluation reads x")).clone(), &vec![0.0; bs * data.dim()])?);
+        eb.set("input", "labels", Tensor::labels(&vec![0; bs]));
+        let r = Runner::new(device, &ec, &eb).context("--device")?;
+        Ok(self.runners.entry(bs).or_insert(r))
+    }
 }
 
 /// A training run in progress: the compiled step on its backend, the data, the position.
@@ -313,20 +333,23 @@ impl<'d> Trainer<'d> {
             bail!("--lr must be a finite non-negative number, got {}", c.lr);
         }
         let n = data.train.len();
-        if n < c.batch_size {
+        // A run of no steps (evaluating, or writing the initial weights) needs no training
+        // data.
+        let trains = c.budget != Budget::Steps(0);
+        if trains && n < c.batch_size {
             bail!("the training set has {n} examples, fewer than one batch of {}", c.batch_size);
         }
-        let steps_per_epoch = n / c.batch_size;
+        let steps_per_epoch = (n / c.batch_size).max(1);
         let total_steps = match c.budget {
             Budget::Epochs(e) => e.checked_mul(steps_per_epoch).with_context(|| format!("--epochs {e}: too many steps to count ({steps_per_epoch} per epoch)"))?,
             Budget::Steps(s) => s,
         };
-        let opts = TraceOptions { batch_size: c.batch_size, input_shape: data.shape.to_vec(), classes: data.classes, ..TraceOptions::default() };
+        let opts = TraceOptions { batch_size: c.batch_size, input_shape: data.shape.to_vec(), classes: data.classes, seed: c.seed, ..TraceOptions::default() };
         let (traced, step, compiled) = crate::compile_with(&|o: &TraceOptions| model.trace(o), &opts, &c.optimizer, false, true).with_context(|| format!("compiling {}", model.name()))?;
         let mut b = initial_state(&traced, &step, c.seed)?;
-        let (x, y) = batch(&data.train, data.shape, &(0..c.batch_size).collect::<Vec<_>>(), None);
-        b.set("input", "x", Tensor::from_f32(traced.graph.shape(traced.input).clone(), &x)?);
-        b.set("input", "labels", Tensor::labels(&y));
+        // Inputs to allocate the step with (each step sets its batch).
+        b.set("input", "x", Tensor::from_f32(traced.graph.shape(traced.input).clone(), &vec![0.0; c.batch_size * data.dim()])?);
+        b.set("input", "labels", Tensor::labels(&vec![0; c.batch_size]));
         b.set("scalar", "lr", scalar(c.lr));
         b.set("scalar", "rho", scalar(c.rho));
         b.set("scalar", "step", scalar(0.0));
@@ -342,17 +365,9 @@ impl<'d> Trainer<'d> {
         }
         sizes.sort_unstable();
         sizes.dedup();
-        let mut runners = BTreeMap::new();
+        let mut eval = Evaluator { runners: BTreeMap::new(), opts: opts.clone(), template: b.clone() };
         for bs in sizes {
-            let eo = TraceOptions { batch_size: bs, training: false, ..opts.clone() };
-            let lm = model.trace(&eo)?.loss_model();
-            let es = build_eval_step(&lm)?;
-            let ec = compile_step(&es, true)?;
-            let mut eb = b.clone();
-            let (x, y) = batch(&data.train, data.shape, &(0..bs).collect::<Vec<_>>(), None);
-            eb.set("input", "x", Tensor::from_f32(ec.fused.shape(ec.fused.find_leaf("input", "x").expect("evaluation reads x")).clone(), &x)?);
-            eb.set("input", "labels", Tensor::labels(&y));
-            runners.insert(bs, Runner::new(c.device, &ec, &eb).context("--device")?);
+            eval.add(model, c.device, data, bs)?;
         }
         Ok(Trainer {
             model: model.clone(),
@@ -364,7 +379,7 @@ impl<'d> Trainer<'d> {
             arena: step.arena.clone(),
             compiled,
             runner,
-            eval: Evaluator { runners },
+            eval,
             step: 0,
             steps_per_epoch,
             total_steps,
@@ -401,6 +416,9 @@ impl<'d> Trainer<'d> {
 
     /// Runs until the end of the current epoch (or the budget); returns its metrics.
     pub fn train_epoch(&mut self) -> Result<EpochMetrics> {
+        if self.finished() {
+            bail!("the run's budget ({} steps) is spent: nothing left to train", self.total_steps);
+        }
         let c = self.config.clone();
         let epoch = self.step / self.steps_per_epoch;
         let first = self.step % self.steps_per_epoch;
@@ -532,7 +550,13 @@ impl<'d> Trainer<'d> {
             let size = bs.min(n - at);
             let idx: Vec<usize> = (at..at + size).collect();
             let (x, y) = batch(split, self.data.shape, &idx, None);
-            let r = self.eval.runners.get_mut(&size).expect("invariant: a program for every batch size a split needs");
+            if !self.eval.runners.contains_key(&size) {
+                // A split whose last batch no program was compiled for: compile it now, with
+                // the current weights.
+                self.eval.add(&self.model, self.config.device, self.data, size)?;
+                self.sync_eval()?;
+            }
+            let r = self.eval.runners.get_mut(&size).expect("invariant: compiled above");
             r.set_f32("input", "x", &x)?;
             r.set("input", "labels", &Tensor::labels(&y))?;
             let out = r.step(&["loss", "accuracy"])?;
@@ -778,7 +802,7 @@ pub fn evaluate_checkpoint(model: &Model, data: &Dataset, split: &Split, file: &
         rho: 0.0,
         lr: 0.0,
         schedule: LrSchedule::Constant,
-        batch_size: batch_size.min(data.train.len()).max(1),
+        batch_size: batch_size.min(split.len()).max(1),
         budget: Budget::Steps(0),
         seed: 0,
         device,

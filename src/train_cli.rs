@@ -430,13 +430,10 @@ pub fn eval_cmd(args: EvalArgs) -> Result<()> {
         normalize = Some(mean_std(n).map_err(|e| anyhow::anyhow!("{}: its `normalize` metadata {e}", args.checkpoint.display()))?);
         println!("pixels normalized as {} records: --normalize {n}", args.checkpoint.display());
     }
-    let mut data = Dataset::load_test(&source, normalize).context("--data")?;
+    let data = Dataset::load_test(&source, normalize).context("--data")?;
     if data.test.is_empty() {
         bail!("--data {source}: the test split has no examples");
     }
-    // Nothing is trained; the evaluator binds its first batch from the test split.
-    let k = args.batch_size.min(data.test.len());
-    data.train = Split { images: data.test.images[..k * data.dim()].to_vec(), labels: data.test.labels[..k].to_vec() };
     let (loss, acc) = plateau::train::evaluate_checkpoint(&model, &data, &data.test, &file, &args.checkpoint, args.batch_size, device)?;
     println!("{} on {} test ({} examples): loss {loss:.4} accuracy {acc:.4}", model.name(), data.name, data.test.len());
     Ok(())

@@ -149,7 +149,7 @@ fn check_model_gradient(what: &str, model: &mut plateau::TracedModel, per_param:
 }
 
 fn f64_opts(batch: usize, input: &[usize], classes: usize) -> TraceOptions {
-    TraceOptions { batch_size: batch, input_shape: input.to_vec(), classes, dtype: DType::F64, training: true, label_smoothing: 0.1 }
+    TraceOptions { batch_size: batch, input_shape: input.to_vec(), classes, dtype: DType::F64, training: true, label_smoothing: 0.1, seed: 0 }
 }
 
 #[test]

@@ -97,6 +97,15 @@ fn invalid_layer_configs_are_errors_naming_the_layer() {
     // Declaring the same parameter twice is an error too.
     let e = Linear::new(&mut tr, "l2", 2, 3, true).and_then(|_| Linear::new(&mut tr, "l2", 2, 3, true)).err().unwrap();
     assert!(e.to_string().starts_with("param `l2.weight` is declared twice"), "{e}");
+    // An initializer that cannot be sampled, and logits that are not [N, K], are errors too.
+    for bound in [-1.0, f64::NAN] {
+        let e = tr.param("u", [3], plateau::frontend::Init::Uniform { bound }).unwrap_err();
+        assert!(e.to_string().starts_with("invalid u: Init::Uniform's bound must be a finite non-negative number"), "{e}");
+    }
+    let labels = tr.labels("labels", 2).unwrap();
+    let flat = tr.input("flat", [6]).unwrap();
+    let e = plateau::frontend::accuracy(&mut tr, flat, labels).unwrap_err();
+    assert!(e.to_string().starts_with("invalid accuracy: expects [N,K] logits, got [6]"), "{e}");
 }
 
 #[test]
@@ -228,22 +237,28 @@ fn batchnorm_updates_running_statistics_in_training_only() {
 
 #[test]
 fn dropout_masks_depend_on_seed_and_step_only() {
-    let mut tr = Tracer::new(DType::F64, true);
-    let x = tr.input("x", [1000]).unwrap();
-    let d = Dropout::new(&mut tr, 0.25).unwrap();
-    let y = d.forward(&mut tr, x).unwrap();
-    let y2 = d.forward(&mut tr, x).unwrap();
-    assert_eq!(y, y2, "the same layer at the same step gives the same mask (the same node)");
-    let (g, _, _) = tr.finish();
-    let run = |step: f64| {
+    // The mask of one dropout layer of a tracer seeded `seed`, at `step`.
+    let mask = |seed: u64, step: f64| {
+        let mut tr = Tracer::new(DType::F64, true).with_seed(seed);
+        let x = tr.input("x", [1000]).unwrap();
+        let d = Dropout::new(&mut tr, 0.25).unwrap();
+        let y = d.forward(&mut tr, x).unwrap();
+        let y2 = d.forward(&mut tr, x).unwrap();
+        assert_eq!(y, y2, "the same layer at the same step gives the same mask (the same node)");
+        // A `step` scalar declared by the model itself is the one dropout reads.
+        assert_eq!(tr.scalar("step").unwrap(), tr.step().unwrap());
+        let (g, _, _) = tr.finish();
         let mut b = plateau::Bindings::new();
         b.set("input", "x", Tensor::new(DType::F64, [1000], vec![1.0; 1000]).unwrap());
         b.set("scalar", "step", Tensor::scalar(DType::F64, step));
         evaluate(&g, &b, &[y.0]).unwrap().remove(0).data
     };
-    let (a, a2, b) = (run(3.0), run(3.0), run(4.0));
+    let (a, a2, b) = (mask(0, 3.0), mask(0, 3.0), mask(0, 4.0));
     assert_eq!(a, a2);
     assert_ne!(a, b);
+    // Another run seed, another mask (a run's --seed reaches its dropout layers).
+    assert_ne!(a, mask(1, 3.0));
+    assert_eq!(mask(7, 3.0), mask(7, 3.0));
     let kept = a.iter().filter(|&&v| v != 0.0).count();
     assert!((700..800).contains(&kept), "kept {kept} of 1000 at p = 0.25");
     assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-12));

@@ -347,3 +347,33 @@ fn training_on_wgpu_follows_the_reference() {
     let diff = weights[0].iter().zip(&weights[1]).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     assert!(diff <= 1e-4 * norm, "weights differ by {diff} (norm {norm})");
 }
+
+/// Evaluation takes any split (a program for its last, shorter batch compiled when first
+/// needed), a file evaluates on a test-only dataset, and a spent budget trains no further.
+#[test]
+fn evaluation_takes_any_split_and_a_spent_run_refuses_to_train() {
+    let data = Dataset::load(&DataSource::Synthetic, None).unwrap();
+    let mut t = Trainer::new(&small_mlp(), &config(sgd(), Budget::Steps(8)), &data, "synthetic", None).unwrap();
+    t.progress = false;
+    let m = t.train_epoch().unwrap();
+    assert!(t.finished());
+    let e = t.train_epoch().unwrap_err();
+    assert!(e.to_string().contains("the run's budget (8 steps) is spent"), "{e}");
+    assert_eq!(t.history.len(), 1);
+    // 1,000 test examples: batches of 128 and a last one of 104, never prepared.
+    let head = plateau::runtime::data::Split { images: data.test.images[..1000 * data.dim()].to_vec(), labels: data.test.labels[..1000].to_vec() };
+    let (loss, acc) = t.evaluate(&head).unwrap();
+    let (whole_loss, whole_acc) = t.evaluate(&data.test).unwrap();
+    assert_eq!((whole_loss, whole_acc), (m.test_loss, m.test_accuracy));
+    assert!(loss.is_finite() && (0.0..=1.0).contains(&acc) && (loss, acc) != (whole_loss, whole_acc));
+    // The same figures from the saved file on the test split alone.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    t.save_state_dict(&w).unwrap();
+    let test_only = Dataset::load_test(&DataSource::Synthetic, None).unwrap();
+    assert!(test_only.train.is_empty());
+    let got = plateau::train::evaluate_file(&small_mlp(), &test_only, &test_only.test, &w, 128, Backend::Reference).unwrap();
+    assert_eq!(got, (m.test_loss, m.test_accuracy));
+    let got = plateau::train::evaluate_file(&small_mlp(), &test_only, &head, &w, 128, Backend::Reference).unwrap();
+    assert_eq!(got, (loss, acc));
+}

@@ -10,6 +10,7 @@ use std::panic::Location;
 
 /// Anything that maps a traced value to a traced value.
 pub trait Layer {
+    #[track_caller]
     fn forward(&self, tr: &mut Tracer, x: Var) -> Result<Var>;
 }
 
@@ -190,6 +191,7 @@ impl Layer for BatchNorm {
 pub struct ReLU;
 
 impl Layer for ReLU {
+    #[track_caller]
     fn forward(&self, tr: &mut Tracer, x: Var) -> Result<Var> {
         tr.relu(x)
     }
@@ -203,6 +205,7 @@ pub struct MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    #[track_caller]
     fn forward(&self, tr: &mut Tracer, x: Var) -> Result<Var> {
         tr.max_pool2d(x, self.kernel, self.stride, self.padding)
     }
@@ -216,6 +219,7 @@ pub struct AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
+    #[track_caller]
     fn forward(&self, tr: &mut Tracer, x: Var) -> Result<Var> {
         tr.avg_pool2d(x, self.kernel, self.stride, self.padding)
     }
@@ -250,7 +254,7 @@ impl Layer for Flatten {
 }
 
 /// Inverted dropout with probability `p`; the identity in evaluation. The mask is a pure
-/// function of (layer seed, step counter, element index), so both passes of a SAM step use
+/// function of (layer seed: its number mixed with the tracer's seed; step counter; element index), so both passes of a SAM step use
 /// the same mask.
 pub struct Dropout {
     pub p: f64,

@@ -41,6 +41,9 @@ pub fn softmax_cross_entropy(tr: &mut Tracer, logits: Var, labels: Var, smoothin
 #[track_caller]
 pub fn accuracy(tr: &mut Tracer, logits: Var, labels: Var) -> Result<Var> {
     let s = tr.shape(logits).clone();
+    if s.rank() != 2 {
+        return Err(FrontendError::config("accuracy", format!("expects [N,K] logits, got {s}"), Location::caller()));
+    }
     let (n, k) = (s.0[0], s.0[1]);
     let m = tr.max(logits, &[1])?;
     let is_max = tr.compare(CmpOp::Ge, logits, m)?;

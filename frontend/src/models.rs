@@ -69,6 +69,8 @@ pub struct TraceOptions {
     pub dtype: DType,
     pub training: bool,
     pub label_smoothing: f64,
+    /// The run's seed, which seeds dropout masks (with the layer and the step).
+    pub seed: u64,
 }
 
 impl Default for TraceOptions {
@@ -80,6 +82,7 @@ impl Default for TraceOptions {
             dtype: DType::F32,
             training: true,
             label_smoothing: 0.0,
+            seed: 0,
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct TracedModel {
 impl TracedModel {
     /// Appends the backward pass: the gradient of `loss` with respect to every parameter,
     /// each declared as output `grad:<name>`. Returns the gradient nodes in parameter order.
+    #[track_caller]
     pub fn differentiate(&mut self) -> Result<Vec<NodeId>> {
         let at = Location::caller();
         let wrt: Vec<NodeId> = self.params.iter().map(|p| p.node).collect();
@@ -156,7 +160,7 @@ pub fn trace_with(opts: &TraceOptions, logits: impl FnOnce(&mut Tracer, Var) -> 
             at,
         ));
     }
-    let mut tr = Tracer::new(opts.dtype, opts.training);
+    let mut tr = Tracer::new(opts.dtype, opts.training).with_seed(opts.seed);
     let mut shape = vec![opts.batch_size];
     shape.extend(&opts.input_shape);
     let x = tr.input("x", shape)?;

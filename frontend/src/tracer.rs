@@ -41,6 +41,7 @@ pub struct Tracer {
     states: Vec<StateSpec>,
     step: Option<NodeId>,
     dropout_layers: u32,
+    seed: u64,
 }
 
 type At = &'static Location<'static>;
@@ -58,7 +59,15 @@ impl Tracer {
             states: Vec::new(),
             step: None,
             dropout_layers: 0,
+            seed: 0,
         }
+    }
+
+    /// The tracer with the run's `seed`, which seeds its dropout layers' masks (0 unless
+    /// given; `TraceOptions::seed` for the zoo and `trace_with`).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     pub fn dtype(&self) -> DType {
@@ -141,6 +150,7 @@ impl Tracer {
     #[track_caller]
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Var> {
         let at = Location::caller();
+        Self::check_init(name, &init, at)?;
         let (name, shape) = (self.qualify(name), shape.into());
         let d = self.dtype;
         let node = Self::ir(self.graph.leaf(Op::Param { name: name.clone() }, d, shape.clone()), at)?;
@@ -148,10 +158,21 @@ impl Tracer {
         Ok(Var(node))
     }
 
+    /// An initializer its sampling can draw from (a uniform bound finite and non-negative).
+    fn check_init(name: &str, init: &Init, at: &'static Location<'static>) -> Result<()> {
+        match init {
+            &Init::Uniform { bound } if !(bound.is_finite() && bound >= 0.0) => {
+                Err(FrontendError::config(name, format!("Init::Uniform's bound must be a finite non-negative number, got {bound}"), at))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A state tensor named `name` within the current scope.
     #[track_caller]
     pub fn state(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Var> {
         let at = Location::caller();
+        Self::check_init(name, &init, at)?;
         let (name, shape) = (self.qualify(name), shape.into());
         let d = self.dtype;
         let node = Self::ir(self.graph.leaf(Op::State { name: name.clone() }, d, shape.clone()), at)?;
@@ -183,7 +204,8 @@ impl Tracer {
     #[track_caller]
     pub fn step(&mut self) -> Result<Var> {
         let at = Location::caller();
-        if let Some(s) = self.step {
+        if let Some(s) = self.step.or_else(|| self.graph.find_leaf("scalar", "step")) {
+            self.step = Some(s);
             return Ok(Var(s));
         }
         let d = self.dtype;
@@ -192,10 +214,12 @@ impl Tracer {
         Ok(Var(s))
     }
 
-    /// A fresh seed for each dropout layer, in tracing order.
+    /// A fresh seed for each dropout layer, in tracing order, mixed with the run's seed (seed
+    /// 0 gives the layer's number).
     pub(crate) fn next_dropout_seed(&mut self) -> u32 {
         self.dropout_layers += 1;
-        self.dropout_layers
+        let m = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.dropout_layers ^ (m as u32) ^ ((m >> 32) as u32)
     }
 
     // ---- raw ops ---------------------------------------------------------------
