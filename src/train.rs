@@ -332,6 +332,7 @@ impl<'d> Trainer<'d> {
         if !c.lr.is_finite() || c.lr < 0.0 {
             bail!("--lr must be a finite non-negative number, got {}", c.lr);
         }
+        check_settings(c)?;
         let n = data.train.len();
         // A run of no steps (evaluating, or writing the initial weights) needs no training
         // data.
@@ -746,6 +747,50 @@ impl<'d> Trainer<'d> {
         self.history = history;
         Ok(())
     }
+}
+
+/// The optimizer settings a step can run with, each named with its flag (the CLI checks them
+/// by flag before; a program using the library gets the same errors here).
+fn check_settings(c: &TrainConfig) -> Result<()> {
+    let number = |what: &str, v: f64| -> Result<()> {
+        if !v.is_finite() || v < 0.0 || v > f32::MAX as f64 {
+            bail!("{what} must be a finite non-negative number an f32 holds, got {v}");
+        }
+        Ok(())
+    };
+    number("rho (--rho)", c.rho)?;
+    match c.optimizer.base {
+        crate::BaseOptimizer::Sgd { momentum, nesterov, weight_decay } => {
+            number("momentum (--momentum)", momentum)?;
+            number("weight_decay (--weight-decay)", weight_decay)?;
+            if nesterov && momentum == 0.0 {
+                bail!("nesterov (--nesterov) needs a momentum above 0");
+            }
+        }
+        crate::BaseOptimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+            for (what, b) in [("beta1", beta1), ("beta2", beta2)] {
+                if !(0.0..1.0).contains(&b) {
+                    bail!("AdamW's {what} must be in [0, 1), got {b}");
+                }
+            }
+            if !(eps.is_finite() && eps > 0.0) {
+                bail!("AdamW's eps must be a finite positive number, got {eps}");
+            }
+            number("weight_decay (--weight-decay)", weight_decay)?;
+        }
+    }
+    if let Some(sam) = &c.optimizer.sam {
+        if sam.ascent_steps == 0 {
+            bail!("ascent_steps (--ascent-steps) must be at least 1");
+        }
+        if let Some(eta) = sam.adaptive {
+            number("ASAM's eta (--eta)", eta)?;
+        }
+        if let Some(m) = sam.micro_batch.filter(|&m| m == 0 || c.batch_size % m != 0) {
+            bail!("micro_batch (--m) {m} must divide the batch size {}", c.batch_size);
+        }
+    }
+    Ok(())
 }
 
 /// A dataset's input shape as files record it: `C x H x W`.

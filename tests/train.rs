@@ -377,3 +377,29 @@ fn evaluation_takes_any_split_and_a_spent_run_refuses_to_train() {
     let got = plateau::train::evaluate_file(&small_mlp(), &test_only, &head, &w, 128, Backend::Reference).unwrap();
     assert_eq!(got, (loss, acc));
 }
+
+/// Settings no step can run with are errors from the library too, naming the setting.
+#[test]
+fn the_trainer_refuses_settings_a_step_cannot_run_with() {
+    let data = Dataset::load(&DataSource::Synthetic, None).unwrap();
+    let sam_with = |f: &dyn Fn(&mut Sam)| {
+        let mut s = Sam::default();
+        f(&mut s);
+        OptimizerSpec { base: BaseOptimizer::sgd(0.9, 5e-4), sam: Some(s) }
+    };
+    let mut rho = config(sam(), Budget::Steps(1));
+    rho.rho = f64::NAN;
+    let cases = [
+        (rho, "rho (--rho) must be a finite non-negative number an f32 holds, got NaN"),
+        (config(OptimizerSpec { base: BaseOptimizer::sgd(-0.5, 5e-4), sam: None }, Budget::Steps(1)), "momentum (--momentum) must be"),
+        (config(OptimizerSpec { base: BaseOptimizer::sgd(0.9, 1e40), sam: None }, Budget::Steps(1)), "weight_decay (--weight-decay) must be"),
+        (config(OptimizerSpec { base: BaseOptimizer::Sgd { momentum: 0.0, nesterov: true, weight_decay: 0.0 }, sam: None }, Budget::Steps(1)), "needs a momentum above 0"),
+        (config(OptimizerSpec { base: BaseOptimizer::AdamW { beta1: 1.0, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, sam: None }, Budget::Steps(1)), "AdamW's beta1 must be in [0, 1), got 1"),
+        (config(sam_with(&|s| s.ascent_steps = 0), Budget::Steps(1)), "ascent_steps (--ascent-steps) must be at least 1"),
+        (config(sam_with(&|s| s.micro_batch = Some(3)), Budget::Steps(1)), "micro_batch (--m) 3 must divide the batch size 128"),
+    ];
+    for (c, needle) in cases {
+        let e = Trainer::new(&small_mlp(), &c, &data, "synthetic", None).err().expect(needle);
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}
