@@ -267,6 +267,10 @@ pub struct EpochMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation_accuracy: Option<f64>,
     pub seconds: f64,
+    /// The run stopped within the epoch (its budget ended there): these are the figures so
+    /// far, and a run resumed from there gives the epoch again, whole (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// The evaluation programs (the full batch and the last, shorter one) on the backend, and
@@ -505,6 +509,7 @@ impl<'d> Trainer<'d> {
             validation_loss: validation.map(|v| v.0),
             validation_accuracy: validation.map(|v| v.1),
             seconds,
+            partial: self.step % self.steps_per_epoch != 0,
         };
         self.history.push(m.clone());
         Ok(m)

@@ -228,7 +228,11 @@ fn epoch_line(m: &EpochMetrics) -> String {
     if let (Some(l), Some(a)) = (m.validation_loss, m.validation_accuracy) {
         line += &format!("  val loss {l:.4} acc {a:.4}");
     }
-    line + &format!("  {:.1} s", m.seconds)
+    line += &format!("  {:.1} s", m.seconds);
+    if m.partial {
+        line += "  (part of the epoch: the budget ended within it)";
+    }
+    line
 }
 
 fn summary(history: &[EpochMetrics]) {

@@ -351,8 +351,13 @@ fn resume_names_each_setting_that_differs_and_continues_epochs_whole() {
     ok(&plateau(&["train", "--steps", "5", "--hidden", "32", "--checkpoint-dir", s(&b)]));
     let out = ok(&plateau(&["train", "--steps", "12", "--hidden", "32", "--metrics", s(&mb), "--checkpoint-dir", s(&b), "--resume"]));
     assert_eq!(out.lines().filter(|l| l.starts_with("| 1 |")).count(), 1, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch   2") && l.ends_with("(part of the epoch: the budget ended within it)")).count(), 1, "{out}");
     let (la, lb) = (metrics_lines(&ma), metrics_lines(&mb));
     assert_eq!((la.len(), lb.len()), (2, 2));
+    // The second epoch stopped after 4 of its 8 steps: marked part-way; the first is whole.
+    for l in [&la, &lb] {
+        assert_eq!((l[0].get("partial"), &l[1]["partial"]), (None, &serde_json::Value::Bool(true)), "{l:?}");
+    }
     for key in ["train_loss", "train_accuracy", "test_loss", "test_accuracy"] {
         let (x, y) = (la[0][key].as_f64().unwrap(), lb[0][key].as_f64().unwrap());
         assert!((x - y).abs() < 1e-9, "epoch 1 {key}: {x} whole, {y} resumed");
